@@ -1,0 +1,169 @@
+"""Answer extraction, normalisation, equivalence and majority voting.
+
+Input: raw text (a gold solution or a model completion). Output: a short answer string, a
+canonical key for voting, and equality through math-verify. It does not generate, score or
+store anything. Every math-verify call runs with its signal-based timeouts switched off, so the
+functions here are safe off the main thread (Streamlit, thread pools, TRL reward workers).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from math_verify import parse as mv_parse
+from math_verify import verify as mv_verify
+
+_NUMBER = r"-?\$?\s*\d[\d,]*(?:\.\d+)?|-?\.\d+"
+_GSM8K_GOLD = re.compile(r"####\s*(.+?)\s*$", re.S)
+_ANSWER_LINE = re.compile(r"(?:final\s+)?answer\s*(?:is|:|=)\s*:?\s*(.+)", re.I)
+_NUMBER_RE = re.compile(_NUMBER)
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """Contents of every \\boxed{...} / \\fbox{...}, with nested braces balanced."""
+    found = []
+    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, start = 1, match.end()
+        for i in range(start, len(text)):
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    found.append(text[start:i].strip())
+                    break
+    return found
+
+
+def _clean_number(text: str) -> str:
+    return text.replace(",", "").replace("$", "").replace(" ", "")
+
+
+def extract_gold(raw: str | None) -> str | None:
+    """The gold answer from a dataset's answer field: GSM8K `#### n`, MATH `\\boxed{}`, or as is."""
+    if raw is None:
+        return None
+    raw = str(raw).strip()
+    if not raw:
+        return None
+    match = _GSM8K_GOLD.search(raw)
+    if match:
+        return _clean_number(match.group(1)) if _NUMBER_RE.fullmatch(match.group(1).strip()) else match.group(1).strip()
+    boxed = _boxed_contents(raw)
+    if boxed:
+        return boxed[-1]
+    return raw
+
+
+def extract_answer(completion: str | None) -> str | None:
+    """The model's final answer, or None when it gave none.
+
+    Order: the last `\\boxed{}`; the last "Answer: x" / "The answer is x" line; `#### x`.
+    A completion with none of these has no answer: we do not guess from stray numbers, since
+    "no answer found" is itself a useful signal.
+    """
+    if not completion:
+        return None
+    boxed = _boxed_contents(completion)
+    if boxed:
+        return boxed[-1]
+    candidates = []
+    for line in completion.splitlines():
+        match = _ANSWER_LINE.search(line)
+        if match:
+            candidates.append(match.group(1))
+    match = _GSM8K_GOLD.search(completion)
+    if match:
+        candidates.append(match.group(1).splitlines()[0])
+    for candidate in reversed(candidates):
+        candidate = candidate.strip().rstrip(".").strip()
+        number = _NUMBER_RE.search(candidate)
+        if number:
+            return _clean_number(number.group(0))
+        if candidate:
+            return candidate[:64]
+    return None
+
+
+def canonical(answer: str | None) -> str | None:
+    """A voting key: numbers as plain decimals ("1,234.0" -> "1234"), other text lower-cased."""
+    if answer is None:
+        return None
+    text = _clean_number(str(answer).strip()).rstrip(".")
+    try:
+        value = float(text)
+    except ValueError:
+        return re.sub(r"\s+", " ", str(answer).strip().lower()) or None
+    if math.isfinite(value) and value == int(value):
+        return str(int(value))
+    return repr(value)
+
+
+def parse_gold_input(text: str) -> str:
+    """Validate an annotator's typed gold answer; raise ValueError when math-verify cannot read it."""
+    text = (text or "").strip()
+    if not text:
+        raise ValueError("The gold answer is empty.")
+    if len(text) > 200:
+        raise ValueError("The gold answer is longer than 200 characters.")
+    if canonical(text) is not None and _NUMBER_RE.fullmatch(text.replace(" ", "")):
+        return canonical(text)
+    parsed = _parse(text)
+    if not parsed:
+        raise ValueError(f"Cannot read {text!r} as a number or LaTeX expression.")
+    return text
+
+
+def _parse(text: str):
+    wrapped = text if ("$" in text or "\\boxed" in text) else f"${text}$"
+    return mv_parse(wrapped, parsing_timeout=None)
+
+
+def answers_match(predicted: str | None, gold: str | None) -> bool:
+    """True when two answers are mathematically equal (math-verify; `\\frac{1}{2}` == 0.5)."""
+    if predicted is None or gold is None:
+        return False
+    a, b = canonical(predicted), canonical(gold)
+    if a == b:
+        return True
+    try:
+        gold_parsed, pred_parsed = _parse(str(gold)), _parse(str(predicted))
+        if not gold_parsed or not pred_parsed:
+            return False
+        return bool(mv_verify(gold_parsed, pred_parsed, timeout_seconds=None))
+    except Exception:  # math-verify raises on exotic input; unequal is the safe reading
+        return False
+
+
+@dataclass
+class Vote:
+    """Agreement of K sampled answers. `counts` maps canonical answer -> votes (None = no answer)."""
+
+    majority: str | None
+    share: float  # votes for the majority / K, in [0, 1]
+    n_distinct: int  # distinct answers, "no answer" counted as one
+    entropy: float  # Shannon entropy of the vote distribution, nats
+    counts: dict = field(default_factory=dict)
+
+
+def majority_vote(answers: list[str | None]) -> Vote:
+    """Group answers by canonical key and vote. Ties go to the answer seen first.
+
+    "No answer" counts against agreement but never wins: a problem whose samples all fail to
+    answer has majority None and share 0.
+    """
+    keys = [canonical(a) for a in answers]
+    counts = Counter(keys)
+    total = len(keys)
+    if total == 0:
+        return Vote(None, 0.0, 0, 0.0, {})
+    order = {k: i for i, k in reversed(list(enumerate(keys)))}
+    ranked = sorted((k for k in counts if k is not None), key=lambda k: (-counts[k], order[k]))
+    majority = ranked[0] if ranked else None
+    share = counts[majority] / total if majority is not None else 0.0
+    probs = [c / total for c in counts.values()]
+    entropy = float(-sum(p * math.log(p) for p in probs if p > 0))
+    return Vote(majority, share, len(counts), entropy, {str(k): v for k, v in counts.items()})

@@ -1,0 +1,205 @@
+"""The `pivottrace` command: ingest, trace, route, status, demo, app, users, budget.
+
+Each command is a thin wrapper over pipeline.py / store.py; domain errors become one clean
+message and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import pipeline, store
+from .datasets import PoolFormatError
+from .models import ModelNotFoundError
+
+app = typer.Typer(help="PivotTrace: route unlabeled RLVR problems by metacognitive pivots.",
+                  no_args_is_help=True, add_completion=False)
+users_app = typer.Typer(help="Manage users and roles.", no_args_is_help=True)
+budget_app = typer.Typer(help="Set or show the label budget.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(budget_app, name="budget")
+
+DbOption = typer.Option(None, "--db", help="SQLite database (default: $PIVOTTRACE_DB or ./pivottrace.db).")
+ModelOption = typer.Option("default", "--model", "-m",
+                           help="'default' (embedded SmolLM2-135M-Instruct), a Hugging Face id, "
+                                "a local HF folder or a .gguf file.")
+
+
+def clean_errors(func):
+    """Turn the package's domain errors into one line on stderr and exit code 1."""
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (store.StoreError, PoolFormatError, ModelNotFoundError, ValueError) as err:
+            typer.secho(f"Error: {err}", fg="red", err=True)
+            raise typer.Exit(1)
+    return wrapper
+
+
+def _db(path: Optional[str]):
+    return store.open_db(path)
+
+
+def _tracer(model: str, *, samples: int, max_new_tokens: int, batch_size: int, seed: int):
+    from .trace import TraceConfig, Tracer  # torch loads only for commands that trace
+
+    config = TraceConfig(n_samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         seed=seed)
+    return Tracer(model, config=config)
+
+
+@app.command()
+@clean_errors
+def ingest(path: Path = typer.Argument(..., help="A .jsonl, .csv, .tsv or .parquet pool."),
+           question_field: Optional[str] = typer.Option(None, "--question-field", help="Column with the problem text."),
+           answer_field: Optional[str] = typer.Option(None, "--answer-field", help="Column with the answer/solution."),
+           source: Optional[str] = typer.Option(None, "--source", help="Source name (default: file stem)."),
+           db: Optional[str] = DbOption):
+    """Ingest a pool of problems. Malformed rows are reported by line; good rows still load."""
+    report = pipeline.ingest(_db(db), path, question_field=question_field,
+                             answer_field=answer_field, source=source)
+    typer.echo(f"Added {report.added} problems ({report.existing} already present).")
+    for row in report.rejected:
+        typer.secho(f"  line {row.line}: {row.reason}", fg="yellow", err=True)
+    if report.rejected:
+        typer.secho(f"Rejected {len(report.rejected)} rows.", fg="red", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+@clean_errors
+def trace(model: str = ModelOption,
+          limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Trace at most this many problems."),
+          samples: int = typer.Option(4, "--samples", "-k", help="K sampled answers per problem."),
+          max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+          batch_size: int = typer.Option(8, "--batch-size"),
+          source: Optional[str] = typer.Option(None, "--source", help="Only problems from this source."),
+          seed: int = typer.Option(0, "--seed"),
+          db: Optional[str] = DbOption):
+    """Trace untraced problems: greedy chain + K samples + attention statistics. Resumable."""
+    database = _db(db)
+    tracer = _tracer(model, samples=samples, max_new_tokens=max_new_tokens,
+                     batch_size=batch_size, seed=seed)
+    try:
+        run = pipeline.trace_pool(database, tracer, limit=limit, source=source)
+    except KeyboardInterrupt:
+        typer.secho("Interrupted: finished traces are saved; run again to resume.", fg="yellow", err=True)
+        raise typer.Exit(130)
+    typer.echo(f"Traced {run.traced} problems, {run.tokens} tokens in {run.seconds:.1f}s "
+               f"({run.tokens_per_second:.1f} tok/s).")
+
+
+@app.command("route")
+@clean_errors
+def route_cmd(model: Optional[str] = typer.Option(None, "--model-id", help="Model id to route (default: latest traced)."),
+              target_precision: float = typer.Option(0.85, "--target-precision"),
+              db: Optional[str] = DbOption):
+    """Score pivots and features, estimate uncertainty and route every traced problem."""
+    from .route import RouterConfig
+
+    report = pipeline.route(_db(db), model_id=model, config=RouterConfig(target_precision=target_precision),
+                            note="cli")
+    typer.echo(f"Router version {report.router_version} ({report.kind}): " +
+               ", ".join(f"{k} {v}" for k, v in report.counts.items()))
+
+
+@app.command()
+@clean_errors
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON."), db: Optional[str] = DbOption):
+    """Counts by state and route, and the budget."""
+    info = store.status(_db(db))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    budget = info["budget"]
+    typer.echo(f"problems     {info['problems']}")
+    typer.echo(f"  untraced   {info['untraced']}")
+    typer.echo(f"  traced     {info['traced']}")
+    typer.echo(f"  routed     {info['routed']}")
+    typer.echo(f"  labelled   {info['labelled']}")
+    typer.echo("routes       " + ", ".join(f"{k} {v}" for k, v in info["routes"].items()))
+    total = "not set" if budget["total"] is None else budget["total"]
+    typer.echo(f"budget       {total} (spent {budget['spent']}, remaining {budget['remaining']})")
+    typer.echo(f"router       version {info['router_version']}")
+    typer.echo(f"models       {', '.join(info['models']) or '-'}")
+
+
+@app.command()
+@clean_errors
+def demo(model: str = ModelOption,
+         problems: int = typer.Option(40, "--problems", help="Demo problems to generate."),
+         traced: int = typer.Option(6, "--trace", help="How many of them to trace now."),
+         samples: int = typer.Option(4, "--samples", "-k"),
+         max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+         seed: int = typer.Option(0, "--seed"),
+         db: Optional[str] = DbOption):
+    """Generate demo problems, ingest them, trace a handful with the model and route them."""
+    database = _db(db)
+    tracer = _tracer(model, samples=samples, max_new_tokens=max_new_tokens, batch_size=8, seed=seed)
+    report, run, routed = pipeline.run_demo(database, tracer, n_problems=problems, n_trace=traced, seed=seed)
+    typer.echo(f"Demo: {report.added} new problems, traced {run.traced} "
+               f"({run.tokens_per_second:.1f} tok/s), router version {routed.router_version}: " +
+               ", ".join(f"{k} {v}" for k, v in routed.counts.items()))
+
+
+@app.command("app")
+def app_cmd(db: Optional[str] = DbOption,
+            port: int = typer.Option(8501, "--port"),
+            headless: bool = typer.Option(False, "--headless", help="Do not open a browser.")):
+    """Launch the Streamlit app."""
+    env = dict(os.environ)
+    if db:
+        env["PIVOTTRACE_DB"] = str(Path(db).resolve())
+    entry = Path(__file__).resolve().parent.parent / "app.py"
+    command = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.port", str(port),
+               "--browser.gatherUsageStats", "false"]
+    if headless:
+        command += ["--server.headless", "true"]
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
+@users_app.command("add")
+@clean_errors
+def users_add(name: str, role: str = typer.Option("annotator", "--role", help="annotator, researcher or lead"),
+              db: Optional[str] = DbOption):
+    """Add a user (or change their role)."""
+    store.add_user(_db(db), name, role)
+    typer.echo(f"{name} is a {role}.")
+
+
+@users_app.command("list")
+@clean_errors
+def users_list(db: Optional[str] = DbOption):
+    """List users and roles."""
+    for row in _db(db).query("select name, role from users order by name"):
+        typer.echo(f"{row['name']}\t{row['role']}")
+
+
+@budget_app.command("set")
+@clean_errors
+def budget_set(total: int, user: str = typer.Option(..., "--user", help="A lead's name."),
+               cost: float = typer.Option(0.0, "--cost", help="Cost per label."),
+               db: Optional[str] = DbOption):
+    """Set the label budget (leads only)."""
+    store.set_budget(_db(db), user=user, total=total, cost_per_label=cost)
+    typer.echo(f"Budget set to {total} labels.")
+
+
+@budget_app.command("show")
+@clean_errors
+def budget_show(db: Optional[str] = DbOption):
+    """Show the budget."""
+    typer.echo(json.dumps(store.budget_status(_db(db))))
+
+
+if __name__ == "__main__":
+    app()

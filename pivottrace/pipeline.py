@@ -1,0 +1,170 @@
+"""Runs the stages in order against the store: ingest -> trace -> features -> uncertainty -> route.
+
+This is the glue the CLI, the app's background jobs and the evaluation share. It holds no maths
+of its own (see pivots.py, uncertainty.py, route.py) and no torch: a `Tracer` is passed in.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import store
+from .datasets import LoadResult, RejectedRow, demo_problems, read_pool
+from .features import build_features
+from .route import RouterConfig, route_pool
+from .uncertainty import CalibratedModel, ColdStartPrior, can_calibrate
+
+RECALIBRATE_EVERY = 1  # labels between two recalibrations in the app (1 = after every label)
+
+
+@dataclass
+class IngestReport:
+    added: int
+    existing: int
+    rejected: list[RejectedRow] = field(default_factory=list)
+
+
+def ingest(db, path: str | Path, **options) -> IngestReport:
+    """Read a pool file into the store. Rejected rows are reported, the good ones still load."""
+    return ingest_loaded(db, read_pool(path, **options))
+
+
+def ingest_loaded(db, loaded: LoadResult) -> IngestReport:
+    added, existing = store.insert_problems(db, loaded.problems)
+    return IngestReport(added, existing, loaded.rejected)
+
+
+@dataclass
+class TraceRun:
+    traced: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def trace_pool(db, tracer, *, limit: int | None = None, source: str | None = None,
+               show_progress: bool = True, on_progress=None) -> TraceRun:
+    """Trace every problem without a trace for `tracer.model_id`, batch by batch.
+
+    Each problem is written in its own transaction as soon as its batch is done, so an
+    interrupted run loses at most the batch in flight, and a re-run skips what is done.
+    `on_progress(done, total, run)` is called after each batch.
+    """
+    from tqdm import tqdm
+
+    store.upsert_model(db, tracer.model_id, spec=tracer.spec, n_layers=tracer.n_layers)
+    pending = store.pending_problems(db, tracer.model_id, limit=limit, source=source)
+    run = TraceRun()
+    batch_size = max(int(tracer.config.batch_size), 1)
+    bar = tqdm(total=len(pending), unit="problem", disable=not show_progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for offset in range(0, len(pending), batch_size):
+            batch = pending[offset:offset + batch_size]
+            results = tracer.trace_batch([p["text"] for p in batch])
+            for problem, result in zip(batch, results):
+                store.save_trace(db, problem["id"], tracer.model_id, result)
+                run.traced += 1
+                run.tokens += result.generated_tokens
+            run.seconds = time.perf_counter() - start
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{run.tokens_per_second:.1f}")
+            if on_progress:
+                on_progress(run.traced, len(pending), run)
+    finally:
+        bar.close()
+    return run
+
+
+def score_pool(db, model_id: str | None = None) -> list[dict]:
+    """Recompute pivots and features for every trace of the model (pool statistics included)."""
+    model_id = model_id or store.latest_model_id(db)
+    if model_id is None:
+        return []
+    traces = list(store.iter_trace_arrays(db, model_id))
+    rows, _ = build_features(traces, store.all_sample_answers(db, model_id))
+    store.save_features(db, rows)
+    return rows
+
+
+def label_outcomes(db) -> dict[str, int]:
+    """{problem_id: 1 if the majority answer was wrong, 0 if right}, from labels in force.
+
+    A `flawed` verdict says nothing about the model, so it is left out.
+    """
+    return {row["problem_id"]: int(row["verdict"] == "wrong")
+            for row in store.effective_labels(db) if row["verdict"] in ("correct", "wrong")}
+
+
+def choose_estimator(rows: list[dict], outcomes: dict[str, int]):
+    """The calibrated model when labels hold enough of both outcomes, else the cold-start prior."""
+    labelled = [r for r in rows if r["problem_id"] in outcomes]
+    wrong = np.array([outcomes[r["problem_id"]] for r in labelled], dtype=int)
+    if labelled and can_calibrate(wrong):
+        return CalibratedModel().fit(labelled, wrong)
+    return ColdStartPrior()
+
+
+@dataclass
+class RouteReport:
+    router_version: int
+    kind: str
+    counts: dict
+    changed: int
+    thresholds: dict
+    metrics: dict
+    seconds: float
+
+
+def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfig(),
+          rescore: bool = True, note: str = "") -> RouteReport:
+    """Score (optionally), estimate uncertainty, route the pool, and record a router version."""
+    start = time.perf_counter()
+    model_id = model_id or store.latest_model_id(db)
+    rows = score_pool(db, model_id) if rescore else store.load_features(db, model_id)
+    outcomes = label_outcomes(db)
+    estimator = choose_estimator(rows, outcomes)
+    uncertainty = estimator.predict(rows)
+    labelled = {r["problem_id"] for r in store.effective_labels(db)}
+    budget = store.budget_status(db)
+    routing = route_pool(rows, uncertainty, budget_remaining=budget["remaining"], config=config,
+                         exclude=labelled)
+    metrics = dict(getattr(estimator, "metrics", {}) or {})
+    version = store.new_router_version(db, kind=estimator.kind, model_id=model_id,
+                                       n_labels=len(outcomes), thresholds=routing.thresholds,
+                                       metrics=metrics, note=note)
+    changed = store.save_routes(db, routing.decisions, version)
+    counts = {name: 0 for name in store.ROUTES}
+    for decision in routing.decisions:
+        counts[decision["route"]] += 1
+    return RouteReport(version, estimator.kind, counts, changed, routing.thresholds, metrics,
+                       time.perf_counter() - start)
+
+
+def label(db, *, problem_id: str, annotator: str, verdict: str, gold_answer: str | None = None,
+          shown_answer: str | None = None, seconds: float | None = None,
+          recalibrate_every: int = RECALIBRATE_EVERY) -> RouteReport | None:
+    """Save a label, then recalibrate and re-route when `recalibrate_every` labels have arrived."""
+    store.save_label(db, problem_id=problem_id, annotator=annotator, verdict=verdict,
+                     gold_answer=gold_answer, shown_answer=shown_answer, seconds=seconds)
+    if verdict == "skip":
+        return None
+    spent = store.labels_spent(db)
+    if recalibrate_every and spent % recalibrate_every == 0:
+        return route(db, rescore=False, note=f"after {spent} labels")
+    return None
+
+
+def run_demo(db, tracer, *, n_problems: int = 40, n_trace: int = 6, seed: int = 0,
+             show_progress: bool = True) -> tuple[IngestReport, TraceRun, RouteReport]:
+    """Generate demo problems, ingest them, trace a handful with `tracer`, and route them."""
+    report = ingest_loaded(db, LoadResult(demo_problems(n_problems, seed=seed), []))
+    run = trace_pool(db, tracer, limit=n_trace, source="demo", show_progress=show_progress)
+    return report, run, route(db, model_id=tracer.model_id, note="demo")

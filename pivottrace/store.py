@@ -1,0 +1,581 @@
+"""Every SQLite read and write, through sqlite-utils, in WAL mode, with numbered migrations.
+
+Input/output: plain dicts and dataclasses from the other stages. It does not compute features,
+scores or routes; it only keeps them. Labels are append-only: an undo is a new row, nothing is
+deleted. Writes that must not race (leases, labels) run inside `BEGIN IMMEDIATE` transactions, so
+two annotators in two processes never get the same item and never lose a label.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import sqlite_utils
+
+DEFAULT_DB = "pivottrace.db"
+ROLES = ("annotator", "researcher", "lead")
+ROUTES = ("annotate", "self_train", "low_priority", "deferred")
+VERDICTS = ("correct", "wrong", "flawed")  # a verdict spends budget; "skip" and "undo" do not
+LEASE_MINUTES = 15  # default lease on a queue item; an abandoned item returns to the queue after it
+
+
+class StoreError(Exception):
+    """Base class for store errors shown to users."""
+
+
+class PermissionDenied(StoreError):
+    """The user's role does not allow this change."""
+
+
+class LeaseError(StoreError):
+    """The item is leased to another annotator, or no longer in the queue."""
+
+
+class NothingToUndo(StoreError):
+    """The annotator has no label left to undo."""
+
+
+def default_db_path() -> str:
+    return os.environ.get("PIVOTTRACE_DB", DEFAULT_DB)
+
+
+def now() -> float:
+    return time.time()
+
+
+# --------------------------------------------------------------------------- schema
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db["problems"].create({
+        "id": str, "text": str, "source": str, "gold": str, "meta": str, "created_at": float,
+        "verdict": str,  # current effective human verdict (denormalised from labels, for the queue)
+    }, pk="id")
+    db["models"].create({"id": str, "spec": str, "n_layers": int, "created_at": float}, pk="id")
+    db["traces"].create({
+        "problem_id": str, "model_id": str, "prompt": str, "completion": str, "answer": str,
+        "n_prompt_tokens": int, "n_completion_tokens": int,
+        "steps": str,  # JSON list of {text, char_start, char_end, tok_start, tok_end}
+        "tokens": str,  # JSON list of completion token strings
+        "arrays": bytes,  # compressed npz: entropy [L,S], segment_attention [L,S,S+1], ...
+        "mean_logprob": float, "min_logprob": float, "answer_prob": float,
+        "seconds": float, "created_at": float,
+    }, pk=("problem_id", "model_id"))
+    db["samples"].create({
+        "problem_id": str, "model_id": str, "idx": int, "completion": str, "answer": str,
+    }, pk=("problem_id", "model_id", "idx"))
+    db["features"].create({
+        "problem_id": str, "model_id": str,
+        "answer_found": int, "greedy_answer": str, "majority_answer": str, "greedy_agrees": int,
+        "vote_share": float, "n_distinct": int, "vote_entropy": float,
+        "mean_logprob": float, "min_logprob": float, "answer_prob": float, "length": int,
+        "n_steps": int, "n_pivots": int, "pivot_density": float, "max_pivot_score": float,
+        "mean_entropy": float, "mean_temporal": float, "mean_consistency": float, "n_cues": int,
+        "pivot_scores": str,  # JSON [S]
+        "pivot_signals": str,  # JSON [S] of lists of signal names that fired
+        "updated_at": float,
+    }, pk=("problem_id", "model_id"))
+    db["router_versions"].create({
+        "id": int, "created_at": float, "kind": str, "model_id": str, "n_labels": int,
+        "budget_total": int, "budget_remaining": int, "thresholds": str, "metrics": str, "note": str,
+    }, pk="id")
+    db["routes"].create({
+        "problem_id": str, "model_id": str, "route": str, "uncertainty": float, "value": float,
+        "router_version": int, "updated_at": float,
+    }, pk="problem_id")
+    db["route_log"].create({
+        "id": int, "problem_id": str, "route": str, "uncertainty": float, "router_version": int,
+        "created_at": float,
+    }, pk="id")
+    db["labels"].create({
+        "id": int, "problem_id": str, "annotator": str, "verdict": str, "gold_answer": str,
+        "shown_answer": str, "seconds": float, "created_at": float, "undoes": int,
+        "router_version": int,
+    }, pk="id")
+    db["assignments"].create({
+        "problem_id": str, "annotator": str, "leased_at": float, "expires_at": float,
+    }, pk="problem_id")
+    db["skips"].create({"problem_id": str, "annotator": str, "created_at": float},
+                       pk=("problem_id", "annotator"))
+    db["budgets"].create({
+        "id": int, "total": int, "cost_per_label": float, "set_by": str, "created_at": float,
+    }, pk="id")
+    db["users"].create({"name": str, "role": str, "created_at": float}, pk="name")
+    db["jobs"].create({
+        "id": int, "kind": str, "args": str, "status": str, "done": int, "total": int,
+        "message": str, "pid": int, "started_at": float, "updated_at": float,
+    }, pk="id")
+    db["routes"].create_index(["route", "value"])
+    db["route_log"].create_index(["problem_id"])
+    db["labels"].create_index(["problem_id"])
+    db["labels"].create_index(["annotator", "id"])
+    db["labels"].create_index(["created_at"])
+    db["assignments"].create_index(["annotator"])
+    db["traces"].create_index(["model_id"])
+    db["features"].create_index(["model_id"])
+    db["problems"].create_index(["source"])
+
+
+MIGRATIONS = [_migration_1]  # index i upgrades user_version i -> i+1; append, never edit
+
+
+def open_db(path: str | Path | None = None) -> sqlite_utils.Database:
+    """Open (and create or migrate) the database. Safe to call from many processes at once."""
+    path = str(path or default_db_path())
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    db = sqlite_utils.Database(conn)
+    if path != ":memory:":
+        db.enable_wal()
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    with immediate(db):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for index in range(version, len(MIGRATIONS)):
+            MIGRATIONS[index](db)
+            conn.execute(f"PRAGMA user_version = {index + 1}")
+    return db
+
+
+@contextmanager
+def immediate(db: sqlite_utils.Database):
+    """A write transaction that takes the write lock up front (no lost updates between processes)."""
+    conn = db.conn
+    if conn.in_transaction:  # nested: the outer transaction already holds the lock
+        yield db
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+# --------------------------------------------------------------------------- arrays
+
+def encode_arrays(arrays: dict[str, np.ndarray]) -> bytes:
+    """Per-step arrays -> compressed npz bytes (float32)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+    return buffer.getvalue()
+
+
+def decode_arrays(blob: bytes | None) -> dict[str, np.ndarray]:
+    if not blob:
+        return {}
+    with np.load(io.BytesIO(blob)) as data:
+        return {k: data[k] for k in data.files}
+
+
+# --------------------------------------------------------------------------- problems
+
+def insert_problems(db: sqlite_utils.Database, problems) -> tuple[int, int]:
+    """Insert Problem rows; returns (added, already present). Ids are content hashes."""
+    rows = [{
+        "id": p.id, "text": p.text, "source": p.source, "gold": p.gold,
+        "meta": json.dumps(p.meta or {}), "created_at": now(), "verdict": None,
+    } for p in problems]
+    with immediate(db):
+        before = db["problems"].count
+        db["problems"].insert_all(rows, ignore=True, batch_size=1000)
+        added = db["problems"].count - before
+    return added, len(rows) - added
+
+
+def get_problem(db: sqlite_utils.Database, problem_id: str) -> dict | None:
+    rows = list(db.query("select * from problems where id = ?", [problem_id]))
+    return rows[0] if rows else None
+
+
+def pending_problems(db: sqlite_utils.Database, model_id: str, *, limit: int | None = None,
+                     source: str | None = None) -> list[dict]:
+    """Problems with no trace for this model yet, oldest first (what a resumed run still has to do)."""
+    sql = ("select p.id, p.text from problems p where not exists (select 1 from traces t "
+           "where t.problem_id = p.id and t.model_id = ?)")
+    params: list = [model_id]
+    if source:
+        sql += " and p.source = ?"
+        params.append(source)
+    sql += " order by p.created_at, p.rowid"
+    if limit is not None:
+        sql += " limit ?"
+        params.append(int(limit))
+    return list(db.query(sql, params))
+
+
+# --------------------------------------------------------------------------- models and traces
+
+def upsert_model(db: sqlite_utils.Database, model_id: str, *, spec: str, n_layers: int) -> None:
+    with immediate(db):
+        db["models"].upsert({"id": model_id, "spec": spec, "n_layers": n_layers,
+                             "created_at": now()}, pk="id")
+
+
+def save_trace(db: sqlite_utils.Database, problem_id: str, model_id: str, result) -> None:
+    """Write one ProblemTrace (trace + samples) in its own transaction: all of it or nothing."""
+    trace = result.trace
+    row = {
+        "problem_id": problem_id, "model_id": model_id, "prompt": trace.prompt,
+        "completion": trace.completion, "answer": trace.answer,
+        "n_prompt_tokens": trace.n_prompt_tokens, "n_completion_tokens": trace.n_completion_tokens,
+        "steps": json.dumps(trace.steps), "tokens": json.dumps(trace.tokens),
+        "arrays": encode_arrays(trace.arrays), "mean_logprob": trace.mean_logprob,
+        "min_logprob": trace.min_logprob, "answer_prob": trace.answer_prob,
+        "seconds": result.seconds, "created_at": now(),
+    }
+    samples = [{"problem_id": problem_id, "model_id": model_id, "idx": i, "completion": text,
+                "answer": answer}
+               for i, (text, answer) in enumerate(zip(result.samples, result.sample_answers))]
+    with immediate(db):
+        db["traces"].insert(row, replace=True)
+        db["samples"].insert_all(samples, replace=True)
+
+
+def load_trace(db: sqlite_utils.Database, problem_id: str, model_id: str | None = None) -> dict | None:
+    """One trace with `steps`, `tokens` and `arrays` decoded; the newest model's when none named."""
+    sql, params = "select * from traces where problem_id = ?", [problem_id]
+    if model_id:
+        sql += " and model_id = ?"
+        params.append(model_id)
+    rows = list(db.query(sql + " order by created_at desc limit 1", params))
+    if not rows:
+        return None
+    row = rows[0]
+    row["steps"] = json.loads(row["steps"] or "[]")
+    row["tokens"] = json.loads(row["tokens"] or "[]")
+    row["arrays"] = decode_arrays(row["arrays"])
+    return row
+
+
+def iter_trace_arrays(db: sqlite_utils.Database, model_id: str | None = None):
+    """Yield (problem_id, model_id, row) for every trace, arrays decoded; for pool-level scoring."""
+    sql = "select problem_id, model_id, completion, answer, steps, arrays, n_completion_tokens, " \
+          "mean_logprob, min_logprob, answer_prob from traces"
+    params = []
+    if model_id:
+        sql += " where model_id = ?"
+        params.append(model_id)
+    for row in db.query(sql, params):
+        row["steps"] = json.loads(row["steps"] or "[]")
+        row["arrays"] = decode_arrays(row["arrays"])
+        yield row
+
+
+def sample_answers(db: sqlite_utils.Database, problem_id: str, model_id: str) -> list[str | None]:
+    return [r["answer"] for r in db.query(
+        "select answer from samples where problem_id = ? and model_id = ? order by idx",
+        [problem_id, model_id])]
+
+
+def all_sample_answers(db: sqlite_utils.Database, model_id: str | None = None) -> dict:
+    """{(problem_id, model_id): [answers in sample order]}."""
+    sql, params = "select problem_id, model_id, answer from samples", []
+    if model_id:
+        sql += " where model_id = ?"
+        params.append(model_id)
+    out: dict = {}
+    for r in db.query(sql + " order by problem_id, model_id, idx", params):
+        out.setdefault((r["problem_id"], r["model_id"]), []).append(r["answer"])
+    return out
+
+
+def latest_model_id(db: sqlite_utils.Database) -> str | None:
+    row = db.execute("select model_id from traces order by created_at desc limit 1").fetchone()
+    return row[0] if row else None
+
+
+# --------------------------------------------------------------------------- features and routes
+
+def save_features(db: sqlite_utils.Database, rows: list[dict]) -> None:
+    stamp = now()
+    for row in rows:
+        row["updated_at"] = stamp
+    with immediate(db):
+        db["features"].upsert_all(rows, pk=("problem_id", "model_id"), batch_size=1000)
+
+
+def load_features(db: sqlite_utils.Database, model_id: str | None = None) -> list[dict]:
+    sql, params = "select * from features", []
+    if model_id:
+        sql += " where model_id = ?"
+        params.append(model_id)
+    return list(db.query(sql + " order by problem_id", params))
+
+
+def new_router_version(db: sqlite_utils.Database, *, kind: str, model_id: str | None,
+                       n_labels: int, thresholds: dict, metrics: dict, note: str = "") -> int:
+    budget = budget_status(db)
+    with immediate(db):
+        table = db["router_versions"].insert({
+            "created_at": now(), "kind": kind, "model_id": model_id, "n_labels": n_labels,
+            "budget_total": budget["total"], "budget_remaining": budget["remaining"],
+            "thresholds": json.dumps(thresholds), "metrics": json.dumps(metrics), "note": note,
+        })
+        return table.last_pk
+
+
+def router_versions(db: sqlite_utils.Database) -> list[dict]:
+    rows = list(db.query("select * from router_versions order by id"))
+    for row in rows:
+        row["thresholds"] = json.loads(row["thresholds"] or "{}")
+        row["metrics"] = json.loads(row["metrics"] or "{}")
+    return rows
+
+
+def save_routes(db: sqlite_utils.Database, decisions: list[dict], router_version: int) -> int:
+    """Upsert the current route of each problem; log the ones that changed. Returns #changed.
+
+    Each decision: {problem_id, model_id, route, uncertainty, value}.
+    """
+    stamp = now()
+    current = {r["problem_id"]: r["route"] for r in db.query("select problem_id, route from routes")}
+    rows, log = [], []
+    for d in decisions:
+        if d["route"] not in ROUTES:
+            raise ValueError(f"unknown route {d['route']!r}")
+        rows.append({**d, "router_version": router_version, "updated_at": stamp})
+        if current.get(d["problem_id"]) != d["route"]:
+            log.append({"problem_id": d["problem_id"], "route": d["route"],
+                        "uncertainty": d["uncertainty"], "router_version": router_version,
+                        "created_at": stamp})
+    with immediate(db):
+        db["routes"].upsert_all(rows, pk="problem_id", batch_size=2000)
+        if log:
+            db["route_log"].insert_all(log, batch_size=2000)
+    return len(log)
+
+
+def route_counts(db: sqlite_utils.Database) -> dict[str, int]:
+    counts = {route: 0 for route in ROUTES}
+    for route, n in db.execute("select route, count(*) from routes group by route"):
+        counts[route] = n
+    return counts
+
+
+# --------------------------------------------------------------------------- users and budget
+
+def add_user(db: sqlite_utils.Database, name: str, role: str) -> None:
+    name = (name or "").strip()
+    if not name:
+        raise StoreError("A user needs a name.")
+    if role not in ROLES:
+        raise StoreError(f"Unknown role {role!r}; choose one of {', '.join(ROLES)}.")
+    with immediate(db):
+        db["users"].upsert({"name": name, "role": role, "created_at": now()}, pk="name")
+
+
+def user_role(db: sqlite_utils.Database, name: str) -> str | None:
+    row = db.execute("select role from users where name = ?", [name]).fetchone()
+    return row[0] if row else None
+
+
+def require_role(db: sqlite_utils.Database, user: str, role: str) -> None:
+    actual = user_role(db, user)
+    if actual != role:
+        raise PermissionDenied(f"Only a {role} can do this; {user!r} is {actual or 'not a known user'}.")
+
+
+def set_budget(db: sqlite_utils.Database, *, user: str, total: int, cost_per_label: float = 0.0) -> None:
+    """Set the label budget. Only a lead may."""
+    require_role(db, user, "lead")
+    if int(total) < 0 or float(cost_per_label) < 0:
+        raise StoreError("Budget and cost per label must not be negative.")
+    with immediate(db):
+        db["budgets"].insert({"total": int(total), "cost_per_label": float(cost_per_label),
+                              "set_by": user, "created_at": now()})
+
+
+def labels_spent(db: sqlite_utils.Database) -> int:
+    return db.execute("select count(*) from problems where verdict is not null").fetchone()[0]
+
+
+def budget_status(db: sqlite_utils.Database) -> dict:
+    """{total, cost_per_label, spent, remaining}; total None when no budget was ever set."""
+    row = db.execute("select total, cost_per_label from budgets order by id desc limit 1").fetchone()
+    spent = labels_spent(db)
+    total, cost = (row[0], row[1]) if row else (None, 0.0)
+    remaining = None if total is None else max(total - spent, 0)
+    return {"total": total, "cost_per_label": cost, "spent": spent, "remaining": remaining}
+
+
+# --------------------------------------------------------------------------- queue and labels
+
+def next_item(db: sqlite_utils.Database, annotator: str, *,
+              lease_minutes: float = LEASE_MINUTES) -> dict | None:
+    """Lease the highest-value unlabelled `annotate` item to `annotator` (or renew theirs).
+
+    Atomic across processes: the lease is taken inside BEGIN IMMEDIATE, so two annotators
+    never hold the same item. Items this annotator skipped come last.
+    """
+    stamp = now()
+    with immediate(db):
+        held = db.execute(
+            "select a.problem_id from assignments a join problems p on p.id = a.problem_id "
+            "where a.annotator = ? and a.expires_at > ? and p.verdict is null "
+            "order by a.leased_at limit 1", [annotator, stamp]).fetchone()
+        if held:
+            problem_id = held[0]
+        else:
+            row = db.execute(
+                "select r.problem_id from routes r join problems p on p.id = r.problem_id "
+                "left join assignments a on a.problem_id = r.problem_id "
+                "left join skips s on s.problem_id = r.problem_id and s.annotator = ? "
+                "where r.route = 'annotate' and p.verdict is null "
+                "and (a.problem_id is null or a.expires_at <= ? or a.annotator = ?) "
+                "order by (s.problem_id is not null), r.value desc limit 1",
+                [annotator, stamp, annotator]).fetchone()
+            if not row:
+                return None
+            problem_id = row[0]
+        db.execute("insert or replace into assignments (problem_id, annotator, leased_at, expires_at) "
+                   "values (?, ?, ?, ?)", [problem_id, annotator, stamp, stamp + 60 * lease_minutes])
+    return queue_item(db, problem_id)
+
+
+def queue_item(db: sqlite_utils.Database, problem_id: str) -> dict:
+    """Everything the annotate page shows for one item (gold answers are never included)."""
+    problem = get_problem(db, problem_id)
+    route = db.execute("select route, uncertainty, value, model_id, router_version from routes "
+                       "where problem_id = ?", [problem_id]).fetchone()
+    model_id = route[3] if route else None
+    features = list(db.query("select * from features where problem_id = ? and model_id = ?",
+                             [problem_id, model_id]))
+    return {
+        "problem_id": problem_id, "text": problem["text"], "source": problem["source"],
+        "route": route[0] if route else None, "uncertainty": route[1] if route else None,
+        "value": route[2] if route else None, "model_id": model_id,
+        "router_version": route[4] if route else None,
+        "features": features[0] if features else None,
+        "sample_answers": sample_answers(db, problem_id, model_id) if model_id else [],
+    }
+
+
+def _lease_holder(db, problem_id: str, stamp: float) -> str | None:
+    row = db.execute("select annotator from assignments where problem_id = ? and expires_at > ?",
+                     [problem_id, stamp]).fetchone()
+    return row[0] if row else None
+
+
+def save_label(db: sqlite_utils.Database, *, problem_id: str, annotator: str, verdict: str,
+               gold_answer: str | None = None, shown_answer: str | None = None,
+               seconds: float | None = None) -> int:
+    """Append a label. Refused when another annotator holds the lease or the item is labelled.
+
+    `verdict`: correct (the majority answer is right), wrong (with `gold_answer`), flawed, skip.
+    """
+    if verdict not in VERDICTS + ("skip",):
+        raise StoreError(f"Unknown verdict {verdict!r}.")
+    if verdict == "wrong" and not gold_answer:
+        raise StoreError("A 'wrong' label needs the gold answer.")
+    stamp = now()
+    with immediate(db):
+        holder = _lease_holder(db, problem_id, stamp)
+        if holder is not None and holder != annotator:
+            raise LeaseError(f"{holder} is labelling this problem right now.")
+        current = db.execute("select verdict from problems where id = ?", [problem_id]).fetchone()
+        if current is None:
+            raise LeaseError("No such problem.")
+        if current[0] is not None and verdict != "skip":
+            raise LeaseError("This problem already has a label; undo it first to change it.")
+        version = db.execute("select router_version from routes where problem_id = ?",
+                             [problem_id]).fetchone()
+        label_id = db["labels"].insert({
+            "problem_id": problem_id, "annotator": annotator, "verdict": verdict,
+            "gold_answer": gold_answer, "shown_answer": shown_answer, "seconds": seconds,
+            "created_at": stamp, "undoes": None, "router_version": version[0] if version else None,
+        }).last_pk
+        if verdict == "skip":
+            db.execute("insert or replace into skips values (?, ?, ?)", [problem_id, annotator, stamp])
+        else:
+            db.execute("update problems set verdict = ? where id = ?", [verdict, problem_id])
+        db.execute("delete from assignments where problem_id = ?", [problem_id])
+    return label_id
+
+
+def undo_last_label(db: sqlite_utils.Database, annotator: str) -> dict:
+    """Append an undo row for the annotator's latest label that is still in force; re-lease its item."""
+    stamp = now()
+    with immediate(db):
+        row = db.execute(
+            "select id, problem_id, verdict from labels l where annotator = ? and verdict != 'undo' "
+            "and not exists (select 1 from labels u where u.undoes = l.id) order by id desc limit 1",
+            [annotator]).fetchone()
+        if not row:
+            raise NothingToUndo("Nothing to undo.")
+        label_id, problem_id, verdict = row
+        db["labels"].insert({"problem_id": problem_id, "annotator": annotator, "verdict": "undo",
+                             "gold_answer": None, "shown_answer": None, "seconds": None,
+                             "created_at": stamp, "undoes": label_id, "router_version": None})
+        if verdict == "skip":
+            db.execute("delete from skips where problem_id = ? and annotator = ?", [problem_id, annotator])
+        else:
+            db.execute("update problems set verdict = null where id = ?", [problem_id])
+        db.execute("insert or replace into assignments values (?, ?, ?, ?)",
+                   [problem_id, annotator, stamp, stamp + 60 * LEASE_MINUTES])
+    return {"label_id": label_id, "problem_id": problem_id, "verdict": verdict}
+
+
+def effective_labels(db: sqlite_utils.Database) -> list[dict]:
+    """Labels in force (not undone, verdict correct/wrong/flawed), newest per problem."""
+    return list(db.query(
+        "select l.* from labels l where l.verdict in ('correct', 'wrong', 'flawed') "
+        "and not exists (select 1 from labels u where u.undoes = l.id) "
+        "and l.id = (select max(l2.id) from labels l2 where l2.problem_id = l.problem_id "
+        "and l2.verdict in ('correct', 'wrong', 'flawed') "
+        "and not exists (select 1 from labels u2 where u2.undoes = l2.id)) order by l.id"))
+
+
+# --------------------------------------------------------------------------- status
+
+def status(db: sqlite_utils.Database) -> dict:
+    """Counts by state and route, and the budget."""
+    total = db["problems"].count
+    traced = db.execute("select count(distinct problem_id) from traces").fetchone()[0]
+    routed = db["routes"].count
+    labelled = labels_spent(db)
+    return {
+        "problems": total, "untraced": total - traced, "traced": traced,
+        "routed": routed, "labelled": labelled, "routes": route_counts(db),
+        "models": [r["id"] for r in db.query("select id from models order by created_at")],
+        "budget": budget_status(db),
+        "router_version": (db.execute("select max(id) from router_versions").fetchone()[0]),
+    }
+
+
+# --------------------------------------------------------------------------- background jobs
+
+def create_job(db: sqlite_utils.Database, kind: str, args: dict, total: int) -> int:
+    with immediate(db):
+        return db["jobs"].insert({"kind": kind, "args": json.dumps(args), "status": "queued",
+                                  "done": 0, "total": total, "message": "", "pid": None,
+                                  "started_at": now(), "updated_at": now()}).last_pk
+
+
+def update_job(db: sqlite_utils.Database, job_id: int, **fields) -> None:
+    fields["updated_at"] = now()
+    with immediate(db):
+        db["jobs"].update(job_id, fields)
+
+
+def get_job(db: sqlite_utils.Database, job_id: int) -> dict | None:
+    rows = list(db.query("select * from jobs where id = ?", [job_id]))
+    return rows[0] if rows else None
+
+
+def jobs(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
+    return list(db.query("select * from jobs order by id desc limit ?", [limit]))
