@@ -13,8 +13,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+import logging
+
 from math_verify import parse as mv_parse
 from math_verify import verify as mv_verify
+
+# math-verify warns on every call that its timeouts are off; off is deliberate (thread safety).
+logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 _NUMBER = r"-?\$?\s*\d[\d,]*(?:\.\d+)?|-?\.\d+"
 _GSM8K_GOLD = re.compile(r"####\s*(.+?)\s*$", re.S)
@@ -112,7 +117,7 @@ def parse_gold_input(text: str) -> str:
     if canonical(text) is not None and _NUMBER_RE.fullmatch(text.replace(" ", "")):
         return canonical(text)
     parsed = _parse(text)
-    if not parsed:
+    if not parsed or isinstance(parsed[0], str):  # math-verify gives back only the string when it fails
         raise ValueError(f"Cannot read {text!r} as a number or LaTeX expression.")
     return text
 

