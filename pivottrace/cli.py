@@ -1,4 +1,4 @@
-"""The `pivottrace` command: ingest, trace, route, status, demo, app, users, budget.
+"""The `pivottrace` command: ingest, trace, route, status, demo, export, app, users, budget.
 
 Each command is a thin wrapper over pipeline.py / store.py; domain errors become one clean
 message and a non-zero exit code, never a traceback.
@@ -149,6 +149,44 @@ def demo(model: str = ModelOption,
     typer.echo(f"Demo: {report.added} new problems, traced {run.traced} "
                f"({run.tokens_per_second:.1f} tok/s), router version {routed.router_version}: " +
                ", ".join(f"{k} {v}" for k, v in routed.counts.items()))
+
+
+@app.command("export")
+@clean_errors
+def export_cmd(fmt: str = typer.Option(..., "--format", "-f", help="verl, trl or openrlhf."),
+               out: Path = typer.Option(..., "--out", "-o",
+                                        help="Output file (.parquet or .jsonl); a test split goes "
+                                             "next to it as <stem>_test<suffix>."),
+               include_low_priority: bool = typer.Option(False, "--include-low-priority",
+                                                         help="Add low_priority problems (majority-vote labels)."),
+               include_deferred: bool = typer.Option(False, "--include-deferred",
+                                                     help="Add deferred problems (majority-vote labels)."),
+               test_fraction: float = typer.Option(0.0, "--test-fraction",
+                                                   help="Share of problems in a test split, in [0, 1)."),
+               seed: int = typer.Option(0, "--seed", help="Seed of the train/test split."),
+               file_type: Optional[str] = typer.Option(None, "--file-type",
+                                                       help="jsonl or parquet (TRL takes both; default: from --out)."),
+               input_key: str = typer.Option("input", "--input-key", help="OpenRLHF --input_key."),
+               label_key: str = typer.Option("label", "--label-key", help="OpenRLHF --label_key."),
+               instruction: Optional[str] = typer.Option(None, "--instruction",
+                                                         help="Text after each question (default asks for \\boxed{}; '' for none)."),
+               data_source: Optional[str] = typer.Option(None, "--data-source",
+                                                         help="verl data_source (default: each problem's source)."),
+               db: Optional[str] = DbOption):
+    """Write the training set for verl, TRL or OpenRLHF: human labels plus self-train pseudo-labels."""
+    from .export import DEFAULT_INSTRUCTION, ExportOptions, export
+
+    options = ExportOptions(include_low_priority=include_low_priority, include_deferred=include_deferred,
+                            test_fraction=test_fraction, seed=seed, file_type=file_type,
+                            input_key=input_key, label_key=label_key, data_source=data_source,
+                            instruction=DEFAULT_INSTRUCTION if instruction is None else instruction)
+    result = export(_db(db), fmt=fmt, out=out, options=options)
+    for split, path in result.files.items():
+        typer.echo(f"Wrote {result.rows[split]} {split} rows to {path}")
+    typer.echo("Labels: " + ", ".join(f"{k} {v}" for k, v in sorted(result.label_sources.items())) +
+               f"; router version {result.router_version}.")
+    for reason, count in sorted(result.skipped.items()):
+        typer.secho(f"  left out {count}: {reason}", fg="yellow", err=True)
 
 
 @app.command("app")

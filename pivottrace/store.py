@@ -122,7 +122,15 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db["problems"].create_index(["source"])
 
 
-MIGRATIONS = [_migration_1]  # index i upgrades user_version i -> i+1; append, never edit
+def _migration_2(db: sqlite_utils.Database) -> None:
+    """Indexes for a pool of 100k problems (bench/store_scale.py measures what each one buys)."""
+    # effective_labels / undo: "not exists (select 1 from labels u where u.undoes = l.id)"
+    db["labels"].create_index(["undoes"])
+    # labels_spent / budget: count the few labelled problems without scanning every problem
+    db.execute("create index idx_problems_labelled on problems (verdict) where verdict is not null")
+
+
+MIGRATIONS = [_migration_1, _migration_2]  # index i upgrades user_version i -> i+1; append, never edit
 
 
 def open_db(path: str | Path | None = None) -> sqlite_utils.Database:
@@ -309,12 +317,21 @@ def save_features(db: sqlite_utils.Database, rows: list[dict]) -> None:
         db["features"].upsert_all(rows, pk=("problem_id", "model_id"), batch_size=1000)
 
 
-def load_features(db: sqlite_utils.Database, model_id: str | None = None) -> list[dict]:
-    sql, params = "select * from features", []
+PER_STEP_FEATURES = ("pivot_scores", "pivot_signals")  # JSON per-step columns; views read them
+
+
+def load_features(db: sqlite_utils.Database, model_id: str | None = None, *,
+                  per_step: bool = False) -> list[dict]:
+    """Feature rows ordered by problem id; without the per-step JSON columns unless `per_step`
+    (routing needs only the per-problem numbers, and at 100k rows the JSON costs ~30% more)."""
+    columns = [c.name for c in db["features"].columns if per_step or c.name not in PER_STEP_FEATURES]
+    sql, params = f"select {', '.join(columns)} from features", []
     if model_id:
         sql += " where model_id = ?"
         params.append(model_id)
-    return list(db.query(sql + " order by problem_id", params))
+    rows = list(db.query(sql, params))
+    rows.sort(key=lambda r: (r["problem_id"], r["model_id"]))  # cheaper than SQLite's temp B-tree
+    return rows
 
 
 def new_router_version(db: sqlite_utils.Database, *, kind: str, model_id: str | None,
@@ -337,26 +354,42 @@ def router_versions(db: sqlite_utils.Database) -> list[dict]:
     return rows
 
 
+QUEUE_INDEX = "idx_routes_route_value"  # routes (route, value): the annotate queue, best first
+# A routing that rewrites at least this share of the routes rewrites every entry of the queue index
+# (new values); dropping the index and building it again after the writes is then ~3x faster
+# than updating it row by row (measured by bench/store_scale.py at 100k problems).
+REBUILD_QUEUE_INDEX_SHARE = 0.5
+
+
 def save_routes(db: sqlite_utils.Database, decisions: list[dict], router_version: int) -> int:
     """Upsert the current route of each problem; log the ones that changed. Returns #changed.
 
     Each decision: {problem_id, model_id, route, uncertainty, value}.
     """
     stamp = now()
-    current = {r["problem_id"]: r["route"] for r in db.query("select problem_id, route from routes")}
+    current = dict(db.execute("select problem_id, route from routes").fetchall())
     rows, log = [], []
     for d in decisions:
         if d["route"] not in ROUTES:
             raise ValueError(f"unknown route {d['route']!r}")
-        rows.append({**d, "router_version": router_version, "updated_at": stamp})
+        rows.append((d["problem_id"], d["model_id"], d["route"], d["uncertainty"], d["value"],
+                     router_version, stamp))
         if current.get(d["problem_id"]) != d["route"]:
-            log.append({"problem_id": d["problem_id"], "route": d["route"],
-                        "uncertainty": d["uncertainty"], "router_version": router_version,
-                        "created_at": stamp})
+            log.append((d["problem_id"], d["route"], d["uncertainty"], router_version, stamp))
+    rebuild = len(rows) >= REBUILD_QUEUE_INDEX_SHARE * max(len(current), 1) and len(rows) > 1000
     with immediate(db):
-        db["routes"].upsert_all(rows, pk="problem_id", batch_size=2000)
-        if log:
-            db["route_log"].insert_all(log, batch_size=2000)
+        if rebuild:  # the whole index is rewritten anyway: building it afresh is ~3x cheaper
+            db.execute(f"drop index if exists {QUEUE_INDEX}")
+        db.conn.executemany(
+            "insert into routes (problem_id, model_id, route, uncertainty, value, router_version, "
+            "updated_at) values (?, ?, ?, ?, ?, ?, ?) on conflict (problem_id) do update set "
+            "model_id = excluded.model_id, route = excluded.route, uncertainty = excluded.uncertainty, "
+            "value = excluded.value, router_version = excluded.router_version, "
+            "updated_at = excluded.updated_at", rows)
+        if rebuild:
+            db.execute(f"create index {QUEUE_INDEX} on routes (route, value)")
+        db.conn.executemany("insert into route_log (problem_id, route, uncertainty, router_version, "
+                            "created_at) values (?, ?, ?, ?, ?)", log)
     return len(log)
 
 
@@ -431,20 +464,29 @@ def next_item(db: sqlite_utils.Database, annotator: str, *,
         if held:
             problem_id = held[0]
         else:
-            row = db.execute(
-                "select r.problem_id from routes r join problems p on p.id = r.problem_id "
-                "left join assignments a on a.problem_id = r.problem_id "
-                "left join skips s on s.problem_id = r.problem_id and s.annotator = ? "
-                "where r.route = 'annotate' and p.verdict is null "
-                "and (a.problem_id is null or a.expires_at <= ? or a.annotator = ?) "
-                "order by (s.problem_id is not null), r.value desc limit 1",
-                [annotator, stamp, annotator]).fetchone()
-            if not row:
+            problem_id = (_top_open_item(db, annotator, stamp, skipped=False)
+                          or _top_open_item(db, annotator, stamp, skipped=True))
+            if problem_id is None:
                 return None
-            problem_id = row[0]
         db.execute("insert or replace into assignments (problem_id, annotator, leased_at, expires_at) "
                    "values (?, ?, ?, ?)", [problem_id, annotator, stamp, stamp + 60 * lease_minutes])
     return queue_item(db, problem_id)
+
+
+def _top_open_item(db, annotator: str, stamp: float, *, skipped: bool) -> str | None:
+    """The highest-value unlabelled annotate item nobody else holds, among those this annotator
+    skipped (`skipped=True`) or not. It walks the routes(route, value) index from the top and stops
+    at the first open item, so no sort of the whole queue (CROSS JOIN keeps routes the outer loop).
+    """
+    skip_test = "exists" if skipped else "not exists"
+    row = db.execute(
+        "select r.problem_id from routes r cross join problems p on p.id = r.problem_id "
+        "where r.route = 'annotate' and p.verdict is null "
+        "and not exists (select 1 from assignments a where a.problem_id = r.problem_id "
+        "and a.expires_at > ? and a.annotator != ?) "
+        f"and {skip_test} (select 1 from skips s where s.problem_id = r.problem_id and s.annotator = ?) "
+        "order by r.value desc limit 1", [stamp, annotator, annotator]).fetchone()
+    return row[0] if row else None
 
 
 def queue_item(db: sqlite_utils.Database, problem_id: str) -> dict:
@@ -538,6 +580,138 @@ def effective_labels(db: sqlite_utils.Database) -> list[dict]:
         "and l.id = (select max(l2.id) from labels l2 where l2.problem_id = l.problem_id "
         "and l2.verdict in ('correct', 'wrong', 'flawed') "
         "and not exists (select 1 from labels u2 where u2.undoes = l2.id)) order by l.id"))
+
+
+# --------------------------------------------------------------------------- budget page and export
+
+BURN_WINDOW_DAYS = 7  # burn rate = labels per day over the last week: smooths weekends, still recent
+DAY_SECONDS = 86400
+PER_DAY_MAX_DAYS = 90  # the daily series the Budget page charts stops this far back
+
+
+def budget_aggregates(db: sqlite_utils.Database, *, at: float | None = None,
+                      window_days: float = BURN_WINDOW_DAYS) -> dict:
+    """Everything the Budget page shows, from a few indexed queries (milliseconds at 100k problems).
+
+    Returns a dict:
+        total, cost_per_label, spent, remaining: as budget_status (total/remaining None: no budget)
+        cost_spent: spent * cost_per_label
+        burn_rate_per_day: labels in force created in the last `window_days` days, per day (the
+            window shrinks to the time since the first label when that is shorter, but not below
+            one day)
+        window_days: the window actually used
+        projected_run_out: ISO date (UTC) when `remaining` reaches 0 at that rate; None without a
+            budget or a burn rate; today when nothing remains
+        per_day: [{day: "YYYY-MM-DD", labels}] from the first label's day to today, zeros
+            included (at most PER_DAY_MAX_DAYS days)
+        annotators: [{annotator, labels, correct, wrong, flawed, skips, undos, median_seconds,
+            accept_rate: share of "correct" among correct/wrong (how often they agree with the
+                model's majority answer),
+            agreement: share of their verdicts equal to another annotator's on the same problem;
+                None while no problem has verdicts from two annotators}], most labels first
+        agreement: the same pairwise agreement over everyone, or None
+        routes: {route: count}; queue_remaining: unlabelled `annotate` items
+    `at` is the time to measure against (default now).
+    """
+    import datetime as dt
+
+    at = now() if at is None else float(at)
+    budget = budget_status(db)
+    in_force = effective_labels(db)
+
+    def day(stamp: float) -> dt.date:
+        return dt.datetime.fromtimestamp(stamp, dt.timezone.utc).date()
+
+    span_days, burn, per_day = float(window_days), 0.0, []
+    if in_force:
+        first = min(r["created_at"] for r in in_force)
+        span_days = min(span_days, max((at - first) / DAY_SECONDS, 1.0))
+        burn = sum(1 for r in in_force if r["created_at"] >= at - span_days * DAY_SECONDS) / span_days
+        counts: dict = {}
+        for r in in_force:
+            counts[day(r["created_at"])] = counts.get(day(r["created_at"]), 0) + 1
+        last = day(at)
+        start = max(min(counts), last - dt.timedelta(days=PER_DAY_MAX_DAYS - 1))
+        per_day = [{"day": (start + dt.timedelta(days=k)).isoformat(),
+                    "labels": counts.get(start + dt.timedelta(days=k), 0)}
+                   for k in range((last - start).days + 1)]
+    run_out = None
+    if budget["remaining"] is not None and (burn > 0 or budget["remaining"] == 0):
+        days_left = budget["remaining"] / burn if burn > 0 else 0.0
+        run_out = day(at + days_left * DAY_SECONDS).isoformat()
+
+    # pairwise agreement: verdicts not undone, the latest per (annotator, problem)
+    latest: dict = {}
+    for annotator, problem_id, verdict in db.execute(
+            "select annotator, problem_id, verdict from labels l "
+            "where verdict in ('correct', 'wrong', 'flawed') "
+            "and not exists (select 1 from labels u where u.undoes = l.id) order by id"):
+        latest[(annotator, problem_id)] = verdict
+    by_problem: dict = {}
+    for (annotator, problem_id), verdict in latest.items():
+        by_problem.setdefault(problem_id, []).append((annotator, verdict))
+    pairs: dict = {}  # annotator -> [agreeing pairs, pairs]
+    for votes in by_problem.values():
+        for i, (a, va) in enumerate(votes):
+            for b, vb in votes[i + 1:]:
+                for who in (a, b):
+                    tally = pairs.setdefault(who, [0, 0])
+                    tally[0] += int(va == vb)
+                    tally[1] += 1
+    all_pairs = sum(t[1] for t in pairs.values()) / 2
+
+    people: dict = {}
+    for r in in_force:
+        person = people.setdefault(r["annotator"], {"correct": 0, "wrong": 0, "flawed": 0, "seconds": []})
+        person[r["verdict"]] += 1
+        if r["seconds"] is not None:
+            person["seconds"].append(r["seconds"])
+    other: dict = {name: {"skip": 0, "undo": 0} for name in people}
+    for annotator, verdict, n in db.execute(
+            "select annotator, verdict, count(*) from labels l where verdict in ('skip', 'undo') "
+            "and not exists (select 1 from labels u where u.undoes = l.id) group by annotator, verdict"):
+        other.setdefault(annotator, {"skip": 0, "undo": 0})[verdict] = n
+    for name in pairs:  # labelled, though none of their labels is the one in force
+        other.setdefault(name, {"skip": 0, "undo": 0})
+    annotators = []
+    for name, extra in other.items():
+        person = people.get(name, {"correct": 0, "wrong": 0, "flawed": 0, "seconds": []})
+        judged = person["correct"] + person["wrong"]
+        tally = pairs.get(name)
+        annotators.append({
+            "annotator": name, "labels": judged + person["flawed"], "correct": person["correct"],
+            "wrong": person["wrong"], "flawed": person["flawed"], "skips": extra["skip"],
+            "undos": extra["undo"],
+            "median_seconds": float(np.median(person["seconds"])) if person["seconds"] else None,
+            "accept_rate": person["correct"] / judged if judged else None,
+            "agreement": tally[0] / tally[1] if tally else None,
+        })
+    annotators.sort(key=lambda a: (-a["labels"], a["annotator"]))
+
+    queue = db.execute("select count(*) from routes r cross join problems p on p.id = r.problem_id "
+                       "where r.route = 'annotate' and p.verdict is null").fetchone()[0]
+    return {
+        **budget, "cost_spent": budget["spent"] * (budget["cost_per_label"] or 0.0),
+        "burn_rate_per_day": burn, "window_days": span_days, "projected_run_out": run_out,
+        "per_day": per_day, "annotators": annotators,
+        "agreement": sum(t[0] for t in pairs.values()) / 2 / all_pairs if all_pairs else None,
+        "routes": route_counts(db), "queue_remaining": queue,
+    }
+
+
+def export_rows(db: sqlite_utils.Database, routes: tuple[str, ...]) -> list[dict]:
+    """Routed problems a training set may draw on: those whose current route is in `routes`, and
+    every problem with a label row. Each row: problem_id, text, source, route, model_id,
+    router_version, majority_answer and vote_share (features of the route's model). Ordered by
+    problem id. Never reads the hidden gold. Which rows become examples is export.py's call.
+    """
+    marks = ", ".join("?" for _ in routes) or "null"
+    return list(db.query(
+        "select r.problem_id, p.text, p.source, r.route, r.model_id, r.router_version, "
+        "f.majority_answer, f.vote_share from routes r join problems p on p.id = r.problem_id "
+        "left join features f on f.problem_id = r.problem_id and f.model_id = r.model_id "
+        f"where r.route in ({marks}) or exists (select 1 from labels l where l.problem_id = r.problem_id) "
+        "order by r.problem_id", list(routes)))
 
 
 # --------------------------------------------------------------------------- status

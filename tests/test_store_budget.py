@@ -1,0 +1,130 @@
+"""Store at scale: the Budget page's aggregates, the queue walk of next_item, migration 2's indexes."""
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from pivottrace import pipeline, store
+from pivottrace.datasets import demo_problems
+from pivottrace.synthetic import synthetic_trace
+
+DAY = 86400
+AT = dt.datetime(2026, 3, 10, 12, tzinfo=dt.timezone.utc).timestamp()
+
+
+@pytest.fixture
+def db(tmp_path):
+    db = store.open_db(tmp_path / "b.db")
+    problems = demo_problems(40, seed=1)
+    store.insert_problems(db, problems)
+    rng = np.random.default_rng(1)
+    for p in problems:
+        store.save_trace(db, p.id, "synth", synthetic_trace(p, rng))
+    store.add_user(db, "lee", "lead")
+    store.set_budget(db, user="lee", total=10, cost_per_label=2.5)
+    pipeline.route(db)
+    return db
+
+
+def label(db, annotator, verdict, seconds, days_ago):
+    item = store.next_item(db, annotator)
+    gold = "5" if verdict == "wrong" else None
+    label_id = store.save_label(db, problem_id=item["problem_id"], annotator=annotator,
+                                verdict=verdict, gold_answer=gold, seconds=seconds)
+    db.execute("update labels set created_at = ? where id = ?", [AT - days_ago * DAY, label_id])
+    return item["problem_id"]
+
+
+def test_budget_aggregates(db):
+    label(db, "ann", "correct", 10.0, days_ago=9)  # outside the 7-day window
+    label(db, "ann", "wrong", 30.0, days_ago=3)
+    label(db, "ann", "correct", 20.0, days_ago=2)
+    label(db, "bob", "flawed", 40.0, days_ago=1)
+    skipped = store.next_item(db, "bob")["problem_id"]
+    store.save_label(db, problem_id=skipped, annotator="bob", verdict="skip")
+    label(db, "bob", "correct", 50.0, days_ago=0)
+    store.undo_last_label(db, "bob")
+
+    agg = store.budget_aggregates(db, at=AT)
+    assert (agg["total"], agg["spent"], agg["remaining"]) == (10, 4, 6)
+    assert agg["cost_spent"] == pytest.approx(10.0)
+    assert agg["window_days"] == 7 and agg["burn_rate_per_day"] == pytest.approx(3 / 7)
+    expected_run_out = dt.datetime.fromtimestamp(AT + 6 / (3 / 7) * DAY, dt.timezone.utc).date()
+    assert agg["projected_run_out"] == expected_run_out.isoformat()
+    days = {d["day"]: d["labels"] for d in agg["per_day"]}
+    assert len(days) == 10 and sum(days.values()) == 4  # day -9 .. today, zeros included
+    assert days["2026-03-01"] == 1 and days["2026-03-05"] == 0 and days["2026-03-10"] == 0
+
+    ann, bob = agg["annotators"]
+    assert ann == {"annotator": "ann", "labels": 3, "correct": 2, "wrong": 1, "flawed": 0,
+                   "skips": 0, "undos": 0, "median_seconds": 20.0, "accept_rate": pytest.approx(2 / 3),
+                   "agreement": None}
+    assert (bob["labels"], bob["flawed"], bob["skips"], bob["undos"]) == (1, 1, 1, 1)
+    assert bob["accept_rate"] is None and bob["median_seconds"] == 40.0
+    assert agg["agreement"] is None
+    assert agg["routes"] == store.route_counts(db)
+    assert agg["queue_remaining"] == agg["routes"]["annotate"] - 4
+
+
+def test_burn_window_is_the_time_since_the_first_label_and_no_budget_has_no_run_out(tmp_path):
+    db = store.open_db(tmp_path / "n.db")
+    agg = store.budget_aggregates(db, at=AT)
+    assert agg["total"] is None and agg["projected_run_out"] is None
+    assert agg["burn_rate_per_day"] == 0 and agg["per_day"] == [] and agg["annotators"] == []
+
+
+def test_short_history_uses_a_shorter_window(db):
+    label(db, "ann", "correct", 5.0, days_ago=2)
+    label(db, "ann", "correct", 5.0, days_ago=0)
+    agg = store.budget_aggregates(db, at=AT)
+    assert agg["window_days"] == pytest.approx(2.0) and agg["burn_rate_per_day"] == pytest.approx(1.0)
+
+
+def test_pairwise_agreement_when_two_annotators_label_one_problem(db):
+    first = label(db, "ann", "correct", 5.0, days_ago=1)
+    second = label(db, "ann", "wrong", 5.0, days_ago=1)
+    # a double-annotation round: bob judges the same two problems (rows as the store writes them)
+    for problem_id, verdict in ((first, "correct"), (second, "correct")):
+        db["labels"].insert({"problem_id": problem_id, "annotator": "bob", "verdict": verdict,
+                             "gold_answer": None, "shown_answer": None, "seconds": 5.0,
+                             "created_at": AT - DAY, "undoes": None, "router_version": None})
+    agg = store.budget_aggregates(db, at=AT)
+    assert agg["agreement"] == pytest.approx(0.5)
+    assert {a["annotator"]: a["agreement"] for a in agg["annotators"]} == {"ann": 0.5, "bob": 0.5}
+
+
+def test_next_item_passes_labelled_items_and_serves_skipped_ones_last(db):
+    annotate = store.route_counts(db)["annotate"]
+    first_pass = []
+    for k in range(annotate):  # skip every other item, accept the rest
+        item = store.next_item(db, "ann")
+        verdict = "skip" if k % 2 == 0 else "correct"
+        store.save_label(db, problem_id=item["problem_id"], annotator="ann", verdict=verdict)
+        first_pass.append((item["problem_id"], item["value"], verdict))
+    assert len({p for p, _, _ in first_pass}) == annotate  # every open item once
+    values = [v for _, v, _ in first_pass]
+    assert values == sorted(values, reverse=True)  # best first
+    skipped = [p for p, _, v in first_pass if v == "skip"]
+    for problem_id in skipped:  # then the skipped ones, best first, past the labelled ones
+        item = store.next_item(db, "ann")
+        assert item["problem_id"] == problem_id
+        store.save_label(db, problem_id=problem_id, annotator="ann", verdict="correct")
+    assert store.next_item(db, "ann") is None
+
+
+def test_an_item_leased_to_another_is_never_served(db):
+    annotate = store.route_counts(db)["annotate"]
+    held = {store.next_item(db, f"a{k}")["problem_id"] for k in range(annotate)}
+    assert len(held) == annotate
+    assert store.next_item(db, "late") is None
+
+
+def test_migration_2_indexes_are_used(db):
+    assert store.schema_version(db) >= 2
+    plan = " ".join(r[3] for r in db.execute(
+        "explain query plan select count(*) from problems where verdict is not null"))
+    assert "idx_problems_labelled" in plan
+    plan = " ".join(r[3] for r in db.execute(
+        "explain query plan select 1 from labels u where u.undoes = ?", [1]))
+    assert "idx_labels_undoes" in plan
