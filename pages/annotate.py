@@ -1,0 +1,106 @@
+"""Annotate: work through the queue of high-value problems, keyboard first."""
+
+import time
+
+import streamlit as st
+
+from pivottrace import charts, store, views
+
+db = store.open_db()
+user = st.session_state.get("user")
+
+st.title("Annotate", anchor=False)
+if not user:
+    st.info("Pick your name in the sidebar (or add yourself) to start labelling.", icon=":material/person:")
+    st.stop()
+
+
+def act(action: str, problem_id: str, shown_answer: str | None, gold_key: str | None = None) -> None:
+    started = st.session_state.get("shown", (None, None))
+    seconds = views.seconds_since(started[1]) if started[0] == problem_id else None
+    try:
+        outcome = views.submit_label(db, annotator=user, problem_id=problem_id, action=action,
+                                     gold_text=st.session_state.get(gold_key) if gold_key else None,
+                                     shown_answer=shown_answer, seconds=seconds)
+    except (views.InvalidInput, store.StoreError) as err:
+        st.session_state["flash"] = ("error", str(err))
+    else:
+        st.session_state["flash"] = ("success", outcome.message)
+
+
+def undo() -> None:
+    try:
+        outcome = views.undo_last(db, user)
+    except store.StoreError as err:
+        st.session_state["flash"] = ("warning", str(err))
+    else:
+        st.session_state["flash"] = ("info", outcome.message)
+        st.session_state.pop("shown", None)
+
+
+item = views.next_item(db, user)
+progress = views.progress(db, user)
+
+# ---------------------------------------------------------------- progress strip
+cols = st.columns(4)
+cols[0].metric("Labelled (team)", progress.labelled)
+cols[1].metric("You, today", progress.mine_today, help=f"{progress.mine} in total")
+cols[2].metric("Left in queue", progress.remaining)
+budget = "not set" if progress.budget_total is None else f"{progress.budget_remaining} of {progress.budget_total}"
+cols[3].metric("Budget left", budget)
+if progress.budget_total:
+    st.progress(min(progress.labelled / progress.budget_total, 1.0),
+                text=f"{progress.labelled} of {progress.budget_total} labels spent")
+
+flash = st.session_state.pop("flash", None)
+if flash:
+    getattr(st, flash[0])(flash[1])
+
+if item is None:
+    st.success("The queue is empty: nothing is routed to annotation right now. "
+               "Leads can raise the budget on the Budget page, or route new traces on the Pool page.",
+               icon=":material/celebration:")
+    st.button("Undo last label", key="undo", shortcut="U", icon=":material/undo:", on_click=undo)
+    st.stop()
+
+if st.session_state.get("shown", (None,))[0] != item.problem_id:
+    st.session_state["shown"] = (item.problem_id, time.time())  # the clock for "seconds spent"
+
+# ---------------------------------------------------------------- the item
+left, right = st.columns([5, 4], gap="large")
+with left:
+    uncertainty = "-" if item.uncertainty is None else f"{item.uncertainty:.2f}"
+    st.caption(f"Problem `{item.problem_id}` · {item.source} · uncertainty {uncertainty} · "
+               f"{item.n_pivots} pivots · model {item.model_id} · router v{item.router_version}")
+    st.html(item.problem_html)
+    st.markdown("##### Model reasoning")
+    st.caption("Steps tinted amber by pivot score. Hover a step, or open *why a pivot*, to see which signals fired.")
+    st.html(item.steps_html)
+
+with right:
+    st.markdown("##### Candidate answers")
+    st.plotly_chart(charts.vote_figure(item.candidates), config={"displayModeBar": False})
+    majority = item.majority or "(no answer)"
+    st.markdown(f"Majority answer: **{views.esc(majority)}** · {item.vote_share:.0%} of "
+                f"{sum(c.votes for c in item.candidates)} votes")
+
+    with st.container(border=True):
+        st.button(f"Correct: {majority}", key="accept", shortcut="A", type="primary", icon=":material/check:",
+                  disabled=item.majority is None, on_click=act, args=("accept", item.problem_id, item.majority),
+                  help="The majority answer is right.", width="stretch")
+        gold_key = f"gold-{item.problem_id}"
+        with st.form(f"wrong-{item.problem_id}", border=False, enter_to_submit=True):
+            st.text_input("Gold answer", key=gold_key, placeholder="the correct final answer, e.g. 42 or 3/4")
+            st.form_submit_button("Wrong: save gold answer", key="wrong", shortcut="W", icon=":material/close:",
+                                  on_click=act, args=("wrong", item.problem_id, item.majority, gold_key),
+                                  width="stretch")
+        row = st.columns(3)
+        row[0].button("Flawed", key="flawed", shortcut="F", icon=":material/flag:", on_click=act,
+                      args=("flawed", item.problem_id, item.majority), help="The problem itself is broken.",
+                      width="stretch")
+        row[1].button("Skip", key="skip", shortcut="S", icon=":material/skip_next:", on_click=act,
+                      args=("skip", item.problem_id, item.majority), width="stretch")
+        row[2].button("Undo", key="undo", shortcut="U", icon=":material/undo:", on_click=undo,
+                      help="Undo your last label.", width="stretch")
+    st.caption("Keys: **A** correct · **W** wrong (type the gold answer first; Enter in the box also saves) · "
+               "**F** flawed · **S** skip · **U** undo")

@@ -1,0 +1,100 @@
+"""Budget: what the labels cost, how fast they go, who labels, and how the router changed."""
+
+import streamlit as st
+
+from pivottrace import charts, store, views
+
+db = store.open_db()
+user = st.session_state.get("user")
+is_lead = bool(user) and store.user_role(db, user) == "lead"
+
+st.title("Budget", anchor=False)
+if not is_lead:
+    st.info("You can read this page; only a lead can change the budget or the router's target.",
+            icon=":material/lock:")
+
+flash = st.session_state.pop("budget_flash", None)
+if flash:
+    getattr(st, flash[0])(flash[1])
+
+view = views.budget_view(db)
+
+# ---------------------------------------------------------------- spending
+c = st.columns(5)
+c[0].metric("Budget", "not set" if view.total is None else f"{view.total} labels",
+            help=f"{view.cost_per_label:g} per label" if view.cost_per_label else None)
+c[1].metric("Spent", view.spent, help=f"cost {view.spent_cost:,.2f}" if view.cost_per_label else None)
+c[2].metric("Remaining", "-" if view.remaining is None else view.remaining,
+            help=f"cost {view.remaining_cost:,.2f}" if view.cost_per_label and view.remaining_cost is not None else None)
+c[3].metric("Burn rate", f"{view.burn_per_day:.1f} / day")
+c[4].metric("Runs out", view.run_out.strftime("%d %b %Y") if view.run_out else "-",
+            help="At the current burn rate." if view.run_out else "Set a budget and label to project.")
+if view.deferred:
+    st.warning(f"{view.deferred} problems the router would send to annotators are deferred: the budget "
+               "does not cover them.", icon=":material/schedule:")
+
+left, right = st.columns([3, 2], gap="large")
+with left:
+    st.markdown("##### Labels spent over time")
+    st.plotly_chart(charts.burn_figure(view.per_day, total=view.total, run_out=view.run_out),
+                    config={"displayModeBar": False})
+with right:
+    st.markdown("##### Set the budget")
+    with st.form("budget", border=True):
+        total = st.number_input("Labels", min_value=0, step=10, value=view.total or 100, disabled=not is_lead)
+        cost = st.number_input("Cost per label (optional)", min_value=0.0, step=0.5, value=float(view.cost_per_label),
+                               disabled=not is_lead)
+        if st.form_submit_button("Save budget", type="primary", disabled=not is_lead):
+            try:
+                views.set_budget(db, user=user, total=int(total), cost_per_label=float(cost))
+            except (store.StoreError, views.InvalidInput) as err:
+                st.session_state["budget_flash"] = ("error", str(err))
+            else:
+                st.session_state["budget_flash"] = ("success", f"Budget set to {int(total)} labels; the pool was re-routed.")
+            st.rerun()
+
+# ---------------------------------------------------------------- annotators
+st.markdown("##### Annotators")
+if view.annotators:
+    st.dataframe(view.annotators, hide_index=True, column_config={
+        "accept rate": st.column_config.NumberColumn("accept rate", format="%.2f",
+                                                     help="Share of 'correct' among correct and wrong verdicts."),
+        "agreement": st.column_config.ProgressColumn("agreement", min_value=0, max_value=1, format="%.2f",
+                                                     help="Where another annotator labelled the same item.")})
+    if view.agreement is None:
+        st.caption("Agreement appears once two annotators have labelled the same problem.")
+else:
+    st.caption("No labels yet.")
+
+# ---------------------------------------------------------------- routing
+st.markdown("##### Routing")
+a, b = st.columns(2, gap="large")
+with a:
+    st.caption("Route mix after each router version")
+    st.plotly_chart(charts.route_mix_figure(views.route_mix_series(db)), config={"displayModeBar": False})
+with b:
+    st.caption("Self-train threshold and calibration (ECE, Brier, AUROC from held-out folds)")
+    history = views.router_history(db)
+    st.plotly_chart(charts.calibration_figure(history), config={"displayModeBar": False})
+
+with st.form("target", border=True):
+    target = st.slider("Self-train precision target", 0.5, 0.99, views.current_target_precision(db), 0.01,
+                       disabled=not is_lead,
+                       help="The self-train band keeps the largest set of problems whose estimated "
+                            "pseudo-label precision stays at or above this.")
+    if st.form_submit_button("Re-route with this target", disabled=not is_lead):
+        try:
+            report = views.set_target_precision(db, user=user, target=target)
+        except (store.StoreError, views.InvalidInput) as err:
+            st.session_state["budget_flash"] = ("error", str(err))
+        else:
+            st.session_state["budget_flash"] = ("success", f"Router v{report.router_version}: " + ", ".join(
+                f"{k.replace('_', ' ')} {v}" for k, v in report.counts.items()))
+        st.rerun()
+
+st.markdown("##### Router versions")
+if history:
+    st.dataframe(list(reversed(history)), hide_index=True, column_order=views.filled_columns(history),
+                 column_config={"time": st.column_config.DatetimeColumn("time", format="YYYY-MM-DD HH:mm")})
+else:
+    st.caption("The pool has not been routed yet.")

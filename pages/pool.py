@@ -1,0 +1,101 @@
+"""Pool: ingest a file, trace problems in the background, route on demand, watch the jobs."""
+
+import streamlit as st
+
+from pivottrace import jobs, store, views
+
+db = store.open_db()
+
+st.title("Pool", anchor=False)
+
+flash = st.session_state.pop("pool_flash", None)
+if flash:
+    getattr(st, flash[0])(flash[1])
+
+summary = views.pool_summary(db)
+c = st.columns(5)
+c[0].metric("Problems", summary["problems"])
+c[1].metric("Traced", summary["traced"])
+c[2].metric("Routed", summary["routed"])
+c[3].metric("Labelled", summary["labelled"])
+c[4].metric("Router", f"v{summary['router_version']}" if summary["router_version"] else "-")
+if summary["routed"]:
+    st.caption(" · ".join(f"{name.replace('_', ' ')} **{n}**" for name, n in summary["routes"].items()))
+
+
+@st.fragment(run_every="2s")
+def job_panel() -> None:
+    rows = jobs.refresh(db)
+    if not rows:
+        st.caption("No jobs yet.")
+        return
+    for job in rows[:6]:
+        with st.container(border=True):
+            top = st.columns([5, 1])
+            top[0].markdown(f"**{job['kind']}** #{job['id']} · {job['status']} · {views.esc(job['message'])}")
+            if job["status"] in jobs.ACTIVE:
+                fraction = job["done"] / job["total"] if job["total"] else 0.0
+                st.progress(min(fraction, 1.0), text=f"{job['done']} of {job['total'] or '?'}")
+                if top[1].button("Cancel", key=f"cancel-{job['id']}"):
+                    jobs.cancel(db, job["id"])
+                    st.rerun()
+
+
+left, right = st.columns(2, gap="large")
+with left:
+    st.markdown("##### Add problems")
+    with st.form("ingest", border=True, clear_on_submit=True):
+        upload = st.file_uploader("Pool file", type=["jsonl", "json", "ndjson", "csv", "tsv", "parquet"])
+        q, a = st.columns(2)
+        question_field = q.text_input("Question column", placeholder="auto: question, problem, prompt...")
+        answer_field = a.text_input("Answer column", placeholder="auto: answer, solution, gold...")
+        submitted = st.form_submit_button("Ingest", type="primary", icon=":material/upload:")
+    if submitted:
+        if upload is None:
+            st.warning("Choose a file first.")
+        else:
+            try:
+                report = views.ingest_upload(db, upload.getvalue(), upload.name, question_field=question_field,
+                                             answer_field=answer_field)
+            except views.InvalidInput as err:
+                st.error(str(err))
+            else:
+                st.success(f"Added {report.added} problems from {upload.name} ({report.existing} already present).")
+                if report.rejected:
+                    st.error(f"{len(report.rejected)} rows were rejected; the others loaded.")
+                    st.dataframe(views.rejected_rows(report), hide_index=True)
+    if summary["sources"]:
+        st.dataframe(summary["sources"], hide_index=True)
+
+with right:
+    st.markdown("##### Trace and route")
+    with st.form("trace", border=True):
+        model = st.text_input("Model", value="default",
+                              help="'default' (embedded SmolLM2-135M-Instruct), a Hugging Face id, a local folder or a .gguf file.")
+        x, y, z = st.columns(3)
+        limit = x.number_input("Problems", min_value=1, value=20)
+        samples = y.number_input("Samples (K)", min_value=1, max_value=16, value=4)
+        max_tokens = z.number_input("Max new tokens", min_value=16, max_value=2048, value=256, step=32)
+        start = st.form_submit_button("Start tracing", type="primary", icon=":material/play_arrow:")
+    st.caption("Traces problems this model has not traced yet, then routes the pool.")
+    if start:
+        try:
+            job_id = jobs.start_trace(db, model=model, limit=int(limit), samples=int(samples),
+                                      max_new_tokens=int(max_tokens))
+        except Exception as err:  # a bad model spec is explained, not raised into the page
+            st.session_state["pool_flash"] = ("error", str(err))
+        else:
+            st.session_state["pool_flash"] = ("success", f"Tracing job #{job_id} started: it keeps running if you "
+                                                         "leave or reload this page.")
+        st.rerun()
+    if st.button("Route now", icon=":material/alt_route:", disabled=summary["traced"] == 0,
+                 help="Re-score pivots, re-estimate uncertainty and re-route every traced problem."):
+        try:
+            job_id = jobs.start_route(db)
+        except store.StoreError as err:
+            st.session_state["pool_flash"] = ("error", str(err))
+        else:
+            st.session_state["pool_flash"] = ("success", f"Routing job #{job_id} started.")
+        st.rerun()
+    st.markdown("##### Jobs")
+    job_panel()

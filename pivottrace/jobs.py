@@ -1,0 +1,220 @@
+"""Background jobs (trace, demo, route) that run in their own process, apart from the app.
+
+`start_*` records a job in the store's `jobs` table and launches `python -m pivottrace.jobs <id>`
+as a detached process. The worker writes its progress (done / total / message / status) to
+that row, so a page reload, or another user, sees the same progress bar, and the app stays
+responsive while the model works. `refresh` marks jobs whose process died as failed; `cancel`
+stops one. It holds no pipeline logic of its own: the worker calls pipeline.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+from . import pipeline, store
+
+KINDS = ("trace", "demo", "route")
+ACTIVE = ("queued", "running")
+STARTUP_GRACE_SECONDS = 30  # a queued job whose worker has not reported by then is marked failed
+
+
+class JobError(store.StoreError):
+    """A job cannot be started or changed."""
+
+
+def _db_file(db) -> str:
+    for _, name, path in db.execute("PRAGMA database_list"):
+        if name == "main" and path:
+            return path
+    raise JobError("Background jobs need a database file, not an in-memory database.")
+
+
+def log_path(db_file: str, job_id: int) -> Path:
+    """Where a job's output goes: <db>.jobs/<id>.log beside the database."""
+    return Path(f"{db_file}.jobs") / f"{job_id}.log"
+
+
+def start(db, kind: str, args: dict, *, total: int = 0) -> int:
+    """Record a job and launch its worker process; returns the job id at once."""
+    if kind not in KINDS:
+        raise JobError(f"Unknown job kind {kind!r}.")
+    db_file = _db_file(db)
+    job_id = store.create_job(db, kind, args, total)
+    log = log_path(db_file, job_id)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PIVOTTRACE_DB": db_file, "PYTHONUNBUFFERED": "1"}
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with log.open("ab") as out:
+        process = subprocess.Popen([sys.executable, "-m", "pivottrace.jobs", str(job_id)], env=env,
+                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True, cwd=root)
+    # Reap the child when it exits, so a finished worker never lingers as a zombie.
+    threading.Thread(target=process.wait, daemon=True).start()
+    store.update_job(db, job_id, pid=process.pid)
+    return job_id
+
+
+def start_trace(db, *, model: str = "default", limit: int | None = None, samples: int = 4,
+                max_new_tokens: int = 256, batch_size: int = 4, source: str | None = None,
+                route_after: bool = True) -> int:
+    """Trace up to `limit` untraced problems with `model` (then route) in the background."""
+    from .models import resolve_model  # no torch: validates the spec before a process starts
+
+    resolve_model(model)
+    if limit is not None and int(limit) < 1:
+        raise JobError("Trace at least one problem.")
+    args = {"model": model, "limit": limit, "samples": int(samples), "max_new_tokens": int(max_new_tokens),
+            "batch_size": int(batch_size), "source": source, "route_after": bool(route_after)}
+    return start(db, "trace", args, total=int(limit or 0))
+
+
+def start_demo(db, *, model: str = "default", problems: int = 40, traced: int = 6, samples: int = 4,
+               max_new_tokens: int = 256) -> int:
+    """Generate demo problems, trace `traced` of them and route, in the background."""
+    from .models import resolve_model
+
+    resolve_model(model)
+    args = {"model": model, "problems": int(problems), "limit": int(traced), "samples": int(samples),
+            "max_new_tokens": int(max_new_tokens), "batch_size": 4, "source": "demo", "route_after": True}
+    return start(db, "demo", args, total=int(traced))
+
+
+def start_route(db) -> int:
+    """Re-score and re-route the pool in the background."""
+    if store.latest_model_id(db) is None:
+        raise JobError("Nothing is traced yet: trace some problems first.")
+    return start(db, "route", {}, total=1)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def refresh(db) -> list[dict]:
+    """Recent jobs, newest first; active jobs whose worker is gone are marked failed."""
+    rows = store.jobs(db)
+    for job in rows:
+        if job["status"] not in ACTIVE:
+            continue
+        waited = store.now() - (job["started_at"] or 0)
+        if (job["pid"] and not _alive(job["pid"])) or (not job["pid"] and waited > STARTUP_GRACE_SECONDS):
+            message = "the worker stopped without reporting; see " + str(log_path(_db_file(db), job["id"]))
+            store.update_job(db, job["id"], status="failed", message=message)
+            job.update(status="failed", message=message)
+    return rows
+
+
+def active(db) -> list[dict]:
+    return [job for job in refresh(db) if job["status"] in ACTIVE]
+
+
+def cancel(db, job_id: int) -> None:
+    """Stop a running job; what it finished is kept (each trace is saved as soon as it is done)."""
+    job = store.get_job(db, job_id)
+    if job is None:
+        raise JobError(f"No job {job_id}.")
+    if job["status"] not in ACTIVE:
+        return
+    if job["pid"] and _alive(job["pid"]):
+        os.kill(job["pid"], signal.SIGTERM)
+    store.update_job(db, job_id, status="cancelled", message="cancelled")
+
+
+# --------------------------------------------------------------------------- worker
+
+def _tracer(args: dict):
+    from .trace import TraceConfig, Tracer  # torch is imported in the worker only
+
+    config = TraceConfig(n_samples=args["samples"], max_new_tokens=args["max_new_tokens"],
+                         batch_size=args["batch_size"])
+    return Tracer(args["model"], config=config)
+
+
+def run(job_id: int, db=None) -> None:
+    """Run one recorded job to the end in this process, reporting progress to its row."""
+    db = db or store.open_db()
+    job = store.get_job(db, job_id)
+    if job is None:
+        raise JobError(f"No job {job_id}.")
+    args = json.loads(job["args"] or "{}")
+    store.update_job(db, job_id, status="running", pid=os.getpid(), message="starting")
+
+    def on_progress(done, total, run_):
+        store.update_job(db, job_id, done=done, total=total,
+                         message=f"traced {done} of {total} · {run_.tokens_per_second:.1f} tokens/s")
+
+    try:
+        if job["kind"] == "demo":
+            from .datasets import LoadResult, demo_problems
+
+            report = pipeline.ingest_loaded(db, LoadResult(demo_problems(args["problems"]), []))
+            store.update_job(db, job_id, message=f"added {report.added} demo problems; loading the model")
+        if job["kind"] in ("trace", "demo"):
+            store.update_job(db, job_id, message="loading the model")
+            tracer = _tracer(args)
+            pending = len(store.pending_problems(db, tracer.model_id, limit=args.get("limit"),
+                                                 source=args.get("source")))
+            store.update_job(db, job_id, total=pending, message=f"tracing {pending} problems")
+            run_ = pipeline.trace_pool(db, tracer, limit=args.get("limit"), source=args.get("source"),
+                                       show_progress=False, on_progress=on_progress)
+            message = f"traced {run_.traced} problems ({run_.tokens_per_second:.1f} tokens/s)"
+            if args.get("route_after") and run_.traced:
+                routed = pipeline.route(db, model_id=tracer.model_id, note=job["kind"])
+                message += f"; router v{routed.router_version}: " + ", ".join(
+                    f"{k} {v}" for k, v in routed.counts.items())
+            store.update_job(db, job_id, status="done", done=run_.traced, message=message)
+        elif job["kind"] == "route":
+            routed = pipeline.route(db, note="on demand")
+            store.update_job(db, job_id, status="done", done=1, total=1,
+                             message=f"router v{routed.router_version} ({routed.kind}): " + ", ".join(
+                                 f"{k} {v}" for k, v in routed.counts.items()))
+        else:
+            raise JobError(f"Unknown job kind {job['kind']!r}.")
+    except BaseException as err:  # the row must say what happened, whatever happened
+        traceback.print_exc()
+        status = "cancelled" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
+        store.update_job(db, job_id, status=status, message=f"{type(err).__name__}: {err}"[:500])
+        if status == "failed":
+            raise
+
+
+def _on_sigterm(signum, frame):
+    raise SystemExit(143)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not argv[0].isdigit():
+        print("usage: python -m pivottrace.jobs <job id>", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        run(int(argv[0]))
+    except Exception:
+        return 1
+    except SystemExit as err:
+        return int(err.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""AppTest per page, against databases prepared by the package: each page renders without an
+exception, and its main action changes the database as expected."""
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import build_app_db
+from streamlit.testing.v1 import AppTest
+
+from pivottrace import jobs, store, views
+from pivottrace.datasets import Problem, problem_id
+
+ROOT = Path(__file__).resolve().parent.parent
+XSS = "<script>alert(1)</script><img src=x onerror=alert(1)>"
+TIMEOUT = 120  # seconds per script run; the live-trace run loads a model
+
+
+@pytest.fixture
+def navigation_app(monkeypatch):
+    """Run app.py as the server does. A folder named pages/ makes Streamlit start in its legacy
+    multipage mode, which st.navigation switches off during the first run; the live server keeps
+    that for the session, but AppTest resets it before every run and would then execute the page
+    file alone on reruns (streamlit#9446). Keep it off, as the server does after the first run."""
+    from streamlit.runtime import pages_manager
+
+    original = pages_manager.PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        pages_manager.PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(pages_manager.PagesManager, "__init__", init)
+
+
+def page(name: str, user: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / name), default_timeout=TIMEOUT)
+    if user:
+        at.session_state["user"] = user
+    return at.run()
+
+
+def by_label(elements, label: str):
+    matches = [e for e in elements if e.label == label]
+    assert matches, f"no widget labelled {label!r}"
+    return matches[0]
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def wait_for_job(db, job_id: int, timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = store.get_job(db, job_id)
+        if job["status"] not in jobs.ACTIVE:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s: {job['message']}")
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    path = tmp_path / "app.db"
+    database = build_app_db(path, second_model=5, extra_problems=[Problem(problem_id(XSS), XSS, "evil", "3")])
+    monkeypatch.setenv("PIVOTTRACE_DB", str(path))
+    return database
+
+
+def labels(db) -> list[dict]:
+    return list(db.query("select * from labels order by id"))
+
+
+# ------------------------------------------------------------------ app.py: sidebar and empty state
+
+def test_empty_database_offers_the_demo_which_runs_in_the_background(tmp_path, monkeypatch, navigation_app):
+    path = tmp_path / "empty.db"
+    monkeypatch.setenv("PIVOTTRACE_DB", str(path))
+    at = ok(page("app.py"))
+    assert at.title[0].value == "Welcome to PivotTrace"
+    by_label(at.button, "Run the demo").click().run()
+    db = store.open_db(path)
+    started = store.jobs(db)
+    assert [j["kind"] for j in started] == ["demo"]
+    assert started[0]["pid"]  # a separate process, not the page
+    jobs.cancel(db, started[0]["id"])  # the real model is not needed here
+    assert store.get_job(db, started[0]["id"])["status"] == "cancelled"
+
+
+def test_sidebar_adds_a_user_and_signs_them_in(db, navigation_app):
+    at = ok(page("app.py"))
+    by_label(at.sidebar.text_input, "Name").input("Zoe")
+    by_label(at.sidebar.selectbox, "Role").select("researcher")
+    by_label(at.sidebar.button, "Add").click().run()
+    ok(at)
+    assert store.user_role(db, "Zoe") == "researcher"
+    assert at.session_state["user"] == "Zoe"
+
+
+# ------------------------------------------------------------------ Annotate
+
+def test_annotate_accept_wrong_undo(db):
+    at = ok(page("pages/annotate.py", "ann"))
+    first = store.next_item(db, "ann")["problem_id"]
+    at.button(key="accept").click().run()
+    ok(at)
+    assert [(r["problem_id"], r["verdict"], r["annotator"]) for r in labels(db)] == [(first, "correct", "ann")]
+    assert labels(db)[0]["seconds"] is not None and labels(db)[0]["seconds"] >= 0
+    assert at.success and "router v" in at.success[0].value
+
+    second = store.next_item(db, "ann")["problem_id"]
+    assert second != first
+    at.text_input(key=f"gold-{second}").input("???")
+    at.button(key="wrong").click().run()
+    assert at.error and "Cannot read" in at.error[0].value
+    assert len(labels(db)) == 1  # refused: nothing saved
+    at.text_input(key=f"gold-{second}").input("3/4")
+    at.button(key="wrong").click().run()
+    ok(at)
+    assert (labels(db)[-1]["verdict"], labels(db)[-1]["gold_answer"]) == ("wrong", "3/4")
+
+    at.button(key="undo").click().run()
+    ok(at)
+    assert [r["verdict"] for r in labels(db)] == ["correct", "wrong", "undo"]
+    assert store.get_problem(db, second)["verdict"] is None
+    assert at.text_input(key=f"gold-{second}")  # the undone item is back on screen
+
+
+def test_annotate_shows_hostile_problem_text_as_text(db):
+    version = store.router_versions(db)[-1]["id"]
+    store.save_routes(db, [{"problem_id": problem_id(XSS), "model_id": "synth", "route": "annotate",
+                            "uncertainty": 0.99, "value": 99.0}], version)
+    at = ok(page("pages/annotate.py", "ann"))
+    bodies = [h.value for h in at.html]
+    assert any("&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in b for b in bodies)
+    assert not any("<script" in b or "<img" in b for b in bodies)
+
+
+def test_annotate_without_a_user_asks_for_a_name(db):
+    at = ok(page("pages/annotate.py"))
+    assert "Pick your name" in at.info[0].value
+    assert not at.button
+
+
+# ------------------------------------------------------------------ Inspect
+
+def test_inspect_search_finds_and_escapes(db):
+    at = ok(page("pages/inspect.py", "lee"))
+    at.text_input(key="inspect_search").input("alert").run()
+    ok(at)
+    assert at.selectbox(key="inspect_problem").value == problem_id(XSS)
+    bodies = [h.value for h in at.html]
+    assert any("&lt;script&gt;alert(1)" in b for b in bodies)
+    assert not any("<script" in b or "<img" in b for b in bodies)
+    assert len(at.get("plotly_chart")) == 3  # trace figure, token entropy, attention
+
+
+def test_inspect_compares_two_models(db):
+    at = ok(page("pages/inspect.py", "lee"))
+    two = next(r["problem_id"] for r in views.find_problems(db) if r["traces"] == 2)
+    at.selectbox(key="inspect_problem").select(two).run()
+    at.selectbox(key="inspect_compare").select("synth-b").run()
+    ok(at)
+    table = at.dataframe[-1].value
+    assert list(table.columns) == ["measure", "A", "B"]
+    assert table.set_index("measure").loc["model"].tolist() == ["synth", "synth-b"]
+
+
+def test_inspect_live_trace_loads_the_model_and_stores_nothing(db, tiny_model_dir):
+    traces_before = db["traces"].count
+    at = ok(page("pages/inspect.py", "lee"))
+    at.text_input(key="inspect_spec").input(str(tiny_model_dir))
+    by_label(at.button, "Trace now").click().run()
+    ok(at)
+    live = at.session_state["live"]
+    assert live.model_id == f"{tiny_model_dir} (live)" and live.n_layers == 2
+    table = at.dataframe[-1].value.set_index("measure")
+    assert table.loc["model"].tolist() == ["synth", live.model_id]
+    assert db["traces"].count == traces_before and store.latest_model_id(db) == "synth"
+
+
+# ------------------------------------------------------------------ Budget
+
+def test_budget_lead_sets_budget_and_target(db):
+    at = ok(page("pages/budget.py", "lee"))
+    by_label(at.number_input, "Labels").set_value(30)
+    by_label(at.number_input, "Cost per label (optional)").set_value(1.5)
+    by_label(at.button, "Save budget").click().run()
+    ok(at)
+    assert store.budget_status(db)["total"] == 30 and store.budget_status(db)["cost_per_label"] == 1.5
+    assert "Budget set to 30" in at.success[0].value
+    by_label(at.slider, "Self-train precision target").set_value(0.9)
+    by_label(at.button, "Re-route with this target").click().run()
+    ok(at)
+    assert store.router_versions(db)[-1]["thresholds"]["target_precision"] == 0.9
+
+
+def test_budget_is_read_only_for_annotators(db):
+    at = ok(page("pages/budget.py", "ann"))
+    assert "only a lead" in at.info[0].value
+    assert by_label(at.button, "Save budget").disabled
+    assert by_label(at.button, "Re-route with this target").disabled
+    assert by_label(at.number_input, "Labels").disabled
+
+
+# ------------------------------------------------------------------ Pool
+
+def test_pool_ingests_an_upload_and_lists_rejected_rows(db):
+    before = db["problems"].count
+    at = ok(page("pages/pool.py", "lee"))
+    data = b'{"question": "What is 7 + 5?", "answer": "#### 12"}\n{"question": 5}\n{"prompt": "What is 2 * 9?"}\n'
+    at.file_uploader[0].set_value(("more.jsonl", data, "application/json"))
+    by_label(at.button, "Ingest").click().run()
+    ok(at)
+    assert db["problems"].count == before + 2
+    assert "Added 2 problems" in at.success[0].value and "1 rows were rejected" in at.error[0].value
+    assert at.dataframe[0].value.to_dict("records") == [{"line": 2, "reason": "field 'question' is not text"}]
+
+
+def test_pool_routes_on_demand_in_the_background(db):
+    versions = len(store.router_versions(db))
+    at = ok(page("pages/pool.py", "lee"))
+    by_label(at.button, "Route now").click().run()
+    ok(at)
+    job = store.jobs(db)[0]
+    assert job["kind"] == "route"
+    assert wait_for_job(db, job["id"])["status"] == "done"
+    assert len(store.router_versions(db)) == versions + 1
+
+
+def test_pool_traces_with_a_model_in_the_background(db, tiny_model_dir):
+    store.insert_problems(db, [Problem(problem_id("What is 1 + 1?"), "What is 1 + 1?", "new", "2"),
+                               Problem(problem_id("What is 2 + 5?"), "What is 2 + 5?", "new", "7")])
+    at = ok(page("pages/pool.py", "lee"))
+    by_label(at.text_input, "Model").input(str(tiny_model_dir))
+    by_label(at.number_input, "Problems").set_value(2)
+    by_label(at.number_input, "Samples (K)").set_value(1)
+    by_label(at.number_input, "Max new tokens").set_value(16)
+    by_label(at.button, "Start tracing").click().run()
+    ok(at)
+    assert "keeps running" in at.success[0].value
+    job = store.jobs(db)[0]
+    assert job["kind"] == "trace" and job["pid"]
+    finished = wait_for_job(db, job["id"])
+    assert finished["status"] == "done", finished["message"]
+    assert (finished["done"], finished["total"]) == (2, 2)
+    traced = db.execute("select count(*) from traces where model_id = ?", [str(tiny_model_dir)]).fetchone()[0]
+    assert traced == 2
+    at = ok(page("pages/pool.py", "lee"))  # a fresh session (a reload) sees the finished job
+    assert any(f"#{job['id']} · done" in m.value for m in at.markdown)
+
+
+def test_pool_refuses_an_unknown_model_cleanly(db):
+    at = ok(page("pages/pool.py", "lee"))
+    by_label(at.text_input, "Model").input("/no/such/model/folder")
+    by_label(at.button, "Start tracing").click().run()
+    ok(at)
+    assert "No file or folder" in at.error[0].value
+    assert store.jobs(db) == []

@@ -1,0 +1,152 @@
+"""End to end in a real browser: the app runs as a `streamlit run` server on localhost and Debian's
+chromium, driven by Playwright, picks a name, labels two items with the keyboard shortcuts (one
+accept, one wrong with a gold answer), undoes one, and the database is checked. A screenshot of
+each page is saved to assets/ (the README shows them)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import build_app_db
+
+from pivottrace import store, views
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+GOLD = "987654"  # a gold answer no synthetic trace votes for
+WIDTH = 1440
+MAX_SHOT_HEIGHT = 2600  # px; long pages are cut here
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def server(tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed at /usr/bin/chromium")
+    path = tmp_path / "e2e.db"
+    db = build_app_db(path, budget=12, second_model=5)
+    for name in ("bob", "bob", "lee"):  # some history for the Budget page
+        item = views.next_item(db, name)
+        views.submit_label(db, annotator=name, problem_id=item.problem_id, action="accept",
+                           shown_answer=item.majority, seconds=20)
+    port = free_port()
+    env = {**os.environ, "PIVOTTRACE_DB": str(path)}
+    log = (tmp_path / "server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
+         "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(healthy, 30, "the app server")
+        yield base, db
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def idle(page, timeout: float = 30_000) -> None:
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
+    page.wait_for_timeout(300)
+
+
+def screenshot(page, name: str) -> None:
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")  # no focus ring
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(800)  # charts draw after the script finishes
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": WIDTH, "height": min(max(int(height) + 40, 900), MAX_SHOT_HEIGHT)})
+    page.wait_for_timeout(1500)  # the charts re-lay themselves out to the new size
+    ASSETS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ASSETS / f"{name}.png"))
+    page.set_viewport_size({"width": WIDTH, "height": 1000})
+
+
+def ann_labels(db) -> list[dict]:
+    return list(db.query("select * from labels where annotator = 'ann' order by id"))
+
+
+def test_label_with_keyboard_shortcuts_then_undo(server):
+    playwright = pytest.importorskip("playwright.sync_api")
+    base, db = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+        page.goto(base)
+        idle(page)
+
+        # pick a name in the sidebar
+        page.locator(".st-key-user_pick [data-testid=stSelectbox]").click()
+        page.get_by_role("option", name="ann", exact=True).click()
+        page.locator(".st-key-accept").first.wait_for()
+        idle(page)
+        page.get_by_test_id("stMainBlockContainer").get_by_role("heading", name="Annotate").click()  # focus off inputs
+
+        # A: the majority answer is correct
+        page.keyboard.press("a")
+        first = wait_until(lambda: ann_labels(db), what="the accept label")[0]
+        assert first["verdict"] == "correct" and first["seconds"] is not None
+        idle(page)
+
+        # W: wrong, with the gold answer typed first
+        gold = page.locator('[class*="st-key-gold-"] input')
+        gold.fill(GOLD)
+        page.get_by_test_id("stMainBlockContainer").get_by_role("heading", name="Annotate").click()
+        page.keyboard.press("w")
+        second = wait_until(lambda: ann_labels(db)[1:], what="the wrong label")[0]
+        assert (second["verdict"], second["gold_answer"]) == ("wrong", GOLD)
+        assert second["problem_id"] != first["problem_id"]
+        idle(page)
+
+        # U: undo the last label; the undone item comes straight back
+        page.keyboard.press("u")
+        undo = wait_until(lambda: ann_labels(db)[2:], what="the undo row")[0]
+        assert (undo["verdict"], undo["undoes"]) == ("undo", second["id"])
+        idle(page)
+        page.get_by_text("Undid 'wrong'").wait_for()
+        assert store.get_problem(db, first["problem_id"])["verdict"] == "correct"
+        assert store.get_problem(db, second["problem_id"])["verdict"] is None
+        assert store.budget_status(db)["spent"] == 4  # three from the fixture, one from the browser
+        screenshot(page, "annotate")
+
+        for name, user in (("inspect", "lee"), ("budget", "lee"), ("pool", "lee")):
+            page.goto(f"{base}/{name}?user={user}")
+            idle(page)
+            page.get_by_test_id("stMainBlockContainer").get_by_role("heading", name=name.title(), exact=True).wait_for()
+            assert not page.get_by_test_id("stException").count()
+            screenshot(page, name)
+        browser.close()
+    assert all((ASSETS / f"{n}.png").stat().st_size > 20_000 for n in ("annotate", "inspect", "budget", "pool"))

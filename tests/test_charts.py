@@ -1,0 +1,97 @@
+"""charts.py: figures carry the data they claim to, aligned on the step axis, without Streamlit."""
+
+import datetime as dt
+import json
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+from conftest import build_app_db
+
+from pivottrace import charts, views
+from pivottrace.pivots import PIVOT_THRESHOLD
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    return build_app_db(tmp_path_factory.mktemp("charts") / "c.db")
+
+
+@pytest.fixture(scope="module")
+def view(db):
+    rows = views.find_problems(db, min_density=0.5)
+    return views.trace_view(db, rows[0]["problem_id"], "synth")
+
+
+def test_trace_figure_aligns_heatmap_and_rows(view):
+    fig = charts.trace_figure(view, selected=1)
+    n_steps = len(view.steps)
+    heatmap = next(t for t in fig.data if isinstance(t, go.Heatmap))
+    assert np.asarray(heatmap.z).shape == view.entropy.shape == (30, n_steps)
+    lines = {t.name: t for t in fig.data if isinstance(t, go.Scatter) and t.name != "pivot"}
+    assert list(lines["temporal change"].y) == pytest.approx(view.temporal.tolist())
+    assert list(lines["consistency"].y) == pytest.approx(view.consistency.tolist())
+    assert list(lines["predictive entropy"].y) == pytest.approx(view.pred_entropy.tolist())
+    bars = next(t for t in fig.data if isinstance(t, go.Bar))
+    assert list(bars.y) == pytest.approx(view.scores.tolist())
+    for trace in [heatmap, bars, *lines.values()]:  # one shared step axis, 1-based
+        assert list(trace.x) == list(range(1, n_steps + 1))
+    assert [c == charts.PIVOT_COLOUR for c in bars.marker.color] == [s.is_pivot for s in view.steps]
+    markers = next(t for t in fig.data if t.name == "pivot")
+    assert list(markers.x) == [p + 1 for p in view.pivots]
+    assert any(shape.y0 == PIVOT_THRESHOLD for shape in fig.layout.shapes)  # the threshold line
+    json.loads(fig.to_json())  # serialisable, i.e. drawable by the frontend
+
+
+def test_trace_figure_of_an_empty_trace_says_so(view):
+    empty = views.TraceView(**{**view.__dict__, "steps": [], "entropy": np.zeros((0, 0))})
+    fig = charts.trace_figure(empty)
+    assert fig.layout.annotations[0].text == "This trace has no per-step statistics."
+
+
+def test_step_drilldown_figures(view):
+    step = view.pivots[0] if view.pivots else 0
+    tokens = charts.token_entropy_figure(view, step)
+    s = view.steps[step]
+    assert list(tokens.data[0].y) == pytest.approx(view.token_entropy[s.tok_start:s.tok_end].tolist())
+    targets = views.attention_targets(view, step)
+    attention = charts.attention_figure(targets, step=step)
+    assert list(attention.data[0].y) == [t["label"] for t in targets]
+    assert sum(attention.data[0].x) == pytest.approx(1.0)
+    assert "Where step" in attention.layout.title.text
+
+
+def test_burn_figure_projects_to_the_run_out_date():
+    today = dt.date(2026, 1, 10)
+    per_day = [{"day": today - dt.timedelta(days=2), "labels": 4, "spent": 4},
+               {"day": today - dt.timedelta(days=1), "labels": 0, "spent": 4},
+               {"day": today, "labels": 6, "spent": 10}]
+    fig = charts.burn_figure(per_day, total=30, run_out=today + dt.timedelta(days=6))
+    names = [t.name for t in fig.data]
+    assert names == ["labels that day", "spent", "projection"]
+    assert list(fig.data[1].y) == [4, 4, 10]
+    assert list(fig.data[2].y) == [10, 30]
+    assert charts.burn_figure([], total=30).layout.annotations[0].text.startswith("No labels yet")
+
+
+def test_route_mix_figure_stacks_every_route(db):
+    rows = views.route_mix_series(db)
+    fig = charts.route_mix_figure(rows)
+    assert fig.layout.barmode == "stack"
+    assert {t.name for t in fig.data} == {"annotate", "self train", "low priority", "deferred"}
+    assert sum(sum(t.y) for t in fig.data) == sum(r["count"] for r in rows) == 40
+
+
+def test_calibration_figure_skips_metrics_never_measured(db):
+    history = views.router_history(db)
+    fig = charts.calibration_figure(history)
+    assert [t.name for t in fig.data] == ["self-train max u"]  # cold start: no ECE/Brier/AUROC yet
+    history[-1]["AUROC"] = 0.7
+    assert "AUROC" in [t.name for t in charts.calibration_figure(history).data]
+
+
+def test_vote_figure_highlights_the_majority():
+    candidates = [views.Candidate("12", 3, 0.6, True), views.Candidate("(no answer)", 2, 0.4, False)]
+    fig = charts.vote_figure(candidates)
+    assert list(fig.data[0].y) == ["12", "(no answer)"]
+    assert list(fig.data[0].marker.color) == ["#2563eb", "#cbd5e1"]
