@@ -460,7 +460,8 @@ def next_item(db: sqlite_utils.Database, annotator: str, *,
         held = db.execute(
             "select a.problem_id from assignments a join problems p on p.id = a.problem_id "
             "where a.annotator = ? and a.expires_at > ? and p.verdict is null "
-            "order by a.leased_at limit 1", [annotator, stamp]).fetchone()
+            "order by a.leased_at desc limit 1",  # newest first: an undone item comes straight back
+            [annotator, stamp]).fetchone()
         if held:
             problem_id = held[0]
         else:
@@ -753,3 +754,47 @@ def get_job(db: sqlite_utils.Database, job_id: int) -> dict | None:
 
 def jobs(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
     return list(db.query("select * from jobs order by id desc limit ?", [limit]))
+
+
+# --------------------------------------------------------------------------- read helpers for the app
+
+def users(db: sqlite_utils.Database) -> list[dict]:
+    return list(db.query("select name, role from users order by name"))
+
+
+def problem_overview(db: sqlite_utils.Database) -> list[dict]:
+    """One row per problem: its route, uncertainty and pivot features (for searching and filtering)."""
+    return list(db.query(
+        "select p.id as problem_id, p.text, p.source, p.verdict, r.route, r.uncertainty, r.value, "
+        "r.model_id, f.pivot_density, f.n_pivots, f.n_steps, f.vote_share, f.majority_answer, "
+        "(select count(*) from traces t where t.problem_id = p.id) as n_traces "
+        "from problems p left join routes r on r.problem_id = p.id "
+        "left join features f on f.problem_id = p.id and f.model_id = r.model_id "
+        "order by p.created_at, p.rowid"))
+
+
+def trace_models(db: sqlite_utils.Database, problem_id: str) -> list[str]:
+    """Models that traced this problem, newest first."""
+    return [r[0] for r in db.execute(
+        "select model_id from traces where problem_id = ? order by created_at desc", [problem_id])]
+
+
+def get_features(db: sqlite_utils.Database, problem_id: str, model_id: str) -> dict | None:
+    rows = list(db.query("select * from features where problem_id = ? and model_id = ?",
+                         [problem_id, model_id]))
+    return rows[0] if rows else None
+
+
+def queue_remaining(db: sqlite_utils.Database) -> int:
+    """Unlabelled problems routed to `annotate` (leased ones included)."""
+    return db.execute("select count(*) from routes r join problems p on p.id = r.problem_id "
+                      "where r.route = 'annotate' and p.verdict is null").fetchone()[0]
+
+
+def route_history(db: sqlite_utils.Database) -> list[dict]:
+    """Every logged route change, oldest first."""
+    return list(db.query("select problem_id, route, router_version, created_at from route_log order by id"))
+
+
+def source_counts(db: sqlite_utils.Database) -> list[dict]:
+    return list(db.query("select source, count(*) as problems from problems group by source order by 2 desc"))
