@@ -195,14 +195,14 @@ def app_cmd(db: Optional[str] = DbOption,
             headless: bool = typer.Option(False, "--headless", help="Do not open a browser.")):
     """Launch the Streamlit app."""
     env = dict(os.environ)
-    if db:
-        env["PIVOTTRACE_DB"] = str(Path(db).resolve())
+    env["PIVOTTRACE_DB"] = str(Path(db or store.default_db_path()).resolve())
     entry = Path(__file__).resolve().parent.parent / "app.py"
     command = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.port", str(port),
                "--browser.gatherUsageStats", "false"]
     if headless:
         command += ["--server.headless", "true"]
-    raise typer.Exit(subprocess.call(command, env=env))
+    # from the repository root, so Streamlit reads .streamlit/config.toml (theme, no file watcher)
+    raise typer.Exit(subprocess.call(command, env=env, cwd=entry.parent))
 
 
 @users_app.command("add")
