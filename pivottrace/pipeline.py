@@ -10,13 +10,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from . import store
+from .answers import answers_match, canonical
 from .datasets import LoadResult, RejectedRow, demo_problems, read_pool
 from .features import build_features
 from .route import RouterConfig, route_pool
-from .uncertainty import CalibratedModel, ColdStartPrior, can_calibrate
+from .uncertainty import EstimatorConfig, FeatureTable
+from .uncertainty import choose_estimator as _choose_estimator
 
 RECALIBRATE_EVERY = 1  # labels between two recalibrations in the app (1 = after every label)
 
@@ -94,22 +94,34 @@ def score_pool(db, model_id: str | None = None) -> list[dict]:
     return rows
 
 
-def label_outcomes(db) -> dict[str, int]:
+def label_outcomes(db, rows: list[dict] | None = None) -> dict[str, int]:
     """{problem_id: 1 if the majority answer was wrong, 0 if right}, from labels in force.
 
-    A `flawed` verdict says nothing about the model, so it is left out.
+    A `flawed` verdict says nothing about the model, so it is left out. With `rows` (feature rows
+    of the model being routed), a label whose shown answer differs from that row's majority answer
+    (traces of a new checkpoint) is re-read against the label's gold: the gold answer of a `wrong`
+    verdict, the shown answer of a `correct` one.
     """
-    return {row["problem_id"]: int(row["verdict"] == "wrong")
-            for row in store.effective_labels(db) if row["verdict"] in ("correct", "wrong")}
+    majority = {r["problem_id"]: r.get("majority_answer") for r in rows or []}
+    outcomes = {}
+    for row in store.effective_labels(db):
+        if row["verdict"] not in ("correct", "wrong"):
+            continue
+        wrong = int(row["verdict"] == "wrong")
+        pid = row["problem_id"]
+        gold = row["gold_answer"] if wrong else row["shown_answer"]
+        shown = row["shown_answer"]
+        if pid in majority and gold and shown is not None and majority[pid] != shown \
+                and canonical(majority[pid]) != canonical(shown):
+            wrong = int(not answers_match(majority[pid], gold))
+        outcomes[pid] = wrong
+    return outcomes
 
 
-def choose_estimator(rows: list[dict], outcomes: dict[str, int]):
-    """The calibrated model when labels hold enough of both outcomes, else the cold-start prior."""
-    labelled = [r for r in rows if r["problem_id"] in outcomes]
-    wrong = np.array([outcomes[r["problem_id"]] for r in labelled], dtype=int)
-    if labelled and can_calibrate(wrong):
-        return CalibratedModel().fit(labelled, wrong)
-    return ColdStartPrior()
+def choose_estimator(rows, outcomes: dict[str, int], *, config: EstimatorConfig | None = None):
+    """The calibrated model when labels hold enough of both outcomes (and it beats the prior on
+    them, see uncertainty.choose_estimator), else the cold-start prior."""
+    return _choose_estimator(rows, outcomes, config=config)
 
 
 @dataclass
@@ -124,21 +136,26 @@ class RouteReport:
 
 
 def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfig(),
-          rescore: bool = True, note: str = "") -> RouteReport:
-    """Score (optionally), estimate uncertainty, route the pool, and record a router version."""
+          rescore: bool = True, note: str = "", estimator_config: EstimatorConfig | None = None) -> RouteReport:
+    """Score (optionally), estimate uncertainty, route the pool, and record a router version.
+
+    With `rescore=False` this is the recalibration: stored features, labels in force, a fresh
+    estimator, new thresholds, a new router version and updated routes.
+    """
     start = time.perf_counter()
     model_id = model_id or store.latest_model_id(db)
     rows = score_pool(db, model_id) if rescore else store.load_features(db, model_id)
-    outcomes = label_outcomes(db)
-    estimator = choose_estimator(rows, outcomes)
-    uncertainty = estimator.predict(rows)
+    outcomes = label_outcomes(db, rows)
+    table = FeatureTable.from_rows(rows)  # converted once for the fit and the prediction
+    estimator = choose_estimator(table, outcomes, config=estimator_config)
+    uncertainty = estimator.predict(table)
     labelled = {r["problem_id"] for r in store.effective_labels(db)}
     budget = store.budget_status(db)
     routing = route_pool(rows, uncertainty, budget_remaining=budget["remaining"], config=config,
                          exclude=labelled)
     metrics = dict(getattr(estimator, "metrics", {}) or {})
     version = store.new_router_version(db, kind=estimator.kind, model_id=model_id,
-                                       n_labels=len(outcomes), thresholds=routing.thresholds,
+                                       n_labels=len(labelled), thresholds=routing.thresholds,
                                        metrics=metrics, note=note)
     changed = store.save_routes(db, routing.decisions, version)
     counts = {name: 0 for name in store.ROUTES}
@@ -146,6 +163,36 @@ def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfi
         counts[decision["route"]] += 1
     return RouteReport(version, estimator.kind, counts, changed, routing.thresholds, metrics,
                        time.perf_counter() - start)
+
+
+def recalibration_due(db, *, every: int = RECALIBRATE_EVERY) -> str | None:
+    """Why the router should recalibrate now, or None.
+
+    Due when traces of a model checkpoint that no router version has seen arrive, or when at
+    least `every` labels (0: never) arrived since the last router version.
+    """
+    model_id = store.latest_model_id(db)
+    if model_id is None:
+        return None
+    versions = store.router_versions(db)
+    if not versions or all(v["model_id"] != model_id for v in versions):
+        return f"traces of a new model checkpoint ({model_id})"
+    labelled = len(store.effective_labels(db))
+    if every and abs(labelled - (versions[-1]["n_labels"] or 0)) >= every:
+        return f"after {labelled} labels"
+    return None
+
+
+def recalibrate_if_due(db, *, every: int = RECALIBRATE_EVERY,
+                       config: RouterConfig | None = None) -> RouteReport | None:
+    """Recalibrate and re-route when `recalibration_due` says so (rescoring for a new checkpoint)."""
+    reason = recalibration_due(db, every=every)
+    if reason is None:
+        return None
+    versions = store.router_versions(db)
+    if config is None and versions and versions[-1]["thresholds"].get("target_precision") is not None:
+        config = RouterConfig(target_precision=float(versions[-1]["thresholds"]["target_precision"]))
+    return route(db, config=config or RouterConfig(), rescore=reason.startswith("traces"), note=reason)
 
 
 def label(db, *, problem_id: str, annotator: str, verdict: str, gold_answer: str | None = None,
@@ -156,10 +203,7 @@ def label(db, *, problem_id: str, annotator: str, verdict: str, gold_answer: str
                      gold_answer=gold_answer, shown_answer=shown_answer, seconds=seconds)
     if verdict == "skip":
         return None
-    spent = store.labels_spent(db)
-    if recalibrate_every and spent % recalibrate_every == 0:
-        return route(db, rescore=False, note=f"after {spent} labels")
-    return None
+    return recalibrate_if_due(db, every=recalibrate_every)
 
 
 def run_demo(db, tracer, *, n_problems: int = 40, n_trace: int = 6, seed: int = 0,

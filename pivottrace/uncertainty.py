@@ -1,36 +1,105 @@
 """Features -> uncertainty = estimated P(the model's majority answer is wrong).
 
-Two estimators with one interface (`predict(rows) -> [N]`):
-- `ColdStartPrior`: no labels needed. A documented, rank-based combination of the signals.
-- `CalibratedModel`: scikit-learn logistic regression with isotonic/Platt calibration, fitted on
-  labelled problems once both outcomes are present often enough.
-Also the metrics we report (ECE, Brier, AUROC). It does not route or touch the database.
+Two estimators with one interface (`predict(rows) -> [N]` probabilities):
+- `ColdStartPrior`: no labels needed. The vote anchors it (1 - vote share is a rough probability
+  of error by itself); a rank-based combination of the other signals moves it up or down.
+- `CalibratedModel`: scikit-learn logistic regression wrapped in `CalibratedClassifierCV`
+  (Platt/sigmoid, isotonic from many labels), fitted on labelled problems once both outcomes are
+  present often enough, starting from the prior and corrected for the labels' selection bias.
+  Its ECE, Brier and AUROC come from cross-validation.
+`choose_estimator` picks between them. `rows` may be feature dicts or a `FeatureTable` (built
+once, so a pool of 10,000 is converted once per recalibration). Also the metrics we report (ECE,
+Brier, AUROC, reliability bins). It does not route, read gold answers or touch the database.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.stats import rankdata
 
-from .features import NUMERIC_FEATURES, feature_matrix
+from .features import NUMERIC_FEATURES
 
-# Cold-start prior: each signal's pool percentile, oriented so that higher = more likely wrong,
-# averaged with these weights. Answer agreement dominates (self-consistency is the strongest
-# label-free predictor of correctness); confidence next; pivots and attention add the rest.
+# Signals read from the attention statistics and the pivots; "no attention" ablations drop them.
+ATTENTION_FEATURES = ("pivot_density", "max_pivot_score", "mean_entropy", "mean_temporal",
+                      "mean_consistency")
+
+# Cold-start prior. The anchor is the vote: p0 = VOTE_FLOOR + (1 - 2 VOTE_FLOOR) * (1 - vote_share).
+# With K + 1 = 5 votes: unanimous 0.05, 4 of 5 0.23, 3 of 5 0.41, no answer at all 0.95.
+VOTE_FLOOR = 0.05  # a unanimous vote still leaves this much doubt: samples of one model share its blind spots
+# The other signals, each as a pool percentile oriented so that higher = more likely wrong, are
+# averaged with these weights into a in [0, 1] (0.5 = typical of the pool); the prior is then
+# logit(p) = logit(p0) + ADJUST_LOGITS * (2a - 1). Confidence comes first (the best label-free
+# predictor after agreement), verification signals next, attention and pivots add the rest.
 PRIOR_WEIGHTS = {
-    "vote_share": (-1, 0.30),  # low agreement among the K+1 answers
-    "vote_entropy": (+1, 0.10),
-    "answer_found": (-1, 0.10),  # no parsable final answer
-    "greedy_agrees": (-1, 0.10),  # greedy chain disagrees with the majority
-    "mean_logprob": (-1, 0.15),  # low token confidence
-    "pivot_density": (+1, 0.10),  # many pivots per 100 tokens
+    "mean_logprob": (-1, 0.20),  # low token confidence
+    "min_logprob": (-1, 0.05),  # one very unlikely token
+    "answer_prob": (-1, 0.10),  # the final answer's own tokens were unlikely
+    "answer_found": (-1, 0.10),  # the greedy chain gave no parsable final answer
+    "greedy_agrees": (-1, 0.10),  # the greedy chain disagrees with the majority
+    "vote_entropy": (+1, 0.05),  # the minority votes are split, not one rival answer
+    "pivot_density": (+1, 0.15),  # many pivots per 100 tokens
     "max_pivot_score": (+1, 0.05),
     "mean_entropy": (+1, 0.05),  # dispersed attention
-    "mean_consistency": (-1, 0.05),  # layers disagree
+    "mean_temporal": (+1, 0.05),  # attention keeps jumping between segments
+    "mean_consistency": (-1, 0.10),  # layers disagree
 }
+ADJUST_LOGITS = 1.5  # the other signals move the anchor by at most this many logits (odds x4.5) either way
 MIN_LABELS_PER_CLASS = 8  # fewer right/wrong labels than this: keep the prior (a fit would overfit)
+ISOTONIC_MIN_LABELS = 1000  # isotonic calibration overfits below ~1000 points (sklearn guide); Platt before
+CALIBRATION_FOLDS = 3  # folds inside CalibratedClassifierCV
+METRIC_FOLDS = 5  # folds of the cross-validated ECE / Brier / AUROC
+LOGISTIC_C = 1.0  # inverse L2 strength on standardised features (sklearn sums the loss over labels)
+PRIOR_EMPHASIS = 10.0  # the prior's logit column is scaled by this after standardising, so its L2
+# penalty is 100x weaker: with few labels the fit leans on the prior, other signals need evidence
+PRIOR_CLIP = 1e-3  # prior probabilities are clipped to [this, 1 - this] before the logit
+MAX_WEIGHT = 10.0  # cap on a label's covariate-shift weight, relative to the median weight
+ECE_BINS = 10
+SOLVER = "newton-cholesky"  # Newton steps: few iterations even with the emphasised prior column;
+# sklearn's pick for many rows and few features (lbfgs took ~50 iterations per fit here)
+FIT_THREADS = 1  # BLAS threads for fits: on problems this small, threads cost more than they save
+# (measured here: lbfgs on 100 x 14 took 60 ms with the default threads under load, 1.5 ms with one)
+
+
+# --------------------------------------------------------------------------- inputs
+
+@dataclass
+class FeatureTable:
+    """Feature rows as numeric columns, converted once. Missing values are NaN until `matrix`."""
+
+    ids: list[str]  # [N] problem ids
+    columns: dict[str, np.ndarray]  # name -> [N] float64
+    cache: dict = field(default_factory=dict, repr=False)  # prior outputs, keyed by the prior
+
+    @classmethod
+    def from_rows(cls, rows, names=NUMERIC_FEATURES) -> "FeatureTable":
+        if isinstance(rows, FeatureTable):
+            return rows
+        columns = {name: np.array([r.get(name) for r in rows], dtype=np.float64).reshape(len(rows))
+                   for name in names}  # None -> NaN
+        return cls([r["problem_id"] for r in rows], columns)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def matrix(self, names) -> np.ndarray:
+        """[N, F] with each column's missing values replaced by its median (0 if all missing)."""
+        missing = [n for n in names if n not in self.columns]
+        if missing:
+            raise KeyError(f"Feature table has no column {missing[0]!r}.")
+        out = np.empty((len(self), len(names)), dtype=np.float64)  # [N, F]
+        for j, name in enumerate(names):
+            column = self.columns[name]
+            nan = np.isnan(column)
+            out[:, j] = column
+            if nan.any():
+                out[nan, j] = 0.0 if nan.all() else float(np.median(column[~nan]))
+        return out
+
+    def take(self, indexes: np.ndarray) -> "FeatureTable":
+        return FeatureTable([self.ids[i] for i in indexes], {k: v[indexes] for k, v in self.columns.items()})
 
 
 def _percentiles(column: np.ndarray) -> np.ndarray:
@@ -40,55 +109,246 @@ def _percentiles(column: np.ndarray) -> np.ndarray:
     return (rankdata(column, method="average") - 1) / (column.size - 1)
 
 
+@contextmanager
+def single_threaded():
+    """Limit BLAS/OpenMP threads to FIT_THREADS while small models are fitted or applied."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=FIT_THREADS):
+        yield
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p) - np.log1p(-p)
+
+
+def _expit(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+# --------------------------------------------------------------------------- the prior
+
 @dataclass
 class ColdStartPrior:
-    """Rank-based prior. Its output ranks well but is not calibrated: read it as a score in [0,1]."""
+    """Label-free P(majority wrong): the vote as anchor, the other signals' ranks as adjustment.
+
+    `anchor`: the vote_share column name, or None for a pure rank score (the weighted mean
+    percentile itself, used by the single-signal baselines). `weights`: {column: (sign, weight)};
+    empty means the anchor alone. Ranks are taken within the rows given (the pool).
+    """
 
     weights: dict = field(default_factory=lambda: dict(PRIOR_WEIGHTS))
+    anchor: str | None = "vote_share"
+    adjust_logits: float = ADJUST_LOGITS
     kind: str = "cold_start"
+    metrics: dict = field(default_factory=dict)  # empty, or why labels did not replace it
 
-    def predict(self, rows: list[dict]) -> np.ndarray:
-        if not rows:
-            return np.zeros(0)
+    def adjustment(self, rows) -> np.ndarray:
+        """[N] weighted mean percentile of the non-anchor signals, 0.5 when there are none."""
+        table = FeatureTable.from_rows(rows, tuple(self.weights))
+        if not self.weights:
+            return np.full(len(table), 0.5)
         names = list(self.weights)
-        matrix = feature_matrix(rows, names)  # [N, F]
+        matrix = table.matrix(names)  # [N, F]
         total = sum(w for _, w in self.weights.values())
-        score = np.zeros(len(rows))  # [N]
+        score = np.zeros(len(table))  # [N]
         for j, name in enumerate(names):
             sign, weight = self.weights[name]
             score += weight * _percentiles(sign * matrix[:, j])
         return score / total
 
+    def predict(self, rows) -> np.ndarray:
+        table = FeatureTable.from_rows(rows, tuple(self.weights) + ((self.anchor,) if self.anchor else ()))
+        if not len(table):
+            return np.zeros(0)
+        key = ("prior", tuple(sorted(self.weights.items())), self.anchor, self.adjust_logits)
+        if key not in table.cache:
+            a = self.adjustment(table)  # [N] in [0, 1]
+            if self.anchor is None:
+                table.cache[key] = a
+            else:
+                share = np.clip(table.matrix((self.anchor,))[:, 0], 0.0, 1.0)  # [N]
+                p0 = VOTE_FLOOR + (1.0 - 2.0 * VOTE_FLOOR) * (1.0 - share)  # [N] in [floor, 1 - floor]
+                table.cache[key] = _expit(_logit(p0) + self.adjust_logits * (2.0 * a - 1.0))
+        return table.cache[key].copy()
+
+
+# --------------------------------------------------------------------------- the calibrated model
+
+def _logistic():
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=LOGISTIC_C, solver=SOLVER, max_iter=1000)
+
+
+def calibration_method(method: str, n_labels: int) -> str:
+    if method not in ("auto", "sigmoid", "isotonic"):
+        raise ValueError(f"Unknown calibration method {method!r}; use auto, sigmoid or isotonic.")
+    if method != "auto":
+        return method
+    return "isotonic" if n_labels >= ISOTONIC_MIN_LABELS else "sigmoid"
+
+
+def covariate_shift_weights(x_pool: np.ndarray, labelled: np.ndarray) -> np.ndarray:
+    """[M] weights that make the labelled rows stand for the whole pool: 1 / P(labelled | x).
+
+    The router picks the most uncertain problems, so the labels cover a biased slice of the pool,
+    and a model fitted on them as they are learns that slice's quirks (e.g. "unanimous means
+    wrong", because only the doubtful unanimous problems were labelled). P(labelled | x) comes from
+    a logistic regression of labelled-vs-pool on the same inputs; weights are clipped to
+    [1 / MAX_WEIGHT, MAX_WEIGHT] times their median, so a few rare labels cannot take over the
+    fit, then normalised to mean 1.
+    """
+    chosen = np.zeros(x_pool.shape[0], dtype=int)  # [P]
+    chosen[labelled] = 1
+    if chosen.all():
+        return np.ones(labelled.size)
+    p = _logistic().fit(x_pool, chosen).predict_proba(x_pool[labelled])[:, 1]  # [M]
+    w = 1.0 / np.clip(p, 1e-6, 1.0)  # [M]
+    w = np.clip(w / np.median(w), 1.0 / MAX_WEIGHT, MAX_WEIGHT)
+    return w / w.mean()
+
 
 @dataclass
 class CalibratedModel:
-    """Logistic regression on standardised features, calibrated with isotonic (or sigmoid) CV."""
+    """Logistic regression on standardised features, calibrated with `CalibratedClassifierCV`.
+
+    Inputs are standardised with the pool's mean and spread. With a `prior`, the prior's logit is
+    the first input, scaled by PRIOR_EMPHASIS so its L2 penalty is 100x weaker: the fit starts from
+    the prior's ranking and rescales it, and the other signals move it only as far as the labels
+    support. With `reweight`, labels are weighted by `covariate_shift_weights`. The prior ranks
+    against a pool, so `fit` takes the pool (`pool`, holding the labelled rows; default the rows
+    themselves) and `predict` reads the rows it is given as the pool.
+    """
 
     columns: tuple = NUMERIC_FEATURES
-    method: str = "auto"  # "isotonic", "sigmoid", or "auto": isotonic from 200 labels on
+    method: str = "auto"  # "isotonic", "sigmoid", or "auto": isotonic from ISOTONIC_MIN_LABELS labels on
+    prior: ColdStartPrior | None = None
+    reweight: bool = True  # weight labels by 1 / P(labelled | x) (see covariate_shift_weights)
     kind: str = "calibrated"
     estimator: object = None
-    metrics: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)  # {ece, brier, auroc, n, method} from cross-validation
+    weights: np.ndarray | None = None  # [M] covariate-shift weights of the labels it was fitted on
+    oof: np.ndarray | None = None  # [M] cross-validated probabilities of those labels
+    center: np.ndarray | None = None  # [F(+1)] pool mean of the raw inputs
+    spread: np.ndarray | None = None  # [F(+1)] pool standard deviation (1 where constant)
 
-    def fit(self, rows: list[dict], wrong: np.ndarray) -> "CalibratedModel":
+    def raw_inputs(self, rows) -> np.ndarray:
+        """[N, F(+1)] unstandardised inputs: the prior's logit (ranked within `rows`), then the columns."""
+        table = FeatureTable.from_rows(rows)
+        x = table.matrix(self.columns)  # [N, F]
+        if self.prior is None:
+            return x
+        z = _logit(np.clip(self.prior.predict(table), PRIOR_CLIP, 1.0 - PRIOR_CLIP))  # [N]
+        return np.column_stack([z, x])  # [N, F+1]
+
+    def _standardise(self, raw: np.ndarray) -> np.ndarray:
+        x = (raw - self.center) / self.spread  # [N, F(+1)]
+        if self.prior is not None:
+            x[:, 0] *= PRIOR_EMPHASIS
+        return x
+
+    def fit(self, rows, wrong: np.ndarray, *, pool=None, with_metrics: bool = True) -> "CalibratedModel":
         from sklearn.calibration import CalibratedClassifierCV
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
+        from sklearn.model_selection import StratifiedKFold
 
-        y = np.asarray(wrong, dtype=int)  # [N] 1 = majority answer wrong
-        x = feature_matrix(rows, self.columns)  # [N, F]
-        folds = int(min(5, np.bincount(y, minlength=2).min()))
-        method = self.method if self.method != "auto" else ("isotonic" if len(y) >= 200 else "sigmoid")
-        base = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
-        self.estimator = CalibratedClassifierCV(base, method=method, cv=max(folds, 2)).fit(x, y)
-        self.metrics = cross_validated_metrics(x, y, method=method)
+        y = np.asarray(wrong, dtype=int)  # [M] 1 = majority answer wrong
+        ids = rows.ids if isinstance(rows, FeatureTable) else [r["problem_id"] for r in rows]
+        if len(ids) != y.size:
+            raise ValueError(f"{len(ids)} feature rows but {y.size} outcomes.")
+        if not can_calibrate(y):
+            raise ValueError(f"Calibration needs at least {MIN_LABELS_PER_CLASS} right and "
+                             f"{MIN_LABELS_PER_CLASS} wrong labels; got {np.bincount(y, minlength=2).tolist()}.")
+        pool = FeatureTable.from_rows(rows if pool is None else pool)
+        where = {pid: i for i, pid in enumerate(pool.ids)}
+        missing = [pid for pid in ids if pid not in where]
+        if missing:
+            raise ValueError(f"{len(missing)} labelled rows are not in the pool, e.g. {missing[0]!r}.")
+        labelled = np.array([where[pid] for pid in ids], dtype=np.int64)  # [M]
+        raw = self.raw_inputs(pool)  # [P, F(+1)]
+        self.center = raw.mean(axis=0)
+        spread = raw.std(axis=0)
+        self.spread = np.where(spread > 1e-12, spread, 1.0)
+        x_pool = self._standardise(raw)  # [P, F(+1)]
+        x = x_pool[labelled]  # [M, F(+1)]
+        method = calibration_method(self.method, y.size)
+        folds = int(max(min(CALIBRATION_FOLDS, np.bincount(y, minlength=2).min()), 2))
+        with single_threaded():
+            self.weights = covariate_shift_weights(x_pool, labelled) if self.reweight else None  # [M]
+            self.estimator = CalibratedClassifierCV(
+                _logistic(), method=method, cv=StratifiedKFold(folds, shuffle=True, random_state=0),
+            ).fit(x, y, sample_weight=self.weights)
+            self.oof = cross_fitted_probabilities(x, y, method=method, weights=self.weights) \
+                if with_metrics else None
+        self.metrics = {}
+        if self.oof is not None:
+            self.metrics = {**evaluate(self.oof, y, weights=self.weights), "method": method,
+                            "reweighted": bool(self.reweight)}
         return self
 
-    def predict(self, rows: list[dict]) -> np.ndarray:
-        if not rows:
+    def predict(self, rows) -> np.ndarray:
+        table = FeatureTable.from_rows(rows)
+        if not len(table):
             return np.zeros(0)
-        return self.estimator.predict_proba(feature_matrix(rows, self.columns))[:, 1]
+        x = self._standardise(self.raw_inputs(table))  # [N, F(+1)]
+        with single_threaded():
+            return self.estimator.predict_proba(x)[:, 1]
+
+
+def cross_fitted_probabilities(x: np.ndarray, y: np.ndarray, *, method: str = "sigmoid",
+                               weights: np.ndarray | None = None, folds: int = METRIC_FOLDS) -> np.ndarray | None:
+    """[M] out-of-fold calibrated probabilities, or None when a class has fewer than 2 labels.
+
+    For each fold: a logistic regression fitted on the other folds scores it (out-of-fold scores
+    for every label); then the fold's probabilities come from a calibrator (Platt or isotonic)
+    fitted on the other folds' out-of-fold scores. Nested CalibratedClassifierCV would be the
+    textbook form; this one fits k regressions instead of k x (k + 1) and differs only in that a
+    calibrator sees scores from regressions that saw its fold's labels.
+    """
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = int(min(folds, np.bincount(y, minlength=2).min()))
+    if folds < 2:
+        return None
+    w = np.ones(y.size) if weights is None else np.asarray(weights, float)  # [M]
+    splits = list(StratifiedKFold(folds, shuffle=True, random_state=0).split(x, y))
+    scores = np.zeros(y.size)  # [M] out-of-fold decision values
+    for train, test in splits:
+        scores[test] = _logistic().fit(x[train], y[train], sample_weight=w[train]).decision_function(x[test])
+    probs = np.zeros(y.size)  # [M]
+    for train, test in splits:
+        if method == "isotonic":
+            calibrator = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+            probs[test] = calibrator.fit(scores[train], y[train], sample_weight=w[train]).predict(scores[test])
+        else:
+            platt = _logistic().set_params(C=1e6).fit(scores[train, None], y[train], sample_weight=w[train])
+            probs[test] = platt.predict_proba(scores[test, None])[:, 1]
+    return probs
+
+
+# --------------------------------------------------------------------------- choosing
+
+@dataclass
+class EstimatorConfig:
+    """Which signals the estimators may read (the full set, or a baseline's / ablation's subset)."""
+
+    columns: tuple = NUMERIC_FEATURES  # features of the calibrated model
+    prior_weights: dict = field(default_factory=lambda: dict(PRIOR_WEIGHTS))  # {} = anchor only
+    prior_anchor: str | None = "vote_share"  # None: the prior is a pure rank score
+    method: str = "auto"  # calibration method, see calibration_method
+    prior_feature: bool = True  # the calibrated model starts from the prior (see CalibratedModel)
+    reweight: bool = True  # correct the labels' selection bias (see covariate_shift_weights)
+
+    def prior(self) -> ColdStartPrior:
+        return ColdStartPrior(weights=dict(self.prior_weights), anchor=self.prior_anchor)
+
+    @classmethod
+    def without(cls, names) -> "EstimatorConfig":
+        """The full configuration minus some signals (e.g. ATTENTION_FEATURES)."""
+        drop = set(names)
+        return cls(columns=tuple(c for c in NUMERIC_FEATURES if c not in drop),
+                   prior_weights={k: v for k, v in PRIOR_WEIGHTS.items() if k not in drop})
 
 
 def can_calibrate(wrong: np.ndarray) -> bool:
@@ -96,47 +356,86 @@ def can_calibrate(wrong: np.ndarray) -> bool:
     return bool(counts.min() >= MIN_LABELS_PER_CLASS)
 
 
-def cross_validated_metrics(x: np.ndarray, y: np.ndarray, *, method: str = "sigmoid") -> dict:
-    """ECE, Brier and AUROC of out-of-fold calibrated predictions."""
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def choose_estimator(rows, outcomes: dict[str, int], *, config: EstimatorConfig | None = None,
+                     gate: bool = True, with_metrics: bool = True):
+    """The calibrated model once labels hold enough of both outcomes and it earns it, else the prior.
 
-    folds = int(min(5, np.bincount(y, minlength=2).min()))
-    if folds < 2:
-        return {}
-    inner = max(min(3, folds - 1), 2)
-    base = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
-    model = CalibratedClassifierCV(base, method=method, cv=inner)
-    try:
-        probs = cross_val_predict(model, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=0),
-                                  method="predict_proba")[:, 1]
-    except ValueError:  # a fold too small for the inner calibration split
-        return {}
-    return evaluate(probs, y)
+    `outcomes`: {problem_id: 1 if the majority answer was wrong, 0 if right}. With `gate`, the
+    calibrated model replaces the prior only when its cross-validated Brier score on the labels
+    beats the prior's on the same labels (both weighted for the pool): a few labels from the top
+    of the queue can fit a model that ranks the rest of the pool worse than the prior does.
+    When the prior is kept, its `metrics` say why. Without `gate` and `with_metrics` no
+    cross-validation runs (the evaluation's cross-fitting needs only the fit).
+    """
+    config = config or EstimatorConfig()
+    table = FeatureTable.from_rows(rows)
+    prior = config.prior()
+    labelled = np.array([i for i, pid in enumerate(table.ids) if pid in outcomes], dtype=np.int64)  # [M]
+    wrong = np.array([outcomes[table.ids[i]] for i in labelled], dtype=int)  # [M]
+    if not (labelled.size and can_calibrate(wrong)):
+        return prior
+    model = CalibratedModel(columns=tuple(config.columns), method=config.method,
+                            prior=prior if config.prior_feature else None, reweight=config.reweight)
+    model.fit(table.take(labelled), wrong, pool=table, with_metrics=gate or with_metrics)
+    if not gate:
+        return model
+    prior_metrics = evaluate(prior.predict(table)[labelled], wrong, weights=model.weights)
+    if model.metrics and model.metrics["brier"] < prior_metrics["brier"]:
+        model.metrics["prior_brier"] = prior_metrics["brier"]
+        return model
+    prior.metrics = {**prior_metrics, "kept_prior": True,
+                     "calibrated_brier": model.metrics.get("brier") if model.metrics else None}
+    return prior
 
 
-def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 10) -> float:
-    """ECE with equal-width bins: sum over bins of |mean prob - frequency| * bin share."""
+def cross_validated_metrics(x: np.ndarray, y: np.ndarray, *, method: str = "sigmoid",
+                            weights: np.ndarray | None = None) -> dict:
+    """ECE, Brier and AUROC of `cross_fitted_probabilities` ({} when there are too few labels)."""
+    with single_threaded():
+        probs = cross_fitted_probabilities(x, y, method=method, weights=weights)
+    return {} if probs is None else evaluate(probs, y, weights=weights)
+
+
+# --------------------------------------------------------------------------- metrics
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS, *,
+                               weights: np.ndarray | None = None) -> float:
+    """ECE with equal-width bins: sum over bins of |mean prob - frequency| * bin share (weighted)."""
     probs, y = np.asarray(probs, float), np.asarray(y, float)
     if probs.size == 0:
         return float("nan")
+    w = np.ones(probs.size) if weights is None else np.asarray(weights, float)  # [N]
     bins = np.minimum((probs * n_bins).astype(int), n_bins - 1)  # [N]
     ece = 0.0
     for b in range(n_bins):
         mask = bins == b
         if mask.any():
-            ece += mask.mean() * abs(probs[mask].mean() - y[mask].mean())
+            share = w[mask].sum() / w.sum()
+            ece += share * abs(np.average(probs[mask], weights=w[mask]) - np.average(y[mask], weights=w[mask]))
     return float(ece)
 
 
-def evaluate(probs: np.ndarray, y: np.ndarray) -> dict:
+def reliability_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -> list[dict]:
+    """Per non-empty equal-width bin: {lo, hi, mean_prob, frequency, n} (a reliability diagram)."""
+    probs, y = np.asarray(probs, float), np.asarray(y, float)
+    bins = np.minimum((probs * n_bins).astype(int), n_bins - 1)  # [N]
+    out = []
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            out.append({"lo": b / n_bins, "hi": (b + 1) / n_bins, "mean_prob": float(probs[mask].mean()),
+                        "frequency": float(y[mask].mean()), "n": int(mask.sum())})
+    return out
+
+
+def evaluate(probs: np.ndarray, y: np.ndarray, *, weights: np.ndarray | None = None) -> dict:
     """{ece, brier, auroc, n}; AUROC is None when only one outcome is present."""
     from sklearn.metrics import brier_score_loss, roc_auc_score
 
     probs, y = np.asarray(probs, float), np.asarray(y, int)
-    auroc = float(roc_auc_score(y, probs)) if len(set(y.tolist())) == 2 else None
-    return {"ece": expected_calibration_error(probs, y), "brier": float(brier_score_loss(y, probs)),
+    if y.size == 0:
+        return {"ece": None, "brier": None, "auroc": None, "n": 0}
+    auroc = float(roc_auc_score(y, probs, sample_weight=weights)) if len(set(y.tolist())) == 2 else None
+    return {"ece": expected_calibration_error(probs, y, weights=weights),
+            "brier": float(brier_score_loss(y, probs, sample_weight=weights, labels=[0, 1])),
             "auroc": auroc, "n": int(y.size)}

@@ -1,0 +1,211 @@
+"""Routing: thresholds respond to the budget and the precision target, bands keep their promises,
+probes are stable; recalibration writes a router version and changes the routes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pivottrace import pipeline, store
+from pivottrace.answers import answers_match
+from pivottrace.datasets import demo_problems
+from pivottrace.route import RouterConfig, probe_key, route_pool
+from pivottrace.synthetic import synthetic_trace
+
+
+def pool(n: int = 400, seed: int = 0) -> tuple[list[dict], np.ndarray]:
+    """Rows with a majority answer, a vote share and pivots, and an uncertainty per row."""
+    rng = np.random.default_rng(seed)
+    share = rng.choice([0.4, 0.6, 0.8, 1.0], size=n, p=[0.15, 0.2, 0.25, 0.4])  # [N]
+    u = np.clip(0.05 + 0.6 * (1 - share) + rng.normal(0, 0.08, n), 0.01, 0.99)  # [N]
+    rows = [{"problem_id": f"p{i:04d}", "model_id": "m", "majority_answer": None if i % 25 == 0 else "3",
+             "vote_share": float(share[i]), "pivot_density": float(rng.gamma(2, 0.5))} for i in range(n)]
+    return rows, u
+
+
+def routes_of(routing) -> np.ndarray:
+    return np.array([d["route"] for d in routing.decisions])
+
+
+@pytest.mark.parametrize("explore", [0.0, 0.2])
+def test_smaller_budget_gives_fewer_annotate_picks_never_more_than_the_budget(explore):
+    rows, u = pool()
+    picks = []
+    for budget in (0, 5, 20, 60, 150):
+        routing = route_pool(rows, u, budget_remaining=budget, config=RouterConfig(explore_share=explore))
+        n = int((routes_of(routing) == "annotate").sum())
+        assert n <= budget
+        assert routing.thresholds["annotate_capacity"] == budget
+        picks.append(n)
+    assert picks == sorted(picks) and picks[0] == 0 and picks[-1] > picks[1]
+    assert picks[-1] == 150  # a large budget is spent: spill-over into the self_train band
+
+
+def test_labelled_problems_stay_annotate_and_do_not_use_the_budget():
+    rows, u = pool()
+    labelled = {r["problem_id"] for r in rows[:30]}
+    routing = route_pool(rows, u, budget_remaining=10, exclude=labelled)
+    route = routes_of(routing)
+    assert (route[:30] == "annotate").all()
+    assert (route[30:] == "annotate").sum() == 10
+
+
+def test_self_train_band_keeps_the_precision_target_and_shrinks_as_it_rises():
+    rows, u = pool()
+    sizes = []
+    for target in (0.6, 0.75, 0.85, 0.95):
+        routing = route_pool(rows, u, budget_remaining=20, config=RouterConfig(target_precision=target))
+        route = routes_of(routing)
+        band = route == "self_train"
+        if band.any():
+            assert 1 - u[band].mean() >= target - 1e-12
+            assert routing.thresholds["estimated_self_train_precision"] == pytest.approx(1 - u[band].mean())
+        low = route == "low_priority"
+        assert (u[low] <= 1 - target).all()  # each low-priority answer alone meets the target
+        assert (u[band] < 0.5).all()
+        sizes.append(int(band.sum() + low.sum()))
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
+
+
+def test_low_priority_is_unanimous_and_unanimous_but_doubtful_answers_can_go_to_humans():
+    rows, u = pool()
+    u = u.copy()
+    doubtful = next(i for i, r in enumerate(rows) if r["vote_share"] == 1.0 and r["majority_answer"])
+    u[doubtful] = 0.95  # every sample agrees, yet the model thinks it is probably wrong
+    routing = route_pool(rows, u, budget_remaining=30, config=RouterConfig(explore_share=0.0))
+    route = routes_of(routing)
+    shares = np.array([r["vote_share"] for r in rows])
+    assert (shares[route == "low_priority"] == 1.0).all()
+    assert (shares[route == "self_train"] < 1.0).all()
+    assert route[doubtful] == "annotate"
+    no_majority = np.array([r["majority_answer"] is None for r in rows])
+    assert not np.isin(route[no_majority], ["self_train", "low_priority"]).any()
+
+
+def test_probes_are_a_stable_share_of_the_capacity_and_interleave_in_the_queue():
+    rows, u = pool()
+    config = RouterConfig(explore_share=0.2)
+    first = route_pool(rows, u, budget_remaining=50, config=config)
+    assert first.thresholds["calibration_probes"] == 10
+    shifted = route_pool(rows, np.clip(u + np.random.default_rng(1).normal(0, 0.05, u.size), 0.01, 0.99),
+                         budget_remaining=50, config=config)
+
+    def probes(routing):  # annotate picks below the uncertain band: the probes
+        cut = routing.thresholds["annotate_min"]
+        return {d["problem_id"] for d in routing.decisions if d["route"] == "annotate"
+                and probe_key(d["problem_id"]) < 0.1 and d["uncertainty"] <= cut + 1e-12}
+
+    assert probes(first) and len(probes(first) & probes(shifted)) >= len(probes(first)) // 2
+    queue = sorted((d for d in first.decisions if d["route"] == "annotate"), key=lambda d: -d["value"])
+    top_half = queue[:25]
+    uncertain_floor = np.quantile([d["uncertainty"] for d in queue], 0.5)
+    assert any(d["uncertainty"] < uncertain_floor for d in top_half)  # probes are not all at the end
+
+
+def test_two_way_and_fixed_threshold_ablations():
+    rows, u = pool()
+    two = routes_of(route_pool(rows, u, budget_remaining=40, config=RouterConfig(three_way=False, explore_share=0)))
+    assert set(two) <= {"annotate", "self_train", "deferred"} and (two == "annotate").sum() == 40
+    fixed = route_pool(rows, u, budget_remaining=40, config=RouterConfig(fixed_thresholds=(0.1, 0.3), explore_share=0))
+    route = routes_of(fixed)
+    assert (u[route == "low_priority"] <= 0.1).all() and (u[route == "self_train"] <= 0.3).all()
+
+
+def test_bad_inputs_are_refused_with_clear_errors():
+    rows, u = pool(20)
+    with pytest.raises(ValueError, match="target_precision"):
+        RouterConfig(target_precision=1.2)
+    with pytest.raises(ValueError, match="fixed_thresholds"):
+        RouterConfig(fixed_thresholds=(0.5, 0.2))
+    with pytest.raises(ValueError, match="explore_share"):
+        RouterConfig(explore_share=1.0)
+    with pytest.raises(ValueError, match="uncertainty of shape"):
+        route_pool(rows, u[:5], budget_remaining=3)
+    with pytest.raises(ValueError, match="negative"):
+        route_pool(rows, u, budget_remaining=-1)
+
+
+# --------------------------------------------------------------------------- recalibration
+
+def synthetic_db(path, *, n: int = 160, budget: int = 80, seed: int = 0, model_id: str = "synth"):
+    db = store.open_db(path)
+    problems = demo_problems(n, seed=seed)
+    store.insert_problems(db, problems)
+    store.upsert_model(db, model_id, spec="synthetic", n_layers=6)
+    rng = np.random.default_rng(seed)
+    for p in problems:
+        store.save_trace(db, p.id, model_id, synthetic_trace(p, rng, n_layers=6))
+    store.add_user(db, "lee", "lead")
+    store.set_budget(db, user="lee", total=budget)
+    return db
+
+
+def oracle_label(db, problem_id: str, *, every: int):
+    gold = store.get_problem(db, problem_id)["gold"]
+    majority = next(r["majority_answer"] for r in db.query(
+        "select majority_answer from features where problem_id = ?", [problem_id]))
+    right = majority is not None and answers_match(majority, gold)
+    return pipeline.label(db, problem_id=problem_id, annotator="oracle", verdict="correct" if right else "wrong",
+                          gold_answer=None if right else gold, shown_answer=majority, recalibrate_every=every)
+
+
+def test_recalibration_writes_a_router_version_and_changes_the_routes(tmp_path):
+    db = synthetic_db(tmp_path / "r.db")
+    first = pipeline.route(db, note="cold start")
+    assert first.kind == "cold_start"
+    before = {r["problem_id"]: r["route"] for r in db.query("select problem_id, route from routes")}
+    queue = [r["problem_id"] for r in db.query(
+        "select problem_id from routes where route = 'annotate' order by value desc")]
+    reports = [oracle_label(db, pid, every=10) for pid in queue[:40]]
+    made = [r for r in reports if r is not None]
+    assert len(made) == 4  # every 10 labels, not after each one
+    versions = store.router_versions(db)
+    assert [v["n_labels"] for v in versions[-4:]] == [10, 20, 30, 40]
+    latest = versions[-1]
+    assert latest["thresholds"]["target_precision"] == 0.85
+    assert {"self_train_max", "low_priority_max", "annotate_capacity"} <= set(latest["thresholds"])
+    assert latest["kind"] == "calibrated" or latest["metrics"].get("kept_prior")
+    assert latest["metrics"]  # Brier etc. of the fit (or why the prior was kept)
+    after = {r["problem_id"]: r["route"] for r in db.query("select problem_id, route from routes")}
+    assert sum(before[p] != after[p] for p in before) > 0 and sum(r.changed for r in made) > 0
+    labelled = {r["problem_id"] for r in store.effective_labels(db)}
+    assert all(after[p] == "annotate" for p in labelled)
+    unlabelled_annotate = sum(1 for p, r in after.items() if r == "annotate" and p not in labelled)
+    assert unlabelled_annotate <= store.budget_status(db)["remaining"]
+
+
+def test_recalibration_keeps_the_leads_precision_target(tmp_path):
+    db = synthetic_db(tmp_path / "t.db", n=60, budget=20)
+    pipeline.route(db, config=RouterConfig(target_precision=0.95), note="lead set 0.95")
+    pid = next(r["problem_id"] for r in db.query("select problem_id from routes where route = 'annotate'"))
+    report = oracle_label(db, pid, every=1)
+    assert report is not None and report.thresholds["target_precision"] == 0.95
+
+
+def test_traces_of_a_new_checkpoint_trigger_a_recalibration(tmp_path):
+    db = synthetic_db(tmp_path / "c.db", n=40, budget=10)
+    assert pipeline.recalibration_due(db).startswith("traces of a new model checkpoint")
+    pipeline.route(db)
+    assert pipeline.recalibration_due(db) is None
+    store.upsert_model(db, "synth-v2", spec="synthetic", n_layers=6)
+    rng = np.random.default_rng(7)
+    for p in demo_problems(40, seed=0)[:15]:
+        store.save_trace(db, p.id, "synth-v2", synthetic_trace(p, rng, n_layers=6))
+    assert "synth-v2" in pipeline.recalibration_due(db)
+    report = pipeline.recalibrate_if_due(db)
+    assert report is not None and store.router_versions(db)[-1]["model_id"] == "synth-v2"
+    assert db.execute("select count(*) from features where model_id = 'synth-v2'").fetchone()[0] == 15
+    assert pipeline.recalibrate_if_due(db) is None
+
+
+def test_label_outcomes_reread_labels_against_a_new_checkpoints_majority(tmp_path):
+    db = synthetic_db(tmp_path / "o.db", n=20, budget=10)
+    pipeline.route(db)
+    row = next(db.query("select f.problem_id, f.majority_answer, p.gold from features f "
+                        "join problems p on p.id = f.problem_id where f.majority_answer is not null"))
+    wrong_shown = str(int(float(row["gold"])) + 1)
+    store.save_label(db, problem_id=row["problem_id"], annotator="a", verdict="wrong",
+                     gold_answer=row["gold"], shown_answer=wrong_shown)
+    assert pipeline.label_outcomes(db)[row["problem_id"]] == 1  # the verdict, as given
+    new_majority = [{"problem_id": row["problem_id"], "majority_answer": row["gold"]}]
+    assert pipeline.label_outcomes(db, new_majority)[row["problem_id"]] == 0  # the new model got it right
