@@ -50,7 +50,7 @@ with st.sidebar:
             st.selectbox("Role", store.ROLES, key="new_role")
             st.form_submit_button("Add", icon=":material/person_add:", on_click=add_person)
         if "sidebar_error" in st.session_state:
-            st.error(st.session_state.pop("sidebar_error"))
+            st.error(views.md(st.session_state.pop("sidebar_error")))
     st.divider()
     st.caption(f"Database: `{views.db_path(db) or ':memory:'}`")
 
@@ -78,7 +78,7 @@ if views.is_empty(db) and page.title != "Pool":
             try:
                 jobs.start_demo(db)
             except Exception as err:  # a missing model is explained, not a traceback
-                st.error(str(err))
+                st.error(views.md(err))
             else:
                 st.switch_page(pool_page)
     with right:

@@ -22,8 +22,10 @@ def act(action: str, problem_id: str, shown_answer: str | None, gold_key: str | 
         outcome = views.submit_label(db, annotator=user, problem_id=problem_id, action=action,
                                      gold_text=st.session_state.get(gold_key) if gold_key else None,
                                      shown_answer=shown_answer, seconds=seconds)
-    except (views.InvalidInput, store.StoreError) as err:
+    except views.InvalidInput as err:  # its message is Markdown-safe already
         st.session_state["flash"] = ("error", str(err))
+    except store.StoreError as err:
+        st.session_state["flash"] = ("error", views.md(err))
     else:
         st.session_state["flash"] = ("success", outcome.message)
 
@@ -32,7 +34,7 @@ def undo() -> None:
     try:
         outcome = views.undo_last(db, user)
     except store.StoreError as err:
-        st.session_state["flash"] = ("warning", str(err))
+        st.session_state["flash"] = ("warning", views.md(err))
     else:
         st.session_state["flash"] = ("info", outcome.message)
         st.session_state.pop("shown", None)
@@ -70,8 +72,8 @@ if st.session_state.get("shown", (None,))[0] != item.problem_id:
 left, right = st.columns([5, 4], gap="large")
 with left:
     uncertainty = "-" if item.uncertainty is None else f"{item.uncertainty:.2f}"
-    st.caption(f"Problem `{item.problem_id}` · {item.source} · uncertainty {uncertainty} · "
-               f"{item.n_pivots} pivots · model {item.model_id} · router v{item.router_version}")
+    st.caption(f"Problem `{item.problem_id}` · {views.md(item.source)} · uncertainty {uncertainty} · "
+               f"{item.n_pivots} pivots · model {views.md(item.model_id)} · router v{item.router_version}")
     st.html(item.problem_html)
     st.markdown("##### Model reasoning")
     st.caption("Steps tinted amber by pivot score. Hover a step, or open *why a pivot*, to see which signals fired.")
@@ -81,11 +83,11 @@ with right:
     st.markdown("##### Candidate answers")
     st.plotly_chart(charts.vote_figure(item.candidates), config={"displayModeBar": False})
     majority = item.majority or "(no answer)"
-    st.markdown(f"Majority answer: **{views.esc(majority)}** · {item.vote_share:.0%} of "
+    st.markdown(f"Majority answer: **{views.md(majority)}** · {item.vote_share:.0%} of "
                 f"{sum(c.votes for c in item.candidates)} votes")
 
     with st.container(border=True):
-        st.button(f"Correct: {majority}", key="accept", shortcut="A", type="primary", icon=":material/check:",
+        st.button(f"Correct: {views.md(majority)}", key="accept", shortcut="A", type="primary", icon=":material/check:",
                   disabled=item.majority is None, on_click=act, args=("accept", item.problem_id, item.majority),
                   help="The majority answer is right.", width="stretch")
         gold_key = f"gold-{item.problem_id}"

@@ -48,7 +48,7 @@ with right:
             try:
                 views.set_budget(db, user=user, total=int(total), cost_per_label=float(cost))
             except (store.StoreError, views.InvalidInput) as err:
-                st.session_state["budget_flash"] = ("error", str(err))
+                st.session_state["budget_flash"] = ("error", views.md(err))
             else:
                 st.session_state["budget_flash"] = ("success", f"Budget set to {int(total)} labels; the pool was re-routed.")
             st.rerun()
@@ -86,7 +86,7 @@ with st.form("target", border=True):
         try:
             report = views.set_target_precision(db, user=user, target=target)
         except (store.StoreError, views.InvalidInput) as err:
-            st.session_state["budget_flash"] = ("error", str(err))
+            st.session_state["budget_flash"] = ("error", views.md(err))
         else:
             st.session_state["budget_flash"] = ("success", f"Router v{report.router_version}: " + ", ".join(
                 f"{k.replace('_', ' ')} {v}" for k, v in report.counts.items()))

@@ -54,7 +54,7 @@ view = views.trace_view(db, problem_id, model_id)
 st.html(views.problem_html(view.problem_text))
 if not view.scored:
     st.warning("This trace has not been scored yet (route the pool): pivot scores read 0.")
-st.caption(f"Answer **{views.esc(view.answer or '(none)')}** · majority {views.esc(view.majority or '(none)')} "
+st.caption(f"Answer **{views.md(view.answer or '(none)')}** · majority {views.md(view.majority or '(none)')} "
            f"({view.vote_share:.0%} of {view.n_samples}) · {len(view.pivots)} pivots in {len(view.steps)} steps · "
            f"{view.pivot_density:.2f} pivots per 100 tokens")
 
@@ -93,7 +93,7 @@ else:
     a, b = st.columns(2, gap="large")
     for column, shown, name in ((a, view, "A"), (b, other, "B")):
         with column:
-            st.markdown(f"##### {name}: {views.esc(shown.model_id)}")
+            st.markdown(f"##### {name}: {views.md(shown.model_id)}")
             st.plotly_chart(charts.trace_figure(shown), key=f"fig-{name}")
             with st.container(height=300):
                 st.html(views.steps_html(shown.steps))
@@ -109,6 +109,6 @@ with st.expander("Trace this problem live with another model"):
             with st.spinner("Tracing..."):
                 st.session_state["live"] = views.trace_live(tracer_for(spec), problem_id, view.problem_text)
         except Exception as err:  # model errors are shown, not raised into the page
-            st.error(f"{type(err).__name__}: {err}")
+            st.error(views.md(f"{type(err).__name__}: {err}"))
         else:
             st.rerun()

@@ -23,8 +23,7 @@ if summary["routed"]:
     st.caption(" · ".join(f"{name.replace('_', ' ')} **{n}**" for name, n in summary["routes"].items()))
 
 
-@st.fragment(run_every="2s")
-def job_panel() -> None:
+def show_jobs() -> None:
     rows = jobs.refresh(db)
     if not rows:
         st.caption("No jobs yet.")
@@ -32,13 +31,22 @@ def job_panel() -> None:
     for job in rows[:6]:
         with st.container(border=True):
             top = st.columns([5, 1])
-            top[0].markdown(f"**{job['kind']}** #{job['id']} · {job['status']} · {views.esc(job['message'])}")
+            top[0].markdown(f"**{job['kind']}** #{job['id']} · {job['status']} · {views.md(job['message'])}")
             if job["status"] in jobs.ACTIVE:
                 fraction = job["done"] / job["total"] if job["total"] else 0.0
                 st.progress(min(fraction, 1.0), text=f"{job['done']} of {job['total'] or '?'}")
                 if top[1].button("Cancel", key=f"cancel-{job['id']}"):
                     jobs.cancel(db, job["id"])
                     st.rerun()
+
+
+@st.fragment(run_every="2s")
+def live_jobs() -> None:
+    """Polls the jobs table while a job runs: progress lives in the database, so a reload or
+    another user's browser shows the same bar."""
+    show_jobs()
+    if not jobs.active(db):
+        st.rerun()  # the job ended: refresh the counts above, and stop polling
 
 
 left, right = st.columns(2, gap="large")
@@ -58,9 +66,9 @@ with left:
                 report = views.ingest_upload(db, upload.getvalue(), upload.name, question_field=question_field,
                                              answer_field=answer_field)
             except views.InvalidInput as err:
-                st.error(str(err))
+                st.error(views.md(err))
             else:
-                st.success(f"Added {report.added} problems from {upload.name} ({report.existing} already present).")
+                st.success(f"Added {report.added} problems from {views.md(upload.name)} ({report.existing} already present).")
                 if report.rejected:
                     st.error(f"{len(report.rejected)} rows were rejected; the others loaded.")
                     st.dataframe(views.rejected_rows(report), hide_index=True)
@@ -83,7 +91,7 @@ with right:
             job_id = jobs.start_trace(db, model=model, limit=int(limit), samples=int(samples),
                                       max_new_tokens=int(max_tokens))
         except Exception as err:  # a bad model spec is explained, not raised into the page
-            st.session_state["pool_flash"] = ("error", str(err))
+            st.session_state["pool_flash"] = ("error", views.md(err))
         else:
             st.session_state["pool_flash"] = ("success", f"Tracing job #{job_id} started: it keeps running if you "
                                                          "leave or reload this page.")
@@ -93,9 +101,12 @@ with right:
         try:
             job_id = jobs.start_route(db)
         except store.StoreError as err:
-            st.session_state["pool_flash"] = ("error", str(err))
+            st.session_state["pool_flash"] = ("error", views.md(err))
         else:
             st.session_state["pool_flash"] = ("success", f"Routing job #{job_id} started.")
         st.rerun()
     st.markdown("##### Jobs")
-    job_panel()
+    if jobs.active(db):
+        live_jobs()
+    else:
+        show_jobs()

@@ -1,9 +1,12 @@
 """Plotly figure builders for the app. Each takes view-models from views.py and returns a figure.
 
 It never calls Streamlit, reads the database or computes scores: what to draw arrives ready.
+Plotly reads a subset of HTML in labels and hover text, so model text is html-escaped here too.
 """
 
 from __future__ import annotations
+
+from html import escape
 
 import numpy as np
 import plotly.graph_objects as go
@@ -48,7 +51,7 @@ def trace_figure(view, *, selected: int | None = None) -> go.Figure:
         return empty_figure("This trace has no per-step statistics.")
     x = np.arange(1, n_steps + 1)  # [S] 1-based step numbers
     pivots = np.array(view.pivots, dtype=int)
-    hover_text = [s.text.strip()[:80] for s in view.steps]
+    hover_text = [escape(s.text.strip()[:80]) for s in view.steps]
     fig = make_subplots(rows=5, cols=1, shared_xaxes=True, vertical_spacing=0.025,
                         row_heights=[0.44, 0.14, 0.14, 0.14, 0.14],
                         subplot_titles=("Attention entropy (layer x step)", "Temporal change",
@@ -102,7 +105,7 @@ def token_entropy_figure(view, step: int) -> go.Figure:
     values = view.token_entropy[s.tok_start:stop]  # [T_step]
     if values.size == 0:
         return empty_figure("This step has no tokens.", height=160)
-    labels = [repr(t)[1:-1] for t in view.tokens[s.tok_start:stop]]
+    labels = [escape(repr(t)[1:-1]) for t in view.tokens[s.tok_start:stop]]
     fig = go.Figure(go.Bar(x=np.arange(values.size), y=values, customdata=labels,
                            marker=dict(color=values, colorscale="Reds", cmin=0, cmax=4),
                            hovertemplate="%{customdata}: %{y:.2f} nats<extra></extra>"))
@@ -195,7 +198,7 @@ def vote_figure(candidates: list) -> go.Figure:
     if not candidates:
         return empty_figure("No sampled answers.", height=140)
     fig = go.Figure(go.Bar(
-        x=[c.share for c in candidates], y=[c.answer for c in candidates], orientation="h",
+        x=[c.share for c in candidates], y=[escape(c.answer) for c in candidates], orientation="h",
         marker_color=["#2563eb" if c.is_majority else "#cbd5e1" for c in candidates],
         text=[f"{c.votes} · {c.share:.0%}" for c in candidates], textposition="outside",
         hovertemplate="%{y}: %{x:.0%}<extra></extra>"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -45,6 +46,16 @@ class InvalidInput(ValueError):
 def esc(text) -> str:
     """HTML-escape anything shown to the user (None -> empty)."""
     return html.escape("" if text is None else str(text), quote=True)
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$:&])")
+
+
+def md(text) -> str:
+    """Backslash-escape Markdown (and Streamlit's :directive: syntax) in text shown via st.markdown,
+    st.caption, alerts or widget labels, so user and model text is never read as formatting,
+    links or images. Every ASCII punctuation mark may be backslash-escaped in CommonMark."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", "" if text is None else str(text))
 
 
 def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str:
@@ -224,13 +235,13 @@ def submit_label(db, *, annotator: str, problem_id: str, action: str, gold_text:
         try:
             gold = parse_gold_input(gold_text or "")
         except ValueError as err:
-            raise InvalidInput(f"{err} Type the correct final answer, e.g. 42, 3/4 or \\frac{{1}}{{2}}.") from None
+            raise InvalidInput(f"{md(err)} Type the correct final answer, e.g. 42, 3/4 or \\\\frac{{1}}{{2}}.") from None
         if shown_answer is not None and canonical(gold) == canonical(shown_answer):
-            raise InvalidInput(f"The gold answer {gold} is the model's own answer: press Accept instead.")
+            raise InvalidInput(f"The gold answer {md(gold)} is the model's own answer: press Accept instead.")
     report = pipeline.label(db, problem_id=problem_id, annotator=annotator, verdict=ACTIONS[action],
                             gold_answer=gold, shown_answer=shown_answer,
                             seconds=None if seconds is None else round(float(seconds), 2))
-    words = {"accept": "Accepted the majority answer", "wrong": f"Saved gold answer {gold}",
+    words = {"accept": "Accepted the majority answer", "wrong": f"Saved gold answer {md(gold)}",
              "flawed": "Flagged the problem as flawed", "skip": "Skipped"}[action]
     if report is not None:
         words += f" · router v{report.router_version} ({report.kind}) re-ranked the queue"

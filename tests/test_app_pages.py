@@ -259,3 +259,26 @@ def test_pool_refuses_an_unknown_model_cleanly(db):
     ok(at)
     assert "No file or folder" in at.error[0].value
     assert store.jobs(db) == []
+
+
+# ------------------------------------------------------------------ background jobs behind the pages
+
+def test_demo_job_ingests_traces_and_routes(tmp_path, tiny_model_dir):
+    db = store.open_db(tmp_path / "demo.db")
+    job_id = jobs.start_demo(db, model=str(tiny_model_dir), problems=6, traced=2, samples=1, max_new_tokens=16)
+    finished = wait_for_job(db, job_id)
+    assert finished["status"] == "done", finished["message"]
+    assert db["problems"].count == 6 and db["traces"].count == 2
+    assert store.route_counts(db) and db["routes"].count == 2 and "router v1" in finished["message"]
+
+
+def test_a_job_whose_worker_died_is_marked_failed(db):
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    job_id = store.create_job(db, "route", {}, 1)
+    store.update_job(db, job_id, status="running", pid=gone.pid)
+    [job] = [j for j in jobs.refresh(db) if j["id"] == job_id]
+    assert job["status"] == "failed" and "stopped without reporting" in job["message"]
+    assert jobs.active(db) == []

@@ -95,3 +95,12 @@ def test_vote_figure_highlights_the_majority():
     fig = charts.vote_figure(candidates)
     assert list(fig.data[0].y) == ["12", "(no answer)"]
     assert list(fig.data[0].marker.color) == ["#2563eb", "#cbd5e1"]
+
+
+def test_model_text_in_chart_labels_is_escaped(view):
+    fig = charts.vote_figure([views.Candidate("<a href='x'>9</a>", 1, 1.0, True)])
+    assert list(fig.data[0].y) == ["&lt;a href=&#x27;x&#x27;&gt;9&lt;/a&gt;"]
+    hostile = views.TraceView(**{**view.__dict__, "steps": [views.StepView(i, f"<b>{i}</b>", 0.0, False)
+                                                             for i in range(len(view.steps))]})
+    lines = [t for t in charts.trace_figure(hostile).data if t.customdata is not None]
+    assert lines and all("<b>" not in text and "&lt;b&gt;" in text for t in lines for text in t.customdata)

@@ -267,3 +267,19 @@ def test_score_colour_grows_with_score():
     alphas = [float(views.score_colour(s).rsplit(",", 1)[1].rstrip(")")) for s in (0, 1, 2, 100)]
     assert alphas == sorted(alphas) and alphas[0] == 0 and alphas[-1] == pytest.approx(0.55)
     assert np.isclose(float(views.token_colour(100).rsplit(",", 1)[1].rstrip(")")), 0.7)
+
+
+def test_markdown_text_is_escaped_for_alerts_and_labels():
+    hostile = "![x](http://evil.example/x.png) :red[boom] **bold** <b>"
+    out = views.md(hostile)
+    for raw in ("![", "](", ":red[", "**", "<b>"):
+        assert raw not in out
+    assert out.replace("\\", "") == hostile  # only backslashes were added
+
+
+def test_invalid_gold_message_does_not_echo_markup(db):
+    item = views.next_item(db, "ann")
+    with pytest.raises(views.InvalidInput) as caught:
+        views.submit_label(db, annotator="ann", problem_id=item.problem_id, action="wrong",
+                           gold_text="![x](http://evil.example/x.png) ???", shown_answer=item.majority)
+    assert "![x](" not in str(caught.value) and "http\\:" in str(caught.value)
