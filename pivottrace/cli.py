@@ -1,4 +1,4 @@
-"""The `pivottrace` command: ingest, trace, route, status, demo, export, app, users, budget.
+"""The `pivottrace` command: ingest, trace, route, status, demo, export, eval, app, users, budget.
 
 Each command is a thin wrapper over pipeline.py / store.py; domain errors become one clean
 message and a non-zero exit code, never a traceback.
@@ -96,6 +96,10 @@ def trace(model: str = ModelOption,
         raise typer.Exit(130)
     typer.echo(f"Traced {run.traced} problems, {run.tokens} tokens in {run.seconds:.1f}s "
                f"({run.tokens_per_second:.1f} tok/s).")
+    routed = pipeline.recalibrate_if_due(database, every=0)  # traces of a new checkpoint: re-route
+    if routed is not None:
+        typer.echo(f"New model checkpoint: router version {routed.router_version} ({routed.kind}): " +
+                   ", ".join(f"{k} {v}" for k, v in routed.counts.items()))
 
 
 @app.command("route")
@@ -187,6 +191,37 @@ def export_cmd(fmt: str = typer.Option(..., "--format", "-f", help="verl, trl or
                f"; router version {result.router_version}.")
     for reason, count in sorted(result.skipped.items()):
         typer.secho(f"  left out {count}: {reason}", fg="yellow", err=True)
+
+
+@app.command("eval")
+@clean_errors
+def eval_cmd(out: Path = typer.Option(Path("eval-report"), "--out", "-o", help="Folder for the report."),
+             budgets: str = typer.Option("5,10,20,30,50", "--budgets",
+                                         help="Label budgets in % of the pool, comma-separated."),
+             rounds: int = typer.Option(5, "--rounds", help="Labelling rounds per budget (recalibrate after each)."),
+             target_precision: float = typer.Option(0.85, "--target-precision"),
+             strategies: Optional[str] = typer.Option(None, "--strategies",
+                                                      help="Comma-separated subset (default: all baselines and ablations)."),
+             model: Optional[str] = typer.Option(None, "--model-id", help="Model id (default: latest traced)."),
+             png: bool = typer.Option(True, "--png/--no-png", help="Also write PNG charts (needs Chromium)."),
+             seed: int = typer.Option(0, "--seed"),
+             db: Optional[str] = DbOption):
+    """Judge the selection with an oracle from the gold answers: the labelling loop per budget,
+    against random, confidence-only and vote-share-only selection and three ablations. Reads the
+    database only; your labels and routes are not touched."""
+    from .evaluate import EvalConfig, evaluate_db
+
+    try:
+        shares = tuple(float(b) / 100.0 for b in budgets.split(",") if b.strip())
+    except ValueError:
+        raise ValueError(f"--budgets takes percentages like 5,10,20; got {budgets!r}.") from None
+    config = EvalConfig(budgets=shares, rounds=rounds, target_precision=target_precision, seed=seed, png=png,
+                        strategies=tuple(s.strip() for s in strategies.split(",")) if strategies else None)
+    report = evaluate_db(_db(db), out, config=config, model_id=model)  # EvaluationError is a ValueError
+    typer.echo(f"Evaluated {report.pool['size']} problems of {report.pool['model_id']} "
+               f"({report.pool['wrong']} wrong majorities); report in {out / 'report.md'} and {out / 'report.html'}.")
+    if report.png_error:
+        typer.secho(f"PNG charts not written: {report.png_error}", fg="yellow", err=True)
 
 
 @app.command("app")

@@ -111,10 +111,17 @@ def _percentiles(column: np.ndarray) -> np.ndarray:
 
 @contextmanager
 def single_threaded():
-    """Limit BLAS/OpenMP threads to FIT_THREADS while small models are fitted or applied."""
+    """Limit BLAS/OpenMP threads to FIT_THREADS while small models are fitted or applied.
+
+    Also silences one sklearn notice: on a tiny, nearly separable fold the Newton solver's line
+    search can stall, and sklearn then finishes that fit with lbfgs (the result is fine).
+    """
+    import warnings
+
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=FIT_THREADS):
+    with threadpool_limits(limits=FIT_THREADS), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Line search of Newton solver")
         yield
 
 
@@ -322,7 +329,7 @@ def cross_fitted_probabilities(x: np.ndarray, y: np.ndarray, *, method: str = "s
             calibrator = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
             probs[test] = calibrator.fit(scores[train], y[train], sample_weight=w[train]).predict(scores[test])
         else:
-            platt = _logistic().set_params(C=1e6).fit(scores[train, None], y[train], sample_weight=w[train])
+            platt = _logistic().set_params(C=1e6, solver="lbfgs").fit(scores[train, None], y[train], sample_weight=w[train])
             probs[test] = platt.predict_proba(scores[test, None])[:, 1]
     return probs
 

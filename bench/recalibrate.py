@@ -1,0 +1,166 @@
+"""Benchmark: recalibrating the router for 10,000 traced problems with 1,000 labels.
+
+Recalibration = `pipeline.route(db, rescore=False)`: load the stored features and the labels in
+force, fit the calibrated model (with its cross-validated metrics and the gate against the prior),
+predict, derive the thresholds, write a router version and the routes. The issue's target is
+under 200 ms on this machine. Baselines measured in the same run, on the same database:
+- the cold-start route (no fit at all): the floor that storage and routing cost;
+- the first version's estimator (StandardScaler + LogisticRegression pipeline in
+  CalibratedClassifierCV, nested cross_val_predict, default BLAS threads) on the same labels.
+
+The pool is synthetic (pivottrace.synthetic traces -> features); setting it up is not timed.
+Run: .venv/bin/python bench/recalibrate.py [--problems 10000] [--labels 1000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pivottrace import pipeline, store  # noqa: E402
+from pivottrace.answers import answers_match  # noqa: E402
+from pivottrace.datasets import demo_problems  # noqa: E402
+from pivottrace.features import build_features, feature_matrix  # noqa: E402
+from pivottrace.route import route_pool  # noqa: E402
+from pivottrace.synthetic import synthetic_trace  # noqa: E402
+
+TARGET_MS = 200.0  # the issue's budget for one recalibration
+MODEL_ID = "bench-synthetic"
+N_LAYERS = 8  # fewer layers than SmolLM2 keeps set-up fast; features do not depend on it
+
+
+def timed(func, *args, **kwargs):
+    start = time.perf_counter()
+    out = func(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def build_pool(db, n_problems: int, seed: int) -> list[dict]:
+    """Problems, synthetic traces turned into features (not stored traces: only features matter)."""
+    problems = demo_problems(n_problems, seed=seed, mix=(0.25, 0.25, 0.25, 0.25))
+    store.insert_problems(db, problems)
+    store.upsert_model(db, MODEL_ID, spec="synthetic", n_layers=N_LAYERS)
+    rng = np.random.default_rng(seed)
+    traces, answers = [], {}
+    for p in problems:
+        result = synthetic_trace(p, rng, n_layers=N_LAYERS)
+        t = result.trace
+        traces.append({"problem_id": p.id, "model_id": MODEL_ID, "arrays": t.arrays, "answer": t.answer,
+                       "n_completion_tokens": t.n_completion_tokens, "mean_logprob": t.mean_logprob,
+                       "min_logprob": t.min_logprob, "answer_prob": t.answer_prob})
+        answers[(p.id, MODEL_ID)] = result.sample_answers
+    rows, _ = build_features(traces, answers)
+    store.save_features(db, rows)
+    return rows
+
+
+def label_router_picks(db, rows: list[dict], gold: dict[str, str], n_labels: int) -> None:
+    """Label what the router sends to humans (as the app would), until n_labels are in."""
+    majority = {r["problem_id"]: r["majority_answer"] for r in rows}
+    while store.labels_spent(db) < n_labels:
+        report = pipeline.route(db, rescore=False, note="bench set-up")
+        picks = [r["problem_id"] for r in db.query(
+            "select r.problem_id from routes r join problems p on p.id = r.problem_id "
+            "where r.route = 'annotate' and p.verdict is null order by r.value desc limit ?",
+            [min(250, n_labels - store.labels_spent(db))])]
+        if not picks:
+            raise SystemExit(f"router sent nothing to annotate ({report.counts})")
+        for pid in picks:
+            right = answers_match(majority[pid], gold[pid])
+            store.save_label(db, problem_id=pid, annotator="bench-oracle",
+                             verdict="correct" if right else "wrong",
+                             gold_answer=None if right else gold[pid], shown_answer=majority[pid])
+
+
+def first_version_estimator(rows: list[dict], outcomes: dict[str, int]):
+    """The estimator as it was before this issue: pipeline + nested CV, default threads."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    labelled = [r for r in rows if r["problem_id"] in outcomes]
+    y = np.array([outcomes[r["problem_id"]] for r in labelled])
+    x = feature_matrix(labelled)
+    base = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    model = CalibratedClassifierCV(base, method="sigmoid", cv=5).fit(x, y)
+    cross_val_predict(CalibratedClassifierCV(base, method="sigmoid", cv=3), x, y,
+                      cv=StratifiedKFold(5, shuffle=True, random_state=0), method="predict_proba")
+    return model.predict_proba(feature_matrix(rows))[:, 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", type=int, default=10_000)
+    parser.add_argument("--labels", type=int, default=1_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = store.open_db(Path(tmp) / "bench.db")
+        (rows, t_build) = timed(build_pool, db, args.problems, args.seed)
+        gold = {r["id"]: r["gold"] for r in db.query("select id, gold from problems")}
+        store.add_user(db, "bench-lead", "lead")
+        store.set_budget(db, user="bench-lead", total=2 * args.labels)
+        cold = [timed(pipeline.route, db, rescore=False, note="bench cold start")[1]  # the floor: nothing to fit
+                for _ in range(args.repeats)]
+        _, t_label = timed(label_router_picks, db, rows, gold, args.labels)
+        outcomes = pipeline.label_outcomes(db)
+        wrong = sum(outcomes.values())
+        print(f"set-up: {len(rows):,} problems with features in {t_build:.1f} s; "
+              f"{len(outcomes):,} labels ({wrong} wrong) from the router's picks in {t_label:.1f} s")
+
+        runs, reports = [], []
+        for _ in range(args.repeats):
+            report, seconds = timed(pipeline.route, db, rescore=False, note="bench recalibration")
+            runs.append(seconds)
+            reports.append(report)
+        report = reports[-1]
+
+        # one recalibration split into its parts
+        feats, t_load = timed(store.load_features, db, MODEL_ID)
+        outs, t_outcomes = timed(pipeline.label_outcomes, db, feats)
+        estimator, t_fit = timed(pipeline.choose_estimator, feats, outs)
+        u, t_predict = timed(estimator.predict, feats)
+        labelled = {r["problem_id"] for r in store.effective_labels(db)}
+        routing, t_route = timed(route_pool, feats, u, budget_remaining=store.budget_status(db)["remaining"],
+                                 exclude=labelled)
+        _, t_save = timed(store.save_routes, db, routing.decisions, report.router_version)
+        _, t_old = timed(first_version_estimator, feats, outs)
+
+    median = statistics.median(runs) * 1e3
+    floor = statistics.median(cold) * 1e3
+    verdict = "OK" if median < TARGET_MS else "OVER"
+    print(f"\nrecalibration (pipeline.route, rescore=False), median of {args.repeats}: {median:.0f} ms "
+          f"[target < {TARGET_MS:.0f} ms: {verdict}]  (min {min(runs) * 1e3:.0f}, max {max(runs) * 1e3:.0f})")
+    print(f"  estimator {report.kind}, metrics {_short(report.metrics)}")
+    print(f"  routes {report.counts}")
+    print(f"baseline, cold-start route (no fit): {floor:.0f} ms -> the fit costs {median - floor:.0f} ms "
+          f"({median / floor:.2f}x the floor)")
+    print(f"baseline, first version's estimator alone: {t_old * 1e3:.0f} ms vs this one {t_fit * 1e3:.0f} ms "
+          f"({t_old / t_fit:.1f}x faster now)")
+    parts = {"store.load_features": t_load, "label_outcomes": t_outcomes,
+             "choose_estimator (fit, CV metrics, gate)": t_fit, "estimator.predict": t_predict,
+             "route_pool": t_route, "store.save_routes": t_save}
+    total = sum(parts.values())
+    print("one recalibration, by part:")
+    for name, seconds in parts.items():
+        print(f"  {name:42s} {seconds * 1e3:7.1f} ms  {seconds / total:5.0%}")
+
+
+def _short(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+if __name__ == "__main__":
+    main()

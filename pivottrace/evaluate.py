@@ -1,0 +1,536 @@
+"""The oracle evaluation: plays the labelling loop from gold answers and writes a report.
+
+Input: a database with traced problems that carry gold answers (`problems.gold`). For each label
+budget (a share of the pool) and each strategy (PivotTrace, the baselines and the ablations) it
+routes with the cold-start prior, lets an oracle label the `annotate` picks in rounds, recalibrates,
+re-routes, and stops when the budget is spent. Output: the selection-quality numbers, a Markdown
+report, plotly charts (HTML; PNG when kaleido finds a browser) and results.json in a folder;
+`load_report` reads them back for the app.
+
+This is the only module that reads gold answers. It never writes to the database it reads: the
+loop runs in memory with the same estimator and router code as `pipeline.route`, so the user's
+labels and routes stay untouched. It does not trace.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import store
+from .answers import answers_match
+from .features import build_features
+from .route import FIXED_THRESHOLDS, RouterConfig, route_pool
+from .uncertainty import (ATTENTION_FEATURES, EstimatorConfig, FeatureTable, choose_estimator,
+                          evaluate, reliability_bins)
+
+BUDGET_SHARES = (0.05, 0.10, 0.20, 0.30, 0.50)  # label budgets as shares of the pool (the issue's sweep)
+ROUNDS = 5  # labels arrive in this many rounds per budget; the router recalibrates after each
+CROSS_FIT_FOLDS = 5  # labelled problems get out-of-fold uncertainty, so every problem is scored unseen
+MIN_POOL = 10  # fewer traced problems with gold than this cannot say anything about selection
+REPORT_FILES = ("report.md", "report.html", "results.json", "figures.json")
+FIGURE_TITLES = {
+    "auroc": "AUROC of uncertainty for 'majority answer wrong' (whole pool, out-of-sample)",
+    "ece": "Expected calibration error of uncertainty (whole pool, out-of-sample)",
+    "self_train_precision": "Pseudo-label precision of self_train",
+    "training_set": "Exported training set (human gold + pseudo-labels): precision",
+    "wrong_majorities": "Wrong majority answers: caught by humans vs leaked into self_train",
+    "reliability": "Reliability of PivotTrace's uncertainty after each budget",
+}
+MAIN = "pivottrace"
+
+
+class EvaluationError(ValueError):
+    """The pool cannot be evaluated (no gold answers, too few traces) or a report is missing."""
+
+
+# --------------------------------------------------------------------------- pool
+
+@dataclass
+class EvalPool:
+    """Feature rows of the traced problems that have gold, and the truth the oracle knows."""
+
+    rows: list[dict]  # one feature row per problem (features.feature_row)
+    wrong: np.ndarray  # [N] 1 = the majority answer is wrong by the gold answer
+    model_id: str
+    n_without_gold: int = 0  # traced problems left out: no gold answer
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+
+def pool_from_rows(rows: list[dict], gold: dict[str, str], *, model_id: str) -> EvalPool:
+    """Keep the rows whose problem has gold; the truth is answers_match(majority, gold)."""
+    kept = [r for r in rows if gold.get(r["problem_id"]) not in (None, "")]
+    wrong = np.array([int(not answers_match(r.get("majority_answer"), gold[r["problem_id"]]))
+                      for r in kept], dtype=int)  # [N]
+    return EvalPool(kept, wrong, model_id, len(rows) - len(kept))
+
+
+def load_pool(db, *, model_id: str | None = None) -> EvalPool:
+    """Features recomputed in memory from the stored traces (nothing is written), plus gold."""
+    model_id = model_id or store.latest_model_id(db)
+    if model_id is None:
+        raise EvaluationError("Nothing is traced yet: run `pivottrace trace` first.")
+    traces = list(store.iter_trace_arrays(db, model_id))
+    if not traces:
+        raise EvaluationError(f"No traces for model {model_id!r}.")
+    rows, _ = build_features(traces, store.all_sample_answers(db, model_id))
+    gold = {r["id"]: r["gold"] for r in db.query("select id, gold from problems where gold is not null")}
+    pool = pool_from_rows(rows, gold, model_id=model_id)
+    if pool.size < MIN_POOL:
+        raise EvaluationError(f"Only {pool.size} traced problems have a gold answer; the evaluation "
+                              f"needs at least {MIN_POOL}.")
+    return pool
+
+
+# --------------------------------------------------------------------------- strategies
+
+@dataclass
+class Strategy:
+    name: str
+    description: str
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    select: str = "value"  # "value": the router's annotate picks; "random": uniform among the unlabelled
+
+
+def strategies(*, target_precision: float = 0.85) -> list[Strategy]:
+    """PivotTrace, the three baselines and the seed's three ablations, on the same traces."""
+    router = RouterConfig(target_precision=target_precision)
+    flat = RouterConfig(target_precision=target_precision, pivot_value_weight=0.0)
+    return [
+        Strategy(MAIN, "all signals, calibrated from labels, derived three-way thresholds", router=router),
+        Strategy("random", "random annotate picks; the rest routed like PivotTrace", router=router,
+                 select="random"),
+        Strategy("confidence_only", "mean token log-prob only (rank prior, then calibrated)",
+                 EstimatorConfig(columns=("mean_logprob",), prior_weights={"mean_logprob": (-1, 1.0)},
+                                 prior_anchor=None), flat),
+        Strategy("vote_share_only", "vote share only (1 - share prior, then calibrated)",
+                 EstimatorConfig(columns=("vote_share",), prior_weights={}), flat),
+        Strategy("no_attention", "ablation: no attention or pivot signals",
+                 EstimatorConfig.without(ATTENTION_FEATURES), flat),
+        Strategy("two_way", "ablation: annotate vs everything else (no low_priority, no precision band)",
+                 router=RouterConfig(target_precision=target_precision, three_way=False)),
+        Strategy("fixed_thresholds", f"ablation: fixed thresholds (low <= {FIXED_THRESHOLDS[0]}, "
+                 f"self-train <= {FIXED_THRESHOLDS[1]})",
+                 router=RouterConfig(target_precision=target_precision, fixed_thresholds=FIXED_THRESHOLDS)),
+    ]
+
+
+# --------------------------------------------------------------------------- the loop
+
+@dataclass
+class BudgetResult:
+    """What one strategy achieved with one budget. Uncertainty metrics cover the whole pool."""
+
+    strategy: str
+    budget_share: float
+    budget: int  # labels allowed
+    labels: int  # labels spent (less than budget when nothing was left to annotate)
+    rounds: int
+    estimator: str  # cold_start or calibrated, at the end
+    n_scored: int  # problems the uncertainty metrics cover: the whole pool, for every strategy
+    auroc: float | None
+    ece: float | None
+    brier: float | None
+    human_share: float  # labels / pool
+    self_train: int
+    self_train_precision: float | None  # share of self_train majorities that are right
+    estimated_self_train_precision: float | None  # what the router believed
+    low_priority: int
+    low_priority_precision: float | None
+    deferred: int
+    train_size: int  # human labels + self_train pseudo-labels
+    train_precision: float | None
+    wrong_total: int
+    caught: int  # wrong majorities labelled by the oracle (corrected)
+    leaked: int  # wrong majorities in self_train (trained on as if right)
+    missed: int  # wrong majorities left in low_priority or deferred
+    reliability: list = field(default_factory=list)
+
+
+def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUNDS,
+         seed: int = 0) -> BudgetResult:
+    """Route, let the oracle label the picks in `rounds` rounds, recalibrate, re-route; then score."""
+    rows, wrong = pool.rows, pool.wrong
+    table = FeatureTable.from_rows(rows)  # converted once; it caches the prior across rounds
+    ids = table.ids
+    index = {pid: i for i, pid in enumerate(ids)}
+    rng = np.random.default_rng(seed)
+    outcomes: dict[str, int] = {}
+    round_size = max(math.ceil(budget / max(rounds, 1)), 1)
+    n_rounds = 0
+    while len(outcomes) < budget:
+        left = budget - len(outcomes)
+        if strategy.select == "random":
+            open_ = [pid for pid in ids if pid not in outcomes]
+            picks = list(rng.choice(open_, size=min(round_size, left, len(open_)), replace=False)) if open_ else []
+        else:
+            routing = _route(rows, table, outcomes, strategy, left)[1]
+            ranked = sorted((d for d in routing.decisions
+                             if d["route"] == "annotate" and d["problem_id"] not in outcomes),
+                            key=lambda d: -d["value"])
+            picks = [d["problem_id"] for d in ranked[:min(round_size, left)]]
+        if not picks:
+            break
+        for pid in picks:  # the oracle: "wrong" with the gold answer, or "correct"
+            outcomes[str(pid)] = int(wrong[index[str(pid)]])
+        n_rounds += 1
+
+    estimator, routing = _route(rows, table, outcomes, strategy, budget - len(outcomes))
+    u = _out_of_sample(table, outcomes, strategy, estimator)  # [N]
+    route = np.array([d["route"] for d in routing.decisions], dtype=object)  # [N]
+    labelled = np.array([pid in outcomes for pid in ids], bool)  # [N]
+    self_train = (route == "self_train") & ~labelled
+    low = (route == "low_priority") & ~labelled
+    deferred = ((route == "deferred") | (route == "annotate")) & ~labelled  # unspent picks wait too
+    right = 1 - wrong
+    train_size = int(labelled.sum() + self_train.sum())
+    metrics = evaluate(u, wrong)
+    return BudgetResult(
+        strategy=strategy.name, budget_share=budget / pool.size, budget=int(budget),
+        labels=int(labelled.sum()), rounds=n_rounds, estimator=estimator.kind,
+        n_scored=metrics["n"], auroc=metrics["auroc"], ece=metrics["ece"], brier=metrics["brier"],
+        human_share=float(labelled.mean()),
+        self_train=int(self_train.sum()), self_train_precision=_share(right, self_train),
+        estimated_self_train_precision=_share(1.0 - u, self_train),
+        low_priority=int(low.sum()), low_priority_precision=_share(right, low), deferred=int(deferred.sum()),
+        train_size=train_size,
+        train_precision=(float(labelled.sum() + right[self_train].sum()) / train_size) if train_size else None,
+        wrong_total=int(wrong.sum()), caught=int((wrong & labelled).sum()),
+        leaked=int((wrong.astype(bool) & self_train).sum()),
+        missed=int((wrong.astype(bool) & (low | deferred)).sum()),
+        reliability=reliability_bins(u, wrong),
+    )
+
+
+def _route(rows, table, outcomes, strategy: Strategy, budget_left: int):
+    estimator = choose_estimator(table, outcomes, config=strategy.estimator)
+    routing = route_pool(rows, estimator.predict(table), budget_remaining=max(budget_left, 0),
+                         config=strategy.router, exclude=set(outcomes))
+    return estimator, routing
+
+
+def _out_of_sample(table: FeatureTable, outcomes, strategy: Strategy, estimator) -> np.ndarray:
+    """[N] uncertainty of every problem from an estimator that did not see its label."""
+    u = np.asarray(estimator.predict(table), dtype=float)  # [N]
+    if estimator.kind != "calibrated":
+        return u  # the prior never saw a label
+    from sklearn.model_selection import StratifiedKFold
+
+    labelled = np.array([i for i, pid in enumerate(table.ids) if pid in outcomes], dtype=np.int64)  # [M]
+    y = np.array([outcomes[table.ids[i]] for i in labelled], dtype=int)  # [M]
+    folds = int(min(CROSS_FIT_FOLDS, np.bincount(y, minlength=2).min()))
+    if folds < 2:
+        return u
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=0).split(labelled, y):
+        seen = {table.ids[labelled[i]]: int(y[i]) for i in train}
+        fold_estimator = choose_estimator(table, seen, config=strategy.estimator, gate=False, with_metrics=False)
+        u[labelled[test]] = fold_estimator.predict(table)[labelled[test]]  # the prior's ranks need the whole pool
+    return u
+
+
+def _share(values: np.ndarray, mask: np.ndarray) -> float | None:
+    return float(np.asarray(values, float)[mask].mean()) if mask.any() else None
+
+
+# --------------------------------------------------------------------------- run and report
+
+@dataclass
+class EvalConfig:
+    budgets: tuple = BUDGET_SHARES  # shares of the pool in (0, 1]; 0 (cold start) is always added
+    rounds: int = ROUNDS
+    target_precision: float = 0.85
+    seed: int = 0
+    strategies: tuple | None = None  # names to run; None = all
+    png: bool = True  # also export PNGs through kaleido (needs a Chrome/Chromium)
+
+    def __post_init__(self):
+        budgets = tuple(float(b) for b in self.budgets)
+        if not budgets or any(not 0.0 < b <= 1.0 for b in budgets):
+            raise ValueError(f"Budgets are shares of the pool in (0, 1], got {self.budgets}.")
+        if self.rounds < 1:
+            raise ValueError("rounds must be at least 1.")
+        self.budgets = tuple(sorted(set(budgets)))
+
+
+@dataclass
+class EvalReport:
+    folder: Path
+    pool: dict  # {model_id, size, wrong, n_without_gold}
+    results: list[dict]  # BudgetResult as dicts
+    markdown: str
+    figures: dict = field(default_factory=dict)  # name -> plotly Figure
+    pngs: dict = field(default_factory=dict)  # name -> path
+    png_error: str | None = None
+    config: dict = field(default_factory=dict)
+
+
+def run(pool: EvalPool, *, config: EvalConfig = EvalConfig()) -> list[BudgetResult]:
+    """Every strategy at the cold start and at every budget, on the same pool."""
+    chosen = strategies(target_precision=config.target_precision)
+    if config.strategies is not None:
+        unknown = set(config.strategies) - {s.name for s in chosen}
+        if unknown:
+            raise ValueError(f"Unknown strategies: {', '.join(sorted(unknown))}.")
+        chosen = [s for s in chosen if s.name in config.strategies]
+    results = []
+    for strategy in chosen:
+        for share in (0.0,) + tuple(config.budgets):
+            budget = int(round(share * pool.size))
+            results.append(play(pool, strategy, budget, rounds=config.rounds, seed=config.seed))
+    return results
+
+
+def evaluate_db(db, folder: str | Path, *, config: EvalConfig = EvalConfig(),
+                model_id: str | None = None) -> EvalReport:
+    """Load the pool (read-only), run every strategy and budget, write the report into `folder`."""
+    pool = load_pool(db, model_id=model_id)
+    return write_report(pool, run(pool, config=config), folder, config=config)
+
+
+def write_report(pool: EvalPool, results: list[BudgetResult], folder: str | Path, *,
+                 config: EvalConfig = EvalConfig()) -> EvalReport:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(r) for r in results]
+    info = {"model_id": pool.model_id, "size": pool.size, "wrong": int(pool.wrong.sum()),
+            "n_without_gold": pool.n_without_gold}
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    figures = build_figures(rows, target_precision=config.target_precision)
+    pngs, png_error = ({}, "PNG export switched off") if not config.png else _write_pngs(figures, folder)
+    markdown = render_markdown(info, rows, settings, pngs=pngs, png_error=png_error)
+    (folder / "report.md").write_text(markdown, encoding="utf-8")
+    (folder / "results.json").write_text(json.dumps(
+        {"pool": info, "config": settings, "results": rows, "png_error": png_error}, indent=1), encoding="utf-8")
+    (folder / "figures.json").write_text(json.dumps({k: json.loads(f.to_json()) for k, f in figures.items()}),
+                                         encoding="utf-8")
+    (folder / "report.html").write_text(render_html(info, rows, figures), encoding="utf-8")
+    return EvalReport(folder, info, rows, markdown, figures, pngs, png_error, settings)
+
+
+def load_report(folder: str | Path) -> EvalReport:
+    """Read a written report back (for the app's Evaluation page)."""
+    import plotly.io as pio
+
+    folder = Path(folder)
+    missing = [name for name in REPORT_FILES if not (folder / name).is_file()]
+    if missing:
+        raise EvaluationError(f"No evaluation report in {folder} (missing {', '.join(missing)}); "
+                              f"run `pivottrace eval --out {folder}`.")
+    data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    figures = {name: pio.from_json(json.dumps(spec))
+               for name, spec in json.loads((folder / "figures.json").read_text(encoding="utf-8")).items()}
+    pngs = {name: folder / f"{name}.png" for name in figures if (folder / f"{name}.png").is_file()}
+    return EvalReport(folder, data["pool"], data["results"], (folder / "report.md").read_text(encoding="utf-8"),
+                      figures, pngs, data.get("png_error"), data.get("config", {}))
+
+
+# --------------------------------------------------------------------------- Markdown
+
+TABLE_COLUMNS = (  # (header, key or function of a result row)
+    ("strategy", "strategy"),
+    ("labels", "labels"),
+    ("AUROC", "auroc"),
+    ("ECE", "ece"),
+    ("self_train", "self_train"),
+    ("self_train precision", "self_train_precision"),
+    ("(estimated)", "estimated_self_train_precision"),
+    ("to humans", "human_share"),
+    ("train set", "train_size"),
+    ("train precision", "train_precision"),
+    ("wrong caught", "caught"),
+    ("wrong leaked", "leaked"),
+    ("wrong missed", "missed"),
+    ("low_priority", "low_priority"),
+    ("deferred", "deferred"),
+)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return html.escape(str(value))
+
+
+def results_table(rows: list[dict]) -> str:
+    """A Markdown table, one line per result row."""
+    lines = ["| " + " | ".join(h for h, _ in TABLE_COLUMNS) + " |",
+             "|" + "|".join("---" if k == "strategy" else "---:" for _, k in TABLE_COLUMNS) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r[k]) for _, k in TABLE_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _by_share(rows: list[dict]) -> dict[float, list[dict]]:
+    """Group results by the budget share they were asked for (rounding makes budget/size inexact)."""
+    groups: dict[float, list[dict]] = {}
+    for r in rows:
+        key = round(r["budget_share"], 2)
+        groups.setdefault(key, []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def render_markdown(info: dict, rows: list[dict], settings: dict, *, pngs: dict, png_error: str | None) -> str:
+    model = html.escape(str(info["model_id"]))
+    out = [
+        "# PivotTrace selection-quality report", "",
+        f"Pool: **{info['size']}** traced problems with gold answers from model `{model}`; the model's "
+        f"majority answer is wrong on **{info['wrong']}** ({info['wrong'] / max(info['size'], 1):.1%})."
+        + (f" {info['n_without_gold']} traced problems had no gold answer and were left out."
+           if info["n_without_gold"] else ""), "",
+        "An oracle plays the annotator from the gold answers. Each strategy starts from the cold-start "
+        f"prior, labels its `annotate` picks in {settings['rounds']} rounds, recalibrates and re-routes "
+        "after each round, until the budget is spent. Uncertainty metrics (AUROC and ECE for 'majority "
+        "answer wrong') cover the whole pool, each problem scored by a model that did not see its label. "
+        "The training set is the human gold labels plus the self_train pseudo-labels; a wrong majority is "
+        "*caught* when a human labelled it and *leaked* when it went to self_train. "
+        f"Self-train precision target: {settings['target_precision']}.", "",
+        "## Strategies", "",
+    ]
+    for s in strategies(target_precision=settings["target_precision"]):
+        if any(r["strategy"] == s.name for r in rows):
+            out.append(f"- `{s.name}`: {html.escape(s.description)}")
+    out += ["", "## Summary", ""] + summary_lines(rows) + [""]
+    for share, group in _by_share(rows).items():
+        title = "Cold start (no labels)" if share == 0 else f"Budget {share:.0%} of the pool ({group[0]['budget']} labels)"
+        out += [f"## {title}", "", results_table(group), ""]
+    out += ["## Charts", "", "Interactive: [report.html](report.html)", ""]
+    if pngs:
+        out += [f"![{html.escape(FIGURE_TITLES[name])}]({Path(path).name})" for name, path in pngs.items()]
+    elif png_error:
+        out.append(f"PNG export did not run ({html.escape(png_error)}); the charts are in report.html.")
+    return "\n".join(out) + "\n"
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """Plain comparisons of PivotTrace against each baseline, budget by budget (facts, no spin)."""
+    groups = {k: {r["strategy"]: r for r in g} for k, g in _by_share(rows).items() if k > 0}
+    if not groups or not any(MAIN in g for g in groups.values()):
+        return ["(PivotTrace itself was not run.)"]
+    lines = []
+    for rival, what in (("confidence_only", "confidence only"), ("vote_share_only", "vote share only"),
+                        ("no_attention", "the no-attention ablation"), ("random", "random selection")):
+        pairs = [(g[MAIN]["auroc"], g[rival]["auroc"]) for g in groups.values()
+                 if rival in g and MAIN in g and g[MAIN]["auroc"] is not None and g[rival]["auroc"] is not None]
+        if not pairs:
+            continue
+        wins = sum(a > b for a, b in pairs)
+        mean_gap = float(np.mean([a - b for a, b in pairs]))
+        lines.append(f"- AUROC vs {what}: higher at {wins} of {len(pairs)} budgets "
+                     f"(mean difference {mean_gap:+.3f}).")
+    for rival, what in (("random", "random selection"), ("confidence_only", "confidence only"),
+                        ("two_way", "two-way routing"), ("fixed_thresholds", "fixed thresholds")):
+        pairs = [(g[MAIN], g[rival]) for g in groups.values() if rival in g and MAIN in g]
+        if not pairs:
+            continue
+        caught = sum(a["caught"] for a, _ in pairs) - sum(b["caught"] for _, b in pairs)
+        leaked = sum(a["leaked"] for a, _ in pairs) - sum(b["leaked"] for _, b in pairs)
+        lines.append(f"- Wrong majorities vs {what}, summed over budgets: {caught:+d} caught, {leaked:+d} leaked.")
+    return lines
+
+
+# --------------------------------------------------------------------------- charts
+
+STRATEGY_COLOURS = {MAIN: "#2563eb", "random": "#9ca3af", "confidence_only": "#f59e0b",
+                    "vote_share_only": "#16a34a", "no_attention": "#7c3aed", "two_way": "#db2777",
+                    "fixed_thresholds": "#0d9488"}
+
+
+def build_figures(rows: list[dict], *, target_precision: float) -> dict:
+    """Plotly figures of the results (returned, never shown)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = list(dict.fromkeys(r["strategy"] for r in rows))
+
+    def line_figure(key: str, *, include_cold: bool = True, y_range=None) -> go.Figure:
+        fig = go.Figure()
+        for name in names:
+            pts = [r for r in rows if r["strategy"] == name and (include_cold or r["budget"] > 0)
+                   and r[key] is not None]
+            fig.add_trace(go.Scatter(x=[100 * r["budget_share"] for r in pts], y=[r[key] for r in pts],
+                                     mode="lines+markers", name=name,
+                                     line=dict(color=STRATEGY_COLOURS.get(name), width=3 if name == MAIN else 1.5)))
+        fig.update_xaxes(title="label budget (% of pool)")
+        if y_range:
+            fig.update_yaxes(range=y_range)
+        return fig
+
+    figures = {
+        "auroc": line_figure("auroc", y_range=[0.4, 1.0]),
+        "ece": line_figure("ece"),
+        "self_train_precision": line_figure("self_train_precision", include_cold=True),
+        "training_set": line_figure("train_precision", include_cold=True),
+    }
+    figures["self_train_precision"].add_hline(y=target_precision, line_dash="dot",
+                                              annotation_text="target", line_color="#6b7280")
+    wrong = make_subplots(rows=1, cols=2, subplot_titles=("caught (sent to humans)", "leaked into self_train"))
+    for name in names:
+        pts = [r for r in rows if r["strategy"] == name]
+        for col, key in ((1, "caught"), (2, "leaked")):
+            wrong.add_trace(go.Scatter(x=[100 * r["budget_share"] for r in pts], y=[r[key] for r in pts],
+                                       mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1,
+                                       line=dict(color=STRATEGY_COLOURS.get(name),
+                                                 width=3 if name == MAIN else 1.5)), row=1, col=col)
+    wrong.update_xaxes(title="label budget (% of pool)")
+    figures["wrong_majorities"] = wrong
+    reliability = go.Figure()
+    reliability.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect",
+                                     line=dict(color="#9ca3af", dash="dot")))
+    for r in (r for r in rows if r["strategy"] == MAIN):
+        bins = r["reliability"]
+        reliability.add_trace(go.Scatter(
+            x=[b["mean_prob"] for b in bins], y=[b["frequency"] for b in bins], mode="lines+markers",
+            name=f"{r['budget_share']:.0%} ({r['estimator']})", text=[f"n={b['n']}" for b in bins]))
+    reliability.update_xaxes(title="predicted P(majority wrong)", range=[0, 1])
+    reliability.update_yaxes(title="observed share wrong", range=[0, 1])
+    figures["reliability"] = reliability
+    for name, fig in figures.items():
+        fig.update_layout(title=dict(text=FIGURE_TITLES[name], x=0.01, xanchor="left", font=dict(size=14)), height=420,
+                          plot_bgcolor="white", paper_bgcolor="white",
+                          margin=dict(l=50, r=20, t=60, b=50))
+        fig.update_xaxes(gridcolor="#e5e7eb")
+        fig.update_yaxes(gridcolor="#e5e7eb")
+    return figures
+
+
+def _write_pngs(figures: dict, folder: Path) -> tuple[dict, str | None]:
+    """PNG files through kaleido (one browser session for all); on failure, say why and go on."""
+    import plotly.io as pio
+
+    paths = {name: folder / f"{name}.png" for name in figures}
+    try:
+        pio.write_images(list(figures.values()), [str(p) for p in paths.values()], width=900, height=420)
+    except Exception as err:  # kaleido missing, or no Chrome/Chromium it can start
+        return {}, f"{type(err).__name__}: {err}".splitlines()[0][:300]
+    return {k: p for k, p in paths.items() if p.is_file()}, None
+
+
+def render_html(info: dict, rows: list[dict], figures: dict) -> str:
+    """One self-contained page: the tables and every figure (plotly.js inlined once, works offline)."""
+    parts = [f"<h1>PivotTrace selection-quality report</h1><p>Pool: {info['size']} problems, model "
+             f"<code>{html.escape(str(info['model_id']))}</code>, majority wrong on {info['wrong']}.</p>"]
+    parts.append("<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in summary_lines(rows)) + "</ul>")
+    for share, group in _by_share(rows).items():
+        title = "Cold start (no labels)" if share == 0 else f"Budget {share:.0%} ({group[0]['budget']} labels)"
+        head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in TABLE_COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{_cell(r[k])}</td>" for _, k in TABLE_COLUMNS) + "</tr>"
+                       for r in group)
+        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>")
+    for i, fig in enumerate(figures.values()):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 6px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>PivotTrace evaluation</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")

@@ -1,0 +1,128 @@
+"""The oracle evaluation: the report files, baselines on the same problems, honest accounting,
+and the user's database left untouched."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pivottrace import evaluate, store
+from pivottrace.cli import app
+from pivottrace.datasets import demo_problems
+from pivottrace.synthetic import synthetic_trace
+
+N_PROBLEMS = 120
+
+
+@pytest.fixture(scope="module")
+def synthetic_db_path(tmp_path_factory):
+    """A traced synthetic pool with gold answers, some labels and routes of the user's own."""
+    path = tmp_path_factory.mktemp("eval") / "pool.db"
+    db = store.open_db(path)
+    problems = demo_problems(N_PROBLEMS, seed=3)
+    store.insert_problems(db, problems)
+    store.upsert_model(db, "synth", spec="synthetic", n_layers=6)
+    rng = np.random.default_rng(3)
+    for p in problems:
+        store.save_trace(db, p.id, "synth", synthetic_trace(p, rng, n_layers=6))
+    from pivottrace import pipeline
+
+    pipeline.route(db, note="the user's own routing")
+    store.save_label(db, problem_id=problems[0].id, annotator="ann", verdict="flawed")
+    return path
+
+
+def snapshot(path) -> dict:
+    db = store.open_db(path)
+    return {table: list(db.query(f"select * from {table} order by rowid"))
+            for table in ("labels", "routes", "router_versions", "features", "problems")}
+
+
+def test_eval_writes_the_report_and_leaves_the_database_untouched(synthetic_db_path, tmp_path):
+    before = snapshot(synthetic_db_path)
+    config = evaluate.EvalConfig(budgets=(0.1, 0.3), rounds=3, png=shutil.which("chromium") is not None)
+    report = evaluate.evaluate_db(store.open_db(synthetic_db_path), tmp_path / "out", config=config)
+    assert snapshot(synthetic_db_path) == before  # the user's labels, routes and features are as they were
+
+    for name in evaluate.REPORT_FILES:
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    if config.png:  # this machine has Chromium: kaleido must have written every chart
+        assert report.png_error is None
+        assert sorted(p.name for p in report.pngs.values()) == sorted(f"{k}.png" for k in evaluate.FIGURE_TITLES)
+        assert all(p.read_bytes()[:4] == b"\x89PNG" for p in report.pngs.values())
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    for strategy in ("pivottrace", "random", "confidence_only", "vote_share_only", "no_attention",
+                     "two_way", "fixed_thresholds"):
+        assert f"| {strategy} |" in markdown
+    assert "## Budget 10% of the pool (12 labels)" in markdown and "## Cold start" in markdown
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count("plotly.js") >= 1 and "<table>" in html
+
+
+def test_baselines_are_scored_on_the_same_problems_and_the_accounting_adds_up(synthetic_db_path):
+    pool = evaluate.load_pool(store.open_db(synthetic_db_path))
+    assert pool.size == N_PROBLEMS and pool.n_without_gold == 0
+    results = evaluate.run(pool, config=evaluate.EvalConfig(budgets=(0.2,), rounds=2, png=False))
+    assert {r.strategy for r in results} == {s.name for s in evaluate.strategies()}
+    for r in results:
+        assert r.n_scored == pool.size  # every strategy's AUROC/ECE covers the same problems
+        assert r.wrong_total == int(pool.wrong.sum())
+        assert r.caught + r.leaked + r.missed == r.wrong_total
+        assert r.labels <= r.budget and r.human_share == pytest.approx(r.labels / pool.size)
+        assert r.train_size == r.labels + r.self_train
+        if r.budget:
+            assert r.labels == r.budget  # synthetic pools always leave something to annotate
+    cold = {r.strategy: r for r in results if r.budget == 0}
+    assert cold["pivottrace"].auroc == cold["random"].auroc  # same estimator before any label
+    assert cold["confidence_only"].auroc != cold["pivottrace"].auroc
+
+
+def test_oracle_labels_follow_the_gold_answers(synthetic_db_path):
+    pool = evaluate.load_pool(store.open_db(synthetic_db_path))
+    everything = evaluate.play(pool, evaluate.strategies()[0], pool.size, rounds=2)
+    assert everything.labels == pool.size and everything.caught == everything.wrong_total
+    assert everything.leaked == 0 and everything.train_precision == 1.0
+
+
+def test_load_report_round_trip_and_a_missing_report(synthetic_db_path, tmp_path):
+    pool = evaluate.load_pool(store.open_db(synthetic_db_path))
+    config = evaluate.EvalConfig(budgets=(0.1,), rounds=1, strategies=("pivottrace", "random"), png=False)
+    written = evaluate.write_report(pool, evaluate.run(pool, config=config), tmp_path / "r", config=config)
+    loaded = evaluate.load_report(tmp_path / "r")
+    assert loaded.results == json.loads(json.dumps(written.results))
+    assert set(loaded.figures) == set(evaluate.FIGURE_TITLES)
+    assert loaded.markdown == written.markdown and loaded.png_error == "PNG export switched off"
+    with pytest.raises(evaluate.EvaluationError, match="No evaluation report"):
+        evaluate.load_report(tmp_path / "nowhere")
+
+
+def test_model_text_is_escaped_in_the_report(tmp_path):
+    rows = [{"problem_id": f"p{i}", "model_id": "<script>x</script>", "majority_answer": "1",
+             "vote_share": 1.0 if i % 2 else 0.5} for i in range(12)]
+    pool = evaluate.pool_from_rows(rows, {f"p{i}": "1" if i % 3 else "2" for i in range(12)},
+                                   model_id="<script>x</script>")
+    config = evaluate.EvalConfig(budgets=(0.5,), rounds=1, strategies=("pivottrace",), png=False)
+    report = evaluate.write_report(pool, evaluate.run(pool, config=config), tmp_path / "x", config=config)
+    html = (tmp_path / "x" / "report.html").read_text()
+    assert "<script>x</script>" not in html and "&lt;script&gt;" in html
+    assert "<script>x</script>" not in report.markdown
+
+
+def test_cli_eval_writes_a_report_and_rejects_bad_input(synthetic_db_path, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    result = runner.invoke(app, ["eval", "--db", str(synthetic_db_path), "--out", str(out), "--budgets", "10,20",
+                                 "--rounds", "2", "--strategies", "pivottrace,random", "--no-png"])
+    assert result.exit_code == 0, result.output
+    assert "Evaluated 120 problems" in result.output and (out / "report.md").is_file()
+    bad = runner.invoke(app, ["eval", "--db", str(synthetic_db_path), "--out", str(out), "--budgets", "ten"])
+    assert bad.exit_code == 1 and "--budgets takes percentages" in bad.output
+    unknown = runner.invoke(app, ["eval", "--db", str(synthetic_db_path), "--out", str(out),
+                                  "--strategies", "magic", "--no-png"])
+    assert unknown.exit_code == 1 and "Unknown strategies" in unknown.output
+    empty = runner.invoke(app, ["eval", "--db", str(tmp_path / "empty.db"), "--out", str(out)])
+    assert empty.exit_code == 1 and "Nothing is traced yet" in empty.output
