@@ -24,7 +24,7 @@ import numpy as np
 
 from . import store
 from .answers import answers_match
-from .features import build_features
+from .features import NUMERIC_FEATURES, build_features
 from .route import FIXED_THRESHOLDS, RouterConfig, route_pool
 from .uncertainty import (ATTENTION_FEATURES, EstimatorConfig, FeatureTable, choose_estimator,
                           evaluate, reliability_bins)
@@ -43,6 +43,10 @@ FIGURE_TITLES = {
     "reliability": "Reliability of PivotTrace's uncertainty after each budget",
 }
 MAIN = "pivottrace"
+SIGNAL_GROUPS = {**{name: "attention / pivots" for name in ATTENTION_FEATURES},
+                 "mean_logprob": "confidence", "min_logprob": "confidence", "answer_prob": "confidence",
+                 "vote_share": "consistency", "n_distinct": "consistency", "vote_entropy": "consistency",
+                 "answer_found": "verification", "greedy_agrees": "verification", "length": "verification"}
 
 
 class EvaluationError(ValueError):
@@ -241,6 +245,25 @@ def _share(values: np.ndarray, mask: np.ndarray) -> float | None:
     return float(np.asarray(values, float)[mask].mean()) if mask.any() else None
 
 
+def signal_aurocs(pool: EvalPool) -> list[dict]:
+    """AUROC of each raw signal, and of the cold-start prior, for "majority wrong" on the pool.
+
+    As measured: above 0.5 means higher values go with wrong answers, below 0.5 the reverse
+    (|AUROC - 0.5| is the strength). This is where a failing signal shows up.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    if len(set(pool.wrong.tolist())) < 2:
+        return []
+    table = FeatureTable.from_rows(pool.rows)
+    out = [{"signal": "cold-start prior", "group": "prior",
+            "auroc": float(roc_auc_score(pool.wrong, EstimatorConfig().prior().predict(table)))}]
+    for name in NUMERIC_FEATURES:
+        out.append({"signal": name, "group": SIGNAL_GROUPS.get(name, "other"),
+                    "auroc": float(roc_auc_score(pool.wrong, table.matrix((name,))[:, 0]))})
+    return out
+
+
 # --------------------------------------------------------------------------- run and report
 
 @dataclass
@@ -302,7 +325,7 @@ def write_report(pool: EvalPool, results: list[BudgetResult], folder: str | Path
     folder.mkdir(parents=True, exist_ok=True)
     rows = [asdict(r) for r in results]
     info = {"model_id": pool.model_id, "size": pool.size, "wrong": int(pool.wrong.sum()),
-            "n_without_gold": pool.n_without_gold}
+            "n_without_gold": pool.n_without_gold, "signals": signal_aurocs(pool)}
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
     figures = build_figures(rows, target_precision=config.target_precision)
     pngs, png_error = ({}, "PNG export switched off") if not config.png else _write_pngs(figures, folder)
@@ -401,6 +424,13 @@ def render_markdown(info: dict, rows: list[dict], settings: dict, *, pngs: dict,
         if any(r["strategy"] == s.name for r in rows):
             out.append(f"- `{s.name}`: {html.escape(s.description)}")
     out += ["", "## Summary", ""] + summary_lines(rows) + [""]
+    if info.get("signals"):
+        out += ["## Single signals (no labels)", "",
+                "AUROC of each raw signal for 'majority answer wrong' on the whole pool. Above 0.5: higher "
+                "values go with wrong answers; below 0.5: lower values do; 0.5: no information.", "",
+                "| signal | group | AUROC |", "|---|---|---:|"]
+        out += [f"| {html.escape(s['signal'])} | {s['group']} | {s['auroc']:.3f} |" for s in info["signals"]]
+        out.append("")
     for share, group in _by_share(rows).items():
         title = "Cold start (no labels)" if share == 0 else f"Budget {share:.0%} of the pool ({group[0]['budget']} labels)"
         out += [f"## {title}", "", results_table(group), ""]
