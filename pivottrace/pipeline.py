@@ -94,17 +94,17 @@ def score_pool(db, model_id: str | None = None) -> list[dict]:
     return rows
 
 
-def label_outcomes(db, rows: list[dict] | None = None) -> dict[str, int]:
+def label_outcomes(db, rows: list[dict] | None = None, *, labels: list[dict] | None = None) -> dict[str, int]:
     """{problem_id: 1 if the majority answer was wrong, 0 if right}, from labels in force.
 
     A `flawed` verdict says nothing about the model, so it is left out. With `rows` (feature rows
     of the model being routed), a label whose shown answer differs from that row's majority answer
     (traces of a new checkpoint) is re-read against the label's gold: the gold answer of a `wrong`
-    verdict, the shown answer of a `correct` one.
+    verdict, the shown answer of a `correct` one. `labels`: store.effective_labels(db), if at hand.
     """
     majority = {r["problem_id"]: r.get("majority_answer") for r in rows or []}
     outcomes = {}
-    for row in store.effective_labels(db):
+    for row in store.effective_labels(db) if labels is None else labels:
         if row["verdict"] not in ("correct", "wrong"):
             continue
         wrong = int(row["verdict"] == "wrong")
@@ -145,11 +145,12 @@ def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfi
     start = time.perf_counter()
     model_id = model_id or store.latest_model_id(db)
     rows = score_pool(db, model_id) if rescore else store.load_features(db, model_id)
-    outcomes = label_outcomes(db, rows)
+    labels = store.effective_labels(db)
+    outcomes = label_outcomes(db, rows, labels=labels)
     table = FeatureTable.from_rows(rows)  # converted once for the fit and the prediction
     estimator = choose_estimator(table, outcomes, config=estimator_config)
     uncertainty = estimator.predict(table)
-    labelled = {r["problem_id"] for r in store.effective_labels(db)}
+    labelled = {r["problem_id"] for r in labels}
     budget = store.budget_status(db)
     routing = route_pool(rows, uncertainty, budget_remaining=budget["remaining"], config=config,
                          exclude=labelled)

@@ -55,6 +55,8 @@ LOGISTIC_C = 1.0  # inverse L2 strength on standardised features (sklearn sums t
 PRIOR_EMPHASIS = 10.0  # the prior's logit column is scaled by this after standardising, so its L2
 # penalty is 100x weaker: with few labels the fit leans on the prior, other signals need evidence
 PRIOR_CLIP = 1e-3  # prior probabilities are clipped to [this, 1 - this] before the logit
+PROPENSITY_UNLABELLED_PER_LABEL = 4  # the labelled-vs-pool fit samples at most this many unlabelled
+# rows per label (10,000 rows made it the slowest fit of a recalibration; 4:1 keeps it well posed)
 MAX_WEIGHT = 10.0  # cap on a label's covariate-shift weight, relative to the median weight
 ECE_BINS = 10
 SOLVER = "newton-cholesky"  # Newton steps: few iterations even with the emphasised prior column;
@@ -202,16 +204,22 @@ def covariate_shift_weights(x_pool: np.ndarray, labelled: np.ndarray) -> np.ndar
     The router picks the most uncertain problems, so the labels cover a biased slice of the pool,
     and a model fitted on them as they are learns that slice's quirks (e.g. "unanimous means
     wrong", because only the doubtful unanimous problems were labelled). P(labelled | x) comes from
-    a logistic regression of labelled-vs-pool on the same inputs; weights are clipped to
+    a logistic regression of labelled-vs-pool on the same inputs (on a random sample of the
+    unlabelled rows when they are many, its odds scaled back); weights are clipped to
     [1 / MAX_WEIGHT, MAX_WEIGHT] times their median, so a few rare labels cannot take over the
     fit, then normalised to mean 1.
     """
     chosen = np.zeros(x_pool.shape[0], dtype=int)  # [P]
     chosen[labelled] = 1
-    if chosen.all():
+    others = np.flatnonzero(chosen == 0)  # [U]
+    if others.size == 0:
         return np.ones(labelled.size)
-    p = _logistic().fit(x_pool, chosen).predict_proba(x_pool[labelled])[:, 1]  # [M]
-    w = 1.0 / np.clip(p, 1e-6, 1.0)  # [M]
+    keep = min(others.size, PROPENSITY_UNLABELLED_PER_LABEL * labelled.size)
+    sample = np.random.default_rng(0).choice(others, size=keep, replace=False) if keep < others.size else others
+    rows = np.concatenate([labelled, sample])
+    p = _logistic().fit(x_pool[rows], chosen[rows]).predict_proba(x_pool[labelled])[:, 1]  # [M]
+    odds = np.clip(p, 1e-9, 1 - 1e-9) / np.clip(1.0 - p, 1e-9, 1.0)  # [M] in the sample
+    w = 1.0 + others.size / (keep * odds)  # [M] 1 / P(labelled | x), the sample's odds scaled back
     w = np.clip(w / np.median(w), 1.0 / MAX_WEIGHT, MAX_WEIGHT)
     return w / w.mean()
 
