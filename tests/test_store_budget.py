@@ -120,11 +120,30 @@ def test_an_item_leased_to_another_is_never_served(db):
     assert store.next_item(db, "late") is None
 
 
-def test_migration_2_indexes_are_used(db):
-    assert store.schema_version(db) >= 2
+def test_migration_indexes_are_used(db):
+    assert store.schema_version(db) >= 3
+    for skipped in (False, True):
+        plan = " ".join(r[3] for r in db.execute(
+            "explain query plan " + store._top_open_item_sql(skipped=skipped), [0.0, "a", "a"]))
+        assert f"COVERING INDEX {store.QUEUE_INDEX}" in plan and "TEMP B-TREE" not in plan
+        assert "COVERING INDEX idx_problems_id_verdict" in plan
     plan = " ".join(r[3] for r in db.execute(
         "explain query plan select count(*) from problems where verdict is not null"))
     assert "idx_problems_labelled" in plan
     plan = " ".join(r[3] for r in db.execute(
         "explain query plan select 1 from labels u where u.undoes = ?", [1]))
     assert "idx_labels_undoes" in plan
+
+
+def test_a_full_reroute_rebuilds_the_queue_index(db, monkeypatch):
+    monkeypatch.setattr(store, "REBUILD_QUEUE_INDEX_MIN_ROWS", 10)  # the 100k path, on 40 rows
+    before = store.route_counts(db)
+    statements = []
+    db.conn.set_trace_callback(statements.append)
+    pipeline.route(db, rescore=False)  # every row rewritten: the index is dropped and rebuilt
+    db.conn.set_trace_callback(None)
+    assert any(s.startswith(f"drop index if exists {store.QUEUE_INDEX}") for s in statements)
+    assert db.execute("select count(*) from sqlite_master where name = ?", [store.QUEUE_INDEX]).fetchone()[0] == 1
+    assert store.next_item(db, "ann") is not None
+    assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
+    assert sum(store.route_counts(db).values()) == sum(before.values())
