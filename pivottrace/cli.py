@@ -18,6 +18,7 @@ import typer
 
 from . import pipeline, store
 from .datasets import PoolFormatError
+from .evaluate import DEFAULT_REPORT_DIR
 from .models import ModelNotFoundError
 
 app = typer.Typer(help="PivotTrace: route unlabeled RLVR problems by metacognitive pivots.",
@@ -195,7 +196,7 @@ def export_cmd(fmt: str = typer.Option(..., "--format", "-f", help="verl, trl or
 
 @app.command("eval")
 @clean_errors
-def eval_cmd(out: Path = typer.Option(Path("eval-report"), "--out", "-o", help="Folder for the report."),
+def eval_cmd(out: Path = typer.Option(Path(DEFAULT_REPORT_DIR), "--out", "-o", help="Folder for the report."),
              budgets: str = typer.Option("5,10,20,30,50", "--budgets",
                                          help="Label budgets in % of the pool, comma-separated."),
              rounds: int = typer.Option(5, "--rounds", help="Labelling rounds per budget (recalibrate after each)."),

@@ -33,6 +33,7 @@ BUDGET_SHARES = (0.05, 0.10, 0.20, 0.30, 0.50)  # label budgets as shares of the
 ROUNDS = 5  # labels arrive in this many rounds per budget; the router recalibrates after each
 CROSS_FIT_FOLDS = 5  # labelled problems get out-of-fold uncertainty, so every problem is scored unseen
 MIN_POOL = 10  # fewer traced problems with gold than this cannot say anything about selection
+DEFAULT_REPORT_DIR = "out/eval"  # `pivottrace eval` writes here unless told otherwise (out/ is git-ignored)
 REPORT_FILES = ("report.md", "report.html", "results.json", "figures.json")
 FIGURE_TITLES = {
     "auroc": "AUROC of uncertainty for 'majority answer wrong' (whole pool, out-of-sample)",
