@@ -33,12 +33,11 @@ def test_two_processes_label_the_same_queue(tmp_path):
     path = tmp_path / "c.db"
     build_app_db(path, budget=BUDGET)
     ctx = mp.get_context("spawn")
-    start, results = ctx.Event(), ctx.Queue()
+    start, results = ctx.Barrier(2), ctx.Queue()  # both start labelling once both are loaded
     workers = [ctx.Process(target=_annotate_until_empty, args=(str(path), name, start, results))
                for name in ("ann", "bob")]
     for w in workers:
         w.start()
-    start.set()
     reported = dict((name, (done, errors)) for name, done, errors in (results.get(timeout=240) for _ in workers))
     for w in workers:
         w.join(timeout=60)
