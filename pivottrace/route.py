@@ -178,7 +178,8 @@ def _probes(rows: list[dict], open_: np.ndarray, taken: np.ndarray, k: int) -> n
     members = np.flatnonzero(free)
     if k <= 0 or members.size == 0:
         return np.zeros(0, dtype=np.int64)
-    keys = np.array([probe_key(rows[i]["problem_id"]) for i in members])  # [M]
+    crc = zlib.crc32  # probe_key without the per-call overhead (10,000 ids per route)
+    keys = np.array([crc(str(rows[i]["problem_id"]).encode("utf-8")) for i in members], dtype=np.int64)  # [M]
     return members[np.argsort(keys, kind="stable")[:k]]
 
 
