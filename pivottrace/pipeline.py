@@ -166,7 +166,7 @@ def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfi
                        time.perf_counter() - start)
 
 
-def recalibration_due(db, *, every: int = RECALIBRATE_EVERY) -> str | None:
+def recalibration_due(db, *, every: int = RECALIBRATE_EVERY, versions: list[dict] | None = None) -> str | None:
     """Why the router should recalibrate now, or None.
 
     Due when traces of a model checkpoint that no router version has seen arrive, or when at
@@ -175,7 +175,7 @@ def recalibration_due(db, *, every: int = RECALIBRATE_EVERY) -> str | None:
     model_id = store.latest_model_id(db)
     if model_id is None:
         return None
-    versions = store.router_versions(db)
+    versions = store.router_versions(db) if versions is None else versions
     if not versions or all(v["model_id"] != model_id for v in versions):
         return f"traces of a new model checkpoint ({model_id})"
     labelled = len(store.effective_labels(db))
@@ -186,11 +186,14 @@ def recalibration_due(db, *, every: int = RECALIBRATE_EVERY) -> str | None:
 
 def recalibrate_if_due(db, *, every: int = RECALIBRATE_EVERY,
                        config: RouterConfig | None = None) -> RouteReport | None:
-    """Recalibrate and re-route when `recalibration_due` says so (rescoring for a new checkpoint)."""
-    reason = recalibration_due(db, every=every)
+    """Recalibrate and re-route when `recalibration_due` says so (rescoring for a new checkpoint).
+
+    Without `config`, the last router version's precision target is kept (a lead may have set it).
+    """
+    versions = store.router_versions(db)
+    reason = recalibration_due(db, every=every, versions=versions)
     if reason is None:
         return None
-    versions = store.router_versions(db)
     if config is None and versions and versions[-1]["thresholds"].get("target_precision") is not None:
         config = RouterConfig(target_precision=float(versions[-1]["thresholds"]["target_precision"]))
     return route(db, config=config or RouterConfig(), rescore=reason.startswith("traces"), note=reason)
