@@ -247,22 +247,29 @@ def _share(values: np.ndarray, mask: np.ndarray) -> float | None:
 
 
 def signal_aurocs(pool: EvalPool) -> list[dict]:
-    """AUROC of each raw signal, and of the cold-start prior, for "majority wrong" on the pool.
+    """AUROC of each raw signal, and of the cold-start prior, for "majority wrong" on the pool,
+    and among the unanimous problems only (where the vote says nothing and the other signals
+    must do the work).
 
     As measured: above 0.5 means higher values go with wrong answers, below 0.5 the reverse
-    (|AUROC - 0.5| is the strength). This is where a failing signal shows up.
+    (|AUROC - 0.5| is the strength); None where one outcome is missing. This is where a failing
+    signal shows up.
     """
     from sklearn.metrics import roc_auc_score
+
+    def auroc(y: np.ndarray, score: np.ndarray) -> float | None:
+        return float(roc_auc_score(y, score)) if len(set(y.tolist())) == 2 else None
 
     if len(set(pool.wrong.tolist())) < 2:
         return []
     table = FeatureTable.from_rows(pool.rows)
-    out = [{"signal": "cold-start prior", "group": "prior",
-            "auroc": float(roc_auc_score(pool.wrong, EstimatorConfig().prior().predict(table)))}]
-    for name in NUMERIC_FEATURES:
-        out.append({"signal": name, "group": SIGNAL_GROUPS.get(name, "other"),
-                    "auroc": float(roc_auc_score(pool.wrong, table.matrix((name,))[:, 0]))})
-    return out
+    unanimous = (table.matrix(("vote_share",))[:, 0] >= 1.0) & np.array(
+        [r.get("majority_answer") is not None for r in pool.rows])  # [N]
+    columns = [("cold-start prior", "prior", EstimatorConfig().prior().predict(table))]
+    columns += [(name, SIGNAL_GROUPS.get(name, "other"), table.matrix((name,))[:, 0]) for name in NUMERIC_FEATURES]
+    return [{"signal": name, "group": group, "auroc": auroc(pool.wrong, score),
+             "auroc_unanimous": auroc(pool.wrong[unanimous], score[unanimous]),
+             "n_unanimous": int(unanimous.sum())} for name, group, score in columns]
 
 
 # --------------------------------------------------------------------------- run and report
@@ -426,11 +433,14 @@ def render_markdown(info: dict, rows: list[dict], settings: dict, *, pngs: dict,
             out.append(f"- `{s.name}`: {html.escape(s.description)}")
     out += ["", "## Summary", ""] + summary_lines(rows) + [""]
     if info.get("signals"):
+        n_unanimous = info["signals"][0]["n_unanimous"]
         out += ["## Single signals (no labels)", "",
-                "AUROC of each raw signal for 'majority answer wrong' on the whole pool. Above 0.5: higher "
-                "values go with wrong answers; below 0.5: lower values do; 0.5: no information.", "",
-                "| signal | group | AUROC |", "|---|---|---:|"]
-        out += [f"| {html.escape(s['signal'])} | {s['group']} | {s['auroc']:.3f} |" for s in info["signals"]]
+                "AUROC of each raw signal for 'majority answer wrong', on the whole pool and on the "
+                f"{n_unanimous} problems where every sample agrees. Above 0.5: higher values go with wrong "
+                "answers; below 0.5: lower values do; 0.5: no information.", "",
+                "| signal | group | AUROC | AUROC, unanimous only |", "|---|---|---:|---:|"]
+        out += [f"| {html.escape(s['signal'])} | {s['group']} | {_cell(s['auroc'])} | {_cell(s['auroc_unanimous'])} |"
+                for s in info["signals"]]
         out.append("")
     for share, group in _by_share(rows).items():
         title = "Cold start (no labels)" if share == 0 else f"Budget {share:.0%} of the pool ({group[0]['budget']} labels)"
