@@ -2,6 +2,7 @@
 #   make app    set everything up, run the demo on the embedded model, open the app
 #   make test   set everything up and run the whole test suite (what CI runs)
 PY      ?= python3
+export OMP_WAIT_POLICY ?= PASSIVE
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed

@@ -25,6 +25,8 @@ _NUMBER = r"-?\$?\s*\d[\d,]*(?:\.\d+)?|-?\.\d+"
 _GSM8K_GOLD = re.compile(r"####\s*(.+?)\s*$", re.S)
 _ANSWER_LINE = re.compile(r"(?:final\s+)?answer\s*(?:is|:|=)\s*:?\s*(.+)", re.I)
 _NUMBER_RE = re.compile(_NUMBER)
+# A fraction on an answer line: LaTeX \frac{a}{b} / \dfrac{a}{b}, or a plain a/b.
+_FRACTION_RE = re.compile(r"-?\\d?frac\s*\{[^{}]+\}\s*\{[^{}]+\}|-?\d+\s*/\s*\d+(?![\d.])")
 
 
 def _boxed_contents(text: str) -> list[str]:
@@ -85,6 +87,9 @@ def extract_answer(completion: str | None) -> str | None:
         candidates.append(match.group(1).splitlines()[0])
     for candidate in reversed(candidates):
         candidate = candidate.strip().rstrip(".").strip()
+        fraction = _FRACTION_RE.search(candidate)
+        if fraction:
+            return fraction.group(0).replace(" ", "")
         number = _NUMBER_RE.search(candidate)
         if number:
             return _clean_number(number.group(0))
@@ -98,6 +103,10 @@ def canonical(answer: str | None) -> str | None:
     if answer is None:
         return None
     text = _clean_number(str(answer).strip()).rstrip(".")
+    fraction = re.fullmatch(r"(-?)(?:\\d?frac\{(\d+)\}\{(\d+)\}|(\d+)/(\d+))", text)
+    if fraction and int(fraction.group(3) or fraction.group(5)) != 0:
+        sign, a, b, c, d = fraction.groups()
+        text = str((-1 if sign else 1) * int(a or c) / int(b or d))
     try:
         value = float(text)
     except ValueError:

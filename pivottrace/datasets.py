@@ -231,7 +231,7 @@ def demo_problem(rng: random.Random, steps: int) -> Problem:
     return Problem(problem_id(text), text, "demo", str(value), {"steps": steps})
 
 
-DEMO_STEP_MIX = (0.45, 0.30, 0.15, 0.10)  # share of 1-, 2-, 3- and 4-step problems (tuned: see README)
+DEMO_STEP_MIX = (0.55, 0.25, 0.12, 0.08)  # share of 1-, 2-, 3- and 4-step problems (measured: see README)
 
 
 def demo_problems(n: int = 40, *, seed: int = 0, mix: tuple[float, ...] = DEMO_STEP_MIX) -> list[Problem]:

@@ -26,6 +26,8 @@ def test_extract_gold(raw, gold):
     ("Step 1: 2+2=4\nAnswer: 15", "15"),
     ("Answer: $1,250.", "1250"),
     ("Final answer: -3", "-3"),
+    ("Answer: \\frac{1}{2}", "\\frac{1}{2}"),
+    ("Answer: 1/2 of the cake", "1/2"),
     ("so the result is \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
     ("We add 3 and 4 to get 7 apples, and that's all.", None),
     ("", None),
@@ -43,6 +45,8 @@ def test_canonical_numbers():
     assert canonical("$18") == "18"
     assert canonical("-7") == "-7"
     assert canonical("0.50") == "0.5"
+    assert canonical("1/2") == canonical("\\frac{1}{2}") == canonical("0.5") == "0.5"
+    assert canonical("-3/4") == "-0.75"
     assert canonical(None) is None
 
 

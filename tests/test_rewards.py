@@ -80,7 +80,5 @@ def test_verl_loads_the_file_by_path():
     assert verl_compute_score("demo", "Answer: 9", "0.5") == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="answers.extract_answer reads 'Answer: 1/2' and "
-                                       "'Answer: \\frac{1}{2}' as '1' (reported to answers.py's owner)")
 def test_fraction_on_an_answer_line():
     assert math_reward(["Answer: \\frac{1}{2}", "Answer: 1/2"], ["0.5", "0.5"]) == [1.0, 1.0]
