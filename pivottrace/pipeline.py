@@ -59,7 +59,7 @@ def trace_pool(db, tracer, *, limit: int | None = None, source: str | None = Non
     """
     from tqdm import tqdm
 
-    store.upsert_model(db, tracer.model_id, spec=tracer.spec, n_layers=tracer.n_layers)
+    store.upsert_model(db, tracer.model_id, spec=str(tracer.source.path), n_layers=tracer.n_layers)
     pending = store.pending_problems(db, tracer.model_id, limit=limit, source=source)
     run = TraceRun()
     batch_size = max(int(tracer.config.batch_size), 1)
