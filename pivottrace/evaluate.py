@@ -247,9 +247,10 @@ def _share(values: np.ndarray, mask: np.ndarray) -> float | None:
 
 
 def signal_aurocs(pool: EvalPool) -> list[dict]:
-    """AUROC of each raw signal, and of the cold-start prior, for "majority wrong" on the pool,
-    and among the unanimous problems only (where the vote says nothing and the other signals
-    must do the work).
+    """AUROC of each raw signal, and of the cold-start prior, for "majority wrong" on the pool;
+    of what is left of it once the chain's length is regressed out (long chains are often wrong,
+    and a signal that only measures length adds nothing to `length`); and among the unanimous
+    problems only (where the vote says nothing and the other signals must do the work).
 
     As measured: above 0.5 means higher values go with wrong answers, below 0.5 the reverse
     (|AUROC - 0.5| is the strength); None where one outcome is missing. This is where a failing
@@ -267,7 +268,16 @@ def signal_aurocs(pool: EvalPool) -> list[dict]:
         [r.get("majority_answer") is not None for r in pool.rows])  # [N]
     columns = [("cold-start prior", "prior", EstimatorConfig().prior().predict(table))]
     columns += [(name, SIGNAL_GROUPS.get(name, "other"), table.matrix((name,))[:, 0]) for name in NUMERIC_FEATURES]
+    log_length = np.log1p(np.maximum(table.matrix(("length",))[:, 0], 0.0))  # [N]
+    design = np.column_stack([np.ones_like(log_length), log_length])  # [N, 2]
+
+    def beyond_length(score: np.ndarray) -> np.ndarray:
+        """[N] what is left of a signal after a least-squares fit on log(length)."""
+        beta, *_ = np.linalg.lstsq(design, score, rcond=None)
+        return score - design @ beta
+
     return [{"signal": name, "group": group, "auroc": auroc(pool.wrong, score),
+             "auroc_beyond_length": None if name == "length" else auroc(pool.wrong, beyond_length(score)),
              "auroc_unanimous": auroc(pool.wrong[unanimous], score[unanimous]),
              "n_unanimous": int(unanimous.sum())} for name, group, score in columns]
 
@@ -438,9 +448,10 @@ def render_markdown(info: dict, rows: list[dict], settings: dict, *, pngs: dict,
                 "AUROC of each raw signal for 'majority answer wrong', on the whole pool and on the "
                 f"{n_unanimous} problems where every sample agrees. Above 0.5: higher values go with wrong "
                 "answers; below 0.5: lower values do; 0.5: no information.", "",
-                "| signal | group | AUROC | AUROC, unanimous only |", "|---|---|---:|---:|"]
-        out += [f"| {html.escape(s['signal'])} | {s['group']} | {_cell(s['auroc'])} | {_cell(s['auroc_unanimous'])} |"
-                for s in info["signals"]]
+                "'Beyond length': the AUROC of what is left of the signal after a linear fit on log(length).", "",
+                "| signal | group | AUROC | beyond length | unanimous only |", "|---|---|---:|---:|---:|"]
+        out += [f"| {html.escape(s['signal'])} | {s['group']} | {_cell(s['auroc'])} | "
+                f"{_cell(s['auroc_beyond_length'])} | {_cell(s['auroc_unanimous'])} |" for s in info["signals"]]
         out.append("")
     for share, group in _by_share(rows).items():
         title = "Cold start (no labels)" if share == 0 else f"Budget {share:.0%} of the pool ({group[0]['budget']} labels)"
