@@ -1,0 +1,651 @@
+"""Generate reasoning chains and reduce the model's attention to per-step statistics on the fly.
+
+The only module that imports torch / transformers. Generation (greedy + K samples, batched) and
+analysis (one teacher-forced forward over prompt + completion) are kept apart, so completions
+sampled elsewhere can be analysed too. The analysis forward runs the layers with SDPA and, through a
+custom attention function, recomputes the attention probabilities of the completion queries one
+layer and one query chunk at a time, reducing them at once to the DESIGN.md §3 statistics: the
+layers x heads x seq x seq tensor, or even heads x seq x seq for one layer, never exists.
+It does not score pivots (pivots.py), vote (answers.py) or store anything (store.py).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+# OpenMP threads that spin while waiting collapse when the CPU is shared (measured on 2 shared
+# cores: greedy decoding fell from ~40 to ~2 tokens/s); passive waiting costs little when idle.
+# Only effective when torch is first imported here, and a value set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: E402
+from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa: E402
+
+from .answers import extract_answer  # noqa: E402
+from .models import ModelNotFoundError, ModelSource, resolve_model  # noqa: E402
+from .steps import cue_counts, segment_steps  # noqa: E402
+
+PROMPT_TEMPLATE = ("{problem}\n\nSolve it step by step. Then give the final answer on its own line "
+                   "as 'Answer: <number>'.")
+ATTN_IMPL = "pivottrace"  # SDPA, plus streamed statistics while a collector is active
+ARRAY_KEYS = ("entropy", "segment_attention", "temporal_change", "consistency", "pred_entropy_mean",
+              "pred_entropy_max", "cue", "token_entropy", "token_logprob")
+_ANSWER_LINE_RE = re.compile(r"answer\s*(?:is|:|=)[^\n]*\d[^\n]*\n", re.I)  # a finished answer line
+_STOP_TAIL_TOKENS = 48  # tokens decoded to look for the answer line when a newline is generated
+_NUCLEUS_CANDIDATES = 512  # top-k pre-selection for top-p sampling; exact whenever it holds top_p of the mass
+
+
+@dataclass
+class TraceConfig:
+    max_new_tokens: int = 256  # generation budget per completion (tokens)
+    n_samples: int = 4  # K sampled completions per problem for the answer vote
+    temperature: float = 0.8  # sampling temperature of the K samples
+    top_p: float = 0.95  # nucleus sampling mass of the K samples
+    query_chunk: int = 128  # completion query rows per attention recomputation chunk
+    batch_size: int = 40  # rows decoded together (decode is compute-bound on CPU from ~40 rows); a problem's greedy + K samples are 1 + K rows
+    seed: int = 0  # torch seed for sampling: same problems + config -> same samples
+    prompt_template: str = PROMPT_TEMPLATE  # "{problem}" is replaced by the problem text
+    stop_at_answer: bool = True  # stop a completion after its "Answer: <number>" line (EOS stops anyway)
+    dtype: str = "auto"  # "float32" | "bfloat16" | "auto": bfloat16 on a CPU with native bf16 (~2x faster), else float32
+
+
+@dataclass
+class TraceResult:
+    """One analysed completion. L = layers, S = steps, Tc = completion tokens.
+
+    arrays:
+        entropy [L, S]: E, mean normalised attention entropy of the step's tokens, in [0, 1].
+        segment_attention [L, S, S+1]: m, mean attention mass of the step's tokens on segment k
+            (k=0 prompt, k=1+j step j); zero for k > s+1; each [l, s] row sums to 1.
+        temporal_change [L, S]: D, Jensen-Shannon divergence (bits, [0, 1]) of m[l,s] vs m[l,s-1]
+            on the common support; D[:, 0] = 0.
+        consistency [S]: C, mean pairwise cosine similarity of m[:, s] across layers.
+        pred_entropy_mean [S], pred_entropy_max [S]: P, entropy (nats) of the next-token
+            distributions that predicted the step's tokens, mean and max.
+        cue [S]: Q, reflection markers in the step's text.
+        token_entropy [Tc]: predictive entropy (nats) of each completion token.
+        token_logprob [Tc]: log p of each completion token under the model.
+    """
+
+    prompt: str
+    completion: str
+    steps: list[dict]  # {text, char_start, char_end, tok_start, tok_end}; token indexes in the completion
+    tokens: list[str]  # completion tokens as text
+    n_prompt_tokens: int
+    n_completion_tokens: int
+    arrays: dict[str, np.ndarray]
+    mean_logprob: float | None  # mean log p over completion tokens (None for an empty completion)
+    min_logprob: float | None
+    answer_prob: float | None  # exp(sum log p) over the final answer's tokens; None when not found
+    answer: str | None  # answers.extract_answer(completion)
+
+
+@dataclass
+class ProblemTrace:
+    trace: TraceResult  # analysis of the greedy completion
+    samples: list[str]  # K sampled completions
+    sample_answers: list[str | None]
+    generated_tokens: int  # tokens generated for this problem, greedy + samples
+    seconds: float  # its share of the batch's generation time (by tokens) plus its own analysis
+
+
+# ---------------------------------------------------------------------------------------------
+# Streamed attention statistics
+
+
+_COLLECTOR: contextvars.ContextVar["_Collector | None"] = contextvars.ContextVar("pivottrace_collector",
+                                                                                 default=None)
+
+
+@dataclass
+class _Collector:
+    """Per-step sums, filled layer by layer by the attention function during one analysis forward."""
+
+    q_start: int  # position of the first completion token: queries q_start..T-1 are analysed
+    seg_onehot: torch.Tensor  # [T, S+1] key position -> segment one-hot (0 prompt, 1+j step j)
+    query_step: torch.Tensor  # [Tc] step of each completion query (long)
+    query_chunk: int
+    entropy_sum: torch.Tensor  # [L, S] sum of normalised entropies
+    mass_sum: torch.Tensor  # [L, S, S+1] sum of segment masses
+    largest_chunk: int = 0  # most elements in one chunk's probability tensor (memory checks)
+    layers_seen: set = field(default_factory=set)
+
+    def add_layer(self, layer: int, query: torch.Tensor, key: torch.Tensor,
+                  attention_mask: torch.Tensor | None, scaling: float) -> None:
+        """Reduce one layer's attention of the completion queries, chunk by chunk.
+
+        query [1, H, T, d], key [1, KVH, T, d]; attention_mask None (causal) or bool [1, 1, T, T].
+        """
+        if query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+            raise ValueError("the analysis forward takes one unpadded sequence without a cache")
+        _, n_heads, seq, head_dim = query.shape
+        n_kv = key.shape[1]
+        if attention_mask is not None and attention_mask.dtype != torch.bool:
+            raise ValueError("the pivottrace attention expects a boolean (sdpa) mask")
+        q = (query[0].float() * scaling).reshape(n_kv, n_heads // n_kv, seq, head_dim)  # [KVH, G, T, d] GQA groups
+        k_t = key[0].float().transpose(-1, -2)[:, None]  # [KVH, 1, d, T]
+        head_mean = torch.full((n_heads,), 1.0 / n_heads, device=query.device)  # [H]
+        future = torch.ones(self.query_chunk, self.query_chunk, dtype=torch.bool,
+                            device=query.device).triu_(1)  # [chunk, chunk] keys after the query
+        positions = torch.arange(seq, device=query.device)  # [T]
+        for a in range(self.q_start, seq, self.query_chunk):
+            b = min(a + self.query_chunk, seq)  # rows a..b-1 see keys 0..b-1 at most
+            scores = torch.matmul(q[:, :, a:b], k_t[..., :b])  # [KVH, G, c, b]
+            if attention_mask is None:  # causal: only the diagonal block has hidden keys
+                scores[..., a:b].masked_fill_(future[:b - a, :b - a], float("-inf"))
+                n_visible = positions[a:b] + 1  # [c]
+            else:
+                visible = attention_mask[0, 0, a:b, :b]  # [c, b]
+                scores.masked_fill_(~visible, float("-inf"))
+                n_visible = visible.sum(-1)  # [c]
+            probs = torch.softmax(scores, dim=-1).view(n_heads, -1)  # [H, c*b] each row over its visible keys
+            self.largest_chunk = max(self.largest_chunk, probs.numel())
+            mean_probs = (head_mean @ probs).view(b - a, b)  # [c, b] heads averaged
+            del scores, probs
+            entropy = -torch.special.xlogy(mean_probs, mean_probs).sum(-1)  # [c] nats
+            log_n = n_visible.to(entropy.dtype).log()  # [c]
+            norm_entropy = torch.where(n_visible > 1, entropy / log_n.clamp_min(1e-12), 0.0)  # [c] in [0, 1]
+            mass = mean_probs @ self.seg_onehot[:b]  # [c, S+1]
+            steps = self.query_step[a - self.q_start:b - self.q_start]  # [c]
+            self.entropy_sum[layer].index_add_(0, steps, norm_entropy)
+            self.mass_sum[layer].index_add_(0, steps, mass)
+        self.layers_seen.add(layer)
+
+
+def _pivottrace_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """SDPA attention; while a collector is active, also feeds it this layer's query/key states."""
+    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    collector = _COLLECTOR.get()
+    if collector is not None:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        collector.add_layer(module.layer_idx, query, key, attention_mask, scale)
+    return output, None
+
+
+AttentionInterface.register(ATTN_IMPL, _pivottrace_attention)
+AttentionMaskInterface.register(ATTN_IMPL, sdpa_mask)  # bool mask, or None when plain causal
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure statistics (numpy), shared by the streamed path and the reference
+
+
+def normalised_entropy(p: np.ndarray) -> float:
+    """Entropy of distribution `p` (over its visible keys) divided by log(len(p)); 0 when len(p) == 1."""
+    p = np.asarray(p, dtype=np.float64)
+    if p.size <= 1:
+        return 0.0
+    nz = p[p > 0]
+    return float(-(nz * np.log(nz)).sum() / math.log(p.size))
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence in bits (in [0, 1]) of two distributions on the same support."""
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    mid = 0.5 * (p + q)
+
+    def kl(a):
+        nz = a > 0
+        return float((a[nz] * np.log2(a[nz] / mid[nz])).sum())
+
+    return max(0.0, 0.5 * kl(p) + 0.5 * kl(q))
+
+
+def temporal_change(mass: np.ndarray) -> np.ndarray:
+    """D [L, S] from m [L, S, S+1].
+
+    D[l, s] = JS(P, Q) with buckets (prompt, step 0, ..., step s-2, recent): P = m[l, s] with
+    "recent" pooling steps s-1 and s; Q = m[l, s-1] with "recent" = step s-1. D[l, 0] = 0.
+    """
+    n_layers, n_steps = mass.shape[:2]
+    out = np.zeros((n_layers, n_steps))
+    for s in range(1, n_steps):
+        p = mass[:, s, :s + 1].astype(np.float64).copy()  # [L, s+1] prompt, steps 0..s-1
+        p[:, s] += mass[:, s, s + 1]  # recent = steps s-1 and s
+        q = mass[:, s - 1, :s + 1].astype(np.float64)  # [L, s+1] prompt, steps 0..s-2, step s-1
+        mid = 0.5 * (p + q)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl_p = np.where(p > 0, p * np.log2(p / mid), 0.0).sum(-1)
+            kl_q = np.where(q > 0, q * np.log2(q / mid), 0.0).sum(-1)
+        out[:, s] = np.clip(0.5 * (kl_p + kl_q), 0.0, 1.0)
+    return out
+
+
+def layer_consistency(mass: np.ndarray) -> np.ndarray:
+    """C [S] from m [L, S, S+1]: mean pairwise cosine similarity of m[:, s] over layer pairs (1 if L == 1)."""
+    n_layers, n_steps = mass.shape[:2]
+    if n_layers == 1:
+        return np.ones(n_steps)
+    unit = mass / np.maximum(np.linalg.norm(mass, axis=-1, keepdims=True), 1e-12)  # [L, S, S+1]
+    gram = np.einsum("isk,jsk->sij", unit, unit)  # [S, L, L]
+    off_diagonal = gram.sum((1, 2)) - np.trace(gram, axis1=1, axis2=2)  # [S]
+    return off_diagonal / (n_layers * (n_layers - 1))
+
+
+def reference_stats(attentions, *, q_start: int, token_step: np.ndarray, n_steps: int,
+                    logits: np.ndarray | None = None, token_ids: np.ndarray | None = None) -> dict:
+    """The §3 statistics the slow, obvious way, from full attention maps (tests and benchmark only).
+
+    attentions: per layer [H, T, T] (or [1, H, T, T]) probabilities, e.g. eager + output_attentions.
+    token_step [Tc]: step of each completion token. logits [T, V] and token_ids [T], when given,
+    add the predictive-entropy arrays. Returns the arrays of TraceResult except "cue".
+    """
+    maps = [np.asarray(a, dtype=np.float64).reshape(-1, *np.shape(a)[-2:]) for a in attentions]
+    seq = maps[0].shape[-1]
+    segment = np.concatenate([np.zeros(q_start, dtype=int), 1 + np.asarray(token_step)])  # [T]
+    n_layers = len(maps)
+    entropy = np.zeros((n_layers, n_steps))
+    mass = np.zeros((n_layers, n_steps, n_steps + 1))
+    counts = np.bincount(token_step, minlength=n_steps)
+    for layer, heads in enumerate(maps):
+        for t in range(q_start, seq):
+            s = token_step[t - q_start]
+            p = heads[:, t, :t + 1].mean(0)  # [t+1] heads averaged, visible keys only
+            entropy[layer, s] += normalised_entropy(p) / counts[s]
+            for key, weight in enumerate(p):
+                mass[layer, s, segment[key]] += weight / counts[s]
+    change = np.zeros((n_layers, n_steps))
+    for layer in range(n_layers):
+        for s in range(1, n_steps):
+            p = list(mass[layer, s, :s]) + [mass[layer, s, s] + mass[layer, s, s + 1]]
+            q = list(mass[layer, s - 1, :s + 1])
+            change[layer, s] = js_divergence(p, q)
+    consistency = np.ones(n_steps)
+    if n_layers > 1:
+        for s in range(n_steps):
+            sims = [float(mass[i, s] @ mass[j, s] / (np.linalg.norm(mass[i, s]) * np.linalg.norm(mass[j, s])))
+                    for i in range(n_layers) for j in range(i + 1, n_layers)]
+            consistency[s] = np.mean(sims)
+    out = {"entropy": entropy, "segment_attention": mass, "temporal_change": change, "consistency": consistency}
+    if logits is not None:
+        logits = np.asarray(logits, dtype=np.float64)
+        logp = logits - logits.max(-1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))  # [T, V]
+        rows = np.arange(q_start - 1, seq - 1)  # positions predicting the completion tokens
+        token_entropy = -(np.exp(logp[rows]) * logp[rows]).sum(-1)  # [Tc]
+        out["token_entropy"] = token_entropy
+        out["token_logprob"] = logp[rows, np.asarray(token_ids)[q_start:]]
+        out["pred_entropy_mean"] = np.array([token_entropy[token_step == s].mean() for s in range(n_steps)])
+        out["pred_entropy_max"] = np.array([token_entropy[token_step == s].max() for s in range(n_steps)])
+    return out
+
+
+@torch.inference_mode()
+def analyse_ids(model, prompt_ids: list[int], completion_ids: list[int], token_step: np.ndarray, *,
+                n_steps: int, query_chunk: int = 128) -> dict[str, np.ndarray]:
+    """One teacher-forced forward over prompt + completion ids; the §3 arrays except "cue".
+
+    token_step [Tc]: step index of each completion token, non-decreasing, every step non-empty.
+    The model must use the "pivottrace" attention implementation. Per layer l (heads averaged
+    first, each query row a distribution over the keys it can see, causal):
+      H_t = -sum_k p_tk log p_tk / log(n_visible_t) for each completion query t (0 if one key);
+      E[l, s] = mean of H_t over step s's tokens;
+      m[l, s, k] = mean over step s's tokens of the mass on segment k (0 prompt, 1+j step j);
+      D and C from m (see temporal_change, layer_consistency).
+    Logits are computed in chunks of positions, so [T, vocab] never exists either.
+    """
+    prompt_len, n_tokens = len(prompt_ids), len(completion_ids)
+    token_step = np.asarray(token_step, dtype=np.int64)
+    if prompt_len < 1:
+        raise ValueError("the prompt needs at least one token")
+    if n_tokens == 0:
+        return _empty_arrays(model.config.num_hidden_layers)
+    if (len(token_step) != n_tokens or np.any(np.diff(token_step) < 0)
+            or not np.array_equal(np.unique(token_step), np.arange(n_steps))):
+        raise ValueError("token_step must be non-decreasing and give every step 0..n_steps-1 a token")
+    device = model.device
+    n_layers = model.config.num_hidden_layers
+    ids = torch.tensor([list(prompt_ids) + list(completion_ids)], device=device)  # [1, T]
+    step_t = torch.from_numpy(token_step).to(device)  # [Tc]
+    segment = torch.cat([torch.zeros(prompt_len, dtype=torch.long, device=device), step_t + 1])  # [T]
+    collector = _Collector(
+        q_start=prompt_len,
+        seg_onehot=torch.nn.functional.one_hot(segment, n_steps + 1).float(),  # [T, S+1]
+        query_step=step_t,
+        query_chunk=query_chunk,
+        entropy_sum=torch.zeros(n_layers, n_steps, device=device),  # [L, S]
+        mass_sum=torch.zeros(n_layers, n_steps, n_steps + 1, device=device),  # [L, S, S+1]
+    )
+    token = _COLLECTOR.set(collector)
+    try:
+        hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]  # [T, hidden]
+    finally:
+        _COLLECTOR.reset(token)
+    if len(collector.layers_seen) != n_layers:
+        raise RuntimeError(f"the model is not running the '{ATTN_IMPL}' attention implementation")
+    lm_head = model.get_output_embeddings()
+    targets = ids[0, prompt_len:]  # [Tc]
+    token_entropy = torch.empty(n_tokens, device=device)  # [Tc]
+    token_logprob = torch.empty(n_tokens, device=device)  # [Tc]
+    for a in range(0, n_tokens, query_chunk):
+        b = min(a + query_chunk, n_tokens)
+        logits = lm_head(hidden[prompt_len - 1 + a:prompt_len - 1 + b]).float()  # [c, V]
+        logp = torch.log_softmax(logits, dim=-1)  # [c, V]
+        token_entropy[a:b] = -(logp.exp() * logp).sum(-1)
+        token_logprob[a:b] = logp.gather(1, targets[a:b, None])[:, 0]
+    counts = torch.bincount(step_t, minlength=n_steps).float()  # [S]
+    mass = (collector.mass_sum / counts[None, :, None]).cpu().double().numpy()  # [L, S, S+1]
+    ent = token_entropy.cpu().double().numpy()  # [Tc]
+    return {
+        "entropy": (collector.entropy_sum / counts[None, :]).cpu().double().numpy(),  # [L, S]
+        "segment_attention": mass,
+        "temporal_change": temporal_change(mass),  # [L, S]
+        "consistency": layer_consistency(mass),  # [S]
+        "pred_entropy_mean": np.bincount(token_step, weights=ent, minlength=n_steps) / counts.cpu().double().numpy(),
+        "pred_entropy_max": np.array([ent[token_step == s].max() for s in range(n_steps)]),
+        "token_entropy": ent,
+        "token_logprob": token_logprob.cpu().double().numpy(),
+    }
+
+
+def _empty_arrays(n_layers: int) -> dict[str, np.ndarray]:
+    return {"entropy": np.zeros((n_layers, 0)), "segment_attention": np.zeros((n_layers, 0, 1)),
+            "temporal_change": np.zeros((n_layers, 0)), "consistency": np.zeros(0),
+            "pred_entropy_mean": np.zeros(0), "pred_entropy_max": np.zeros(0),
+            "token_entropy": np.zeros(0), "token_logprob": np.zeros(0)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Text -> tokens -> steps
+
+
+def build_prompt(tokenizer, problem_text: str, template: str = PROMPT_TEMPLATE) -> str:
+    """The prompt string: the chat template with a generation prompt when the tokenizer has one."""
+    content = template.replace("{problem}", problem_text.strip())
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+    return content + "\n"
+
+
+def token_steps(completion: str, offsets: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Map segment_steps' character spans onto tokens.
+
+    A token belongs to the step holding its last character (whitespace joins the step before it,
+    so " Then" goes with the sentence it starts). Steps that end up with no token are merged into
+    the next step (the last one into the previous). Returns the final character spans and the
+    step of each token [Tc].
+    """
+    spans = segment_steps(completion)
+    if not offsets:
+        return spans, np.zeros(0, dtype=np.int64)
+    starts = np.array([a for a, _ in spans])
+    steps, previous = [], 0
+    for start, end in offsets:
+        step = int(np.searchsorted(starts, end - 1, side="right") - 1) if end > start else previous
+        steps.append(max(step, previous))  # keep steps non-decreasing
+        previous = steps[-1]
+    used = sorted(set(steps))
+    merged, remap, pending = [], {}, None
+    for index, (start, end) in enumerate(spans):
+        if pending is not None:
+            start, pending = pending, None
+        if index in used:
+            remap[index] = len(merged)
+            merged.append((start, end))
+        else:
+            pending = start
+    if pending is not None:  # tokenless tail: into the last step
+        merged[-1] = (merged[-1][0], spans[-1][1])
+    return merged, np.array([remap[s] for s in steps], dtype=np.int64)
+
+
+def _answer_span(completion: str, answer: str | None) -> tuple[int, int] | None:
+    """Character span of the last occurrence of the extracted answer (commas, $ and spaces allowed)."""
+    if not answer:
+        return None
+    pattern = r"[,\s$]*".join(re.escape(ch) for ch in answer)
+    matches = list(re.finditer(pattern, completion))
+    return (matches[-1].start(), matches[-1].end()) if matches else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """"float32" / "bfloat16", or "auto": bfloat16 on a GPU or on a CPU with native bf16 kernels, else float32."""
+    if dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    if device != "cpu":
+        return torch.bfloat16
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # avx512_bf16 / AMX
+    except (AttributeError, RuntimeError):
+        native = False
+    return torch.bfloat16 if native else torch.float32
+
+
+def load_model(spec_or_source: str | ModelSource = "default", *, device: str = "cpu", dtype: str = "float32"):
+    """Load (model, tokenizer) with the pivottrace attention; GGUF models convert once to a cached folder.
+
+    The cache keeps float32 weights; `dtype` (see resolve_dtype) is applied on load.
+    Raises ModelNotFoundError when the weights cannot be found or downloaded.
+    """
+    source = resolve_model(spec_or_source) if isinstance(spec_or_source, str) else spec_or_source
+    dtype = resolve_dtype(dtype, device)
+    try:
+        if source.kind in ("default", "gguf"):
+            if not source.is_converted:
+                _convert_gguf(source)
+            folder = str(source.cache_dir)
+        else:
+            folder = source.path
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=ATTN_IMPL)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except OSError as error:  # transformers and huggingface_hub report missing/unreachable weights so
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelNotFoundError(
+            f"Could not load model '{source.model_id}' ({first_line}): check the name or path, or pass a local "
+            "model folder or .gguf file.") from error
+    model.to(device).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _convert_gguf(source: ModelSource) -> None:
+    """Dequantize the GGUF once and save a plain HF folder at source.cache_dir, atomically."""
+    target = source.cache_dir
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed conversion
+        if time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    # transformers refuses save_pretrained on a GGUF-quantized model until its marker is cleared;
+    # the weights are already dequantized to float32.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-")
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache folder is an ordinary one
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not source.is_converted:  # not a concurrent conversion that won the rename
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+
+
+def _next_tokens(logits: torch.Tensor, greedy: torch.Tensor, *, temperature: float, top_p: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Argmax for rows where `greedy`, else a temperature + nucleus (top-p) sample. logits [b, V] -> [b].
+
+    The nucleus is looked for among the _NUCLEUS_CANDIDATES most likely tokens, and among all
+    tokens only when those hold less than top_p of the mass (a full vocabulary sort costs more
+    than the model's decode step on a small CPU).
+    """
+    chosen = logits.argmax(-1)  # [b]
+    sampled = (~greedy).nonzero()[:, 0]  # [b'] rows to sample
+    if len(sampled) == 0:
+        return chosen
+    probs = torch.softmax(logits[sampled] / temperature, dim=-1)  # [b', V]
+    top_probs, top_ids = probs.topk(min(_NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)  # [b', k] descending
+    if bool((top_probs.sum(-1) < top_p).any()):
+        top_probs, top_ids = probs.sort(dim=-1, descending=True)  # [b', V]
+    outside = top_probs.cumsum(-1) - top_probs > top_p  # [b', k] beyond the top-p mass (first token always kept)
+    pick = torch.multinomial(top_probs.masked_fill_(outside, 0.0), 1, generator=generator)  # [b', 1]
+    chosen[sampled] = top_ids.gather(-1, pick)[:, 0]
+    return chosen
+
+
+class Tracer:
+    """A loaded model plus a TraceConfig: generate, analyse, or both (trace_batch)."""
+
+    def __init__(self, spec: str | ModelSource = "default", *, config: TraceConfig | None = None,
+                 device: str = "cpu"):
+        self.source = resolve_model(spec) if isinstance(spec, str) else spec
+        self.config = config or TraceConfig()
+        self.device = device
+        self.model, self.tokenizer = load_model(self.source, device=device, dtype=self.config.dtype)
+        self.model_id = self.source.model_id
+        self.n_layers = self.model.config.num_hidden_layers
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self._stop_ids = torch.tensor(sorted({i for i in eos + [self.tokenizer.eos_token_id] if i is not None}),
+                                      device=device)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def _prompts(self, problems: list[str]) -> list[str]:
+        return [build_prompt(self.tokenizer, p, self.config.prompt_template) for p in problems]
+
+    def _answered(self, tokens: list[int]) -> bool:
+        """True once the completion's latest line is a finished "Answer: <number>" line."""
+        tail = self.tokenizer.decode(tokens[-_STOP_TAIL_TOKENS:], skip_special_tokens=True)
+        return _ANSWER_LINE_RE.search(tail) is not None
+
+    @torch.inference_mode()
+    def _generate(self, prompts: list[str], *, copies: int, n_greedy: int) -> list[list[tuple[str, int]]]:
+        """`copies` completions per prompt as (text, generated tokens); the first `n_greedy` are greedy.
+
+        Our own decode loop rather than generate(): each prompt is prefilled once and its KV cache
+        repeated for its copies, and rows that finish (EOS, or a finished answer line when
+        config.stop_at_answer) leave the batch at once, so no step is spent on finished rows.
+        """
+        cfg = self.config
+        generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        lm_head = self.model.get_output_embeddings()
+        per_call = max(1, cfg.batch_size // copies)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
+        results: list[list[tuple[str, int]]] = [[] for _ in prompts]
+        self.tokenizer.padding_side = "left"
+        for start in range(0, len(order), per_call):
+            group = order[start:start + per_call]
+            enc = self.tokenizer([prompts[i] for i in group], return_tensors="pt", padding=True,
+                                 add_special_tokens=False).to(self.device)
+            mask = enc["attention_mask"]  # [n, P]
+            cache = DynamicCache(config=self.model.config)
+            hidden = self.model.base_model(input_ids=enc["input_ids"], attention_mask=mask,
+                                           position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                                           past_key_values=cache, use_cache=True).last_hidden_state  # [n, P, hidden]
+            logits = lm_head(hidden[:, -1]).float().repeat_interleave(copies, 0)  # [B, V]
+            cache.batch_repeat_interleave(copies)
+            mask = mask.repeat_interleave(copies, 0)  # [B, P]
+            rows = torch.arange(len(group) * copies, device=self.device)  # [b] row ids still decoding
+            greedy = rows % copies < n_greedy  # [b]
+            position = mask.sum(-1)  # [b] position of the next token
+            tokens: list[list[int]] = [[] for _ in range(len(rows))]
+            for step in range(cfg.max_new_tokens):
+                chosen = _next_tokens(logits, greedy, temperature=cfg.temperature, top_p=cfg.top_p,
+                                      generator=generator)  # [b]
+                done = torch.isin(chosen, self._stop_ids)  # [b]
+                for i, (row, token) in enumerate(zip(rows.tolist(), chosen.tolist())):
+                    if not done[i]:
+                        tokens[row].append(token)
+                        if cfg.stop_at_answer and "\n" in self.tokenizer.decode([token]) and self._answered(tokens[row]):
+                            done[i] = True
+                if step == cfg.max_new_tokens - 1 or bool(done.all()):
+                    break
+                if bool(done.any()):
+                    keep = (~done).nonzero()[:, 0]  # [b']
+                    cache.batch_select_indices(keep)
+                    rows, greedy, chosen, position, mask = rows[keep], greedy[keep], chosen[keep], position[keep], mask[keep]
+                mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)  # [b, P + step + 1]
+                hidden = self.model.base_model(input_ids=chosen[:, None], attention_mask=mask,
+                                               position_ids=position[:, None], past_key_values=cache,
+                                               use_cache=True).last_hidden_state  # [b, 1, hidden]
+                logits = lm_head(hidden[:, -1]).float()  # [b, V]
+                position = position + 1
+            for row, row_tokens in enumerate(tokens):
+                text = self.tokenizer.decode(row_tokens, skip_special_tokens=True).strip()
+                results[group[row // copies]].append((text, len(row_tokens)))
+        return results
+
+    def generate_greedy(self, problems: list[str]) -> list[str]:
+        """One greedy completion per problem (batched, left padding)."""
+        return [rows[0][0] for rows in self._generate(self._prompts(problems), copies=1, n_greedy=1)]
+
+    def sample(self, problems: list[str], k: int) -> list[list[str]]:
+        """k sampled completions per problem; reproducible for the same problems, k and config."""
+        return [[text for text, _ in r] for r in self._generate(self._prompts(problems), copies=k, n_greedy=0)]
+
+    # -- analysis -----------------------------------------------------------------------------
+
+    def analyse(self, problem_text: str, completion: str) -> TraceResult:
+        """Teacher-forced analysis of one completion (from generate_greedy, or sampled elsewhere)."""
+        prompt = build_prompt(self.tokenizer, problem_text, self.config.prompt_template)
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        enc = self.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
+        completion_ids, offsets = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
+        spans, token_step = token_steps(completion, offsets)
+        arrays = analyse_ids(self.model, prompt_ids, completion_ids, token_step, n_steps=len(spans),
+                             query_chunk=self.config.query_chunk)
+        arrays["cue"] = np.array(cue_counts(completion, spans), dtype=np.float64)  # [S]
+        bounds = np.searchsorted(token_step, np.arange(len(spans) + 1))  # token index where each step starts
+        steps = [{"text": completion[a:b], "char_start": a, "char_end": b,
+                  "tok_start": int(bounds[i]), "tok_end": int(bounds[i + 1])} for i, (a, b) in enumerate(spans)]
+        logprob = arrays["token_logprob"]
+        answer = extract_answer(completion)
+        span = _answer_span(completion, answer)
+        answer_prob = None
+        if span is not None:
+            inside = [i for i, (a, b) in enumerate(offsets) if a < span[1] and b > span[0]]
+            answer_prob = float(np.exp(logprob[inside].sum())) if inside else None
+        return TraceResult(
+            prompt=prompt, completion=completion, steps=steps,
+            tokens=self.tokenizer.batch_decode([[i] for i in completion_ids]),
+            n_prompt_tokens=len(prompt_ids), n_completion_tokens=len(completion_ids), arrays=arrays,
+            mean_logprob=float(logprob.mean()) if logprob.size else None,
+            min_logprob=float(logprob.min()) if logprob.size else None,
+            answer_prob=answer_prob, answer=answer,
+        )
+
+    def trace_batch(self, problems: list[str]) -> list[ProblemTrace]:
+        """Greedy + K samples per problem (decoded together), then analysis of the greedy completion."""
+        started = time.perf_counter()
+        rows = self._generate(self._prompts(problems), copies=1 + self.config.n_samples, n_greedy=1)
+        generation_seconds = time.perf_counter() - started
+        total_tokens = max(1, sum(n for r in rows for _, n in r))
+        traces = []
+        for problem, r in zip(problems, rows):
+            started = time.perf_counter()
+            trace = self.analyse(problem, r[0][0])
+            samples = [text for text, _ in r[1:]]
+            tokens = sum(n for _, n in r)
+            traces.append(ProblemTrace(
+                trace=trace, samples=samples, sample_answers=[extract_answer(s) for s in samples],
+                generated_tokens=tokens,
+                seconds=generation_seconds * tokens / total_tokens + time.perf_counter() - started))
+        return traces
