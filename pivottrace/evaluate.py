@@ -458,7 +458,7 @@ def render_markdown(info: dict, rows: list[dict], settings: dict, *, pngs: dict,
         out += [f"## {title}", "", results_table(group), ""]
     out += ["## Charts", "", "Interactive: [report.html](report.html)", ""]
     if pngs:
-        out += [f"![{html.escape(FIGURE_TITLES[name])}]({Path(path).name})" for name, path in pngs.items()]
+        out += [f"![{html.escape(FIGURE_TITLES[name], quote=False)}]({Path(path).name})" for name, path in pngs.items()]
     elif png_error:
         out.append(f"PNG export did not run ({html.escape(png_error)}); the charts are in report.html.")
     return "\n".join(out) + "\n"
