@@ -26,8 +26,8 @@ from . import store
 from .answers import answers_match
 from .features import NUMERIC_FEATURES, build_features
 from .route import FIXED_THRESHOLDS, RouterConfig, route_pool
-from .uncertainty import (ATTENTION_FEATURES, EstimatorConfig, FeatureTable, choose_estimator,
-                          evaluate, reliability_bins)
+from .uncertainty import (ATTENTION_FEATURES, CalibratedModel, EstimatorConfig, FeatureTable,
+                          can_calibrate, choose_estimator, evaluate, reliability_bins)
 
 BUDGET_SHARES = (0.05, 0.10, 0.20, 0.30, 0.50)  # label budgets as shares of the pool (the issue's sweep)
 ROUNDS = 5  # labels arrive in this many rounds per budget; the router recalibrates after each
@@ -224,9 +224,13 @@ def _route(rows, table, outcomes, strategy: Strategy, budget_left: int):
 
 
 def _out_of_sample(table: FeatureTable, outcomes, strategy: Strategy, estimator) -> np.ndarray:
-    """[N] uncertainty of every problem from an estimator that did not see its label."""
+    """[N] uncertainty of every problem from an estimator that did not see its label.
+
+    A fitted estimator scores the labelled problems by cross-fitting: a model of the same form
+    fitted without each fold (the prior where a fold leaves too few of one outcome).
+    """
     u = np.asarray(estimator.predict(table), dtype=float)  # [N]
-    if estimator.kind != "calibrated":
+    if not isinstance(estimator, CalibratedModel):
         return u  # the prior never saw a label
     from sklearn.model_selection import StratifiedKFold
 
@@ -235,10 +239,15 @@ def _out_of_sample(table: FeatureTable, outcomes, strategy: Strategy, estimator)
     folds = int(min(CROSS_FIT_FOLDS, np.bincount(y, minlength=2).min()))
     if folds < 2:
         return u
+    prior = strategy.estimator.prior().predict(table)  # [N]
     for train, test in StratifiedKFold(folds, shuffle=True, random_state=0).split(labelled, y):
-        seen = {table.ids[labelled[i]]: int(y[i]) for i in train}
-        fold_estimator = choose_estimator(table, seen, config=strategy.estimator, gate=False, with_metrics=False)
-        u[labelled[test]] = fold_estimator.predict(table)[labelled[test]]  # the prior's ranks need the whole pool
+        held = labelled[test]
+        if not can_calibrate(y[train]):
+            u[held] = prior[held]
+            continue
+        fold_model = estimator.unfitted().fit(table.take(labelled[train]), y[train], pool=table,
+                                              with_metrics=False)
+        u[held] = fold_model.predict(table)[held]  # the prior's ranks need the whole pool
     return u
 
 

@@ -49,7 +49,12 @@ PRIOR_WEIGHTS = {
     "mean_consistency": (-1, 0.10),  # layers disagree
 }
 ADJUST_LOGITS = 1.5  # the other signals move the anchor by at most this many logits (odds x4.5) either way
-MIN_LABELS_PER_CLASS = 8  # fewer right/wrong labels than this: keep the prior (a fit would overfit)
+MIN_LABELS_PER_CLASS = 20  # fewer right/wrong labels than this: keep the prior. The smallest fit (the
+# prior rescaled) has 2 parameters: 10 events per parameter, the classic rule for logistic models
+EVENTS_PER_INPUT = 3  # the all-signals model competes once the rarer outcome has this many labels per
+# input (16 inputs -> 48); fewer, with labels from the top of the queue, and it ranked the pool worse
+AUROC_TOLERANCE = 0.02  # a fitted candidate whose held-out AUROC on the labels trails the prior's by
+# more than this is out, however good its Brier (a base-rate fit can win Brier with a reversed ranking)
 ISOTONIC_MIN_LABELS = 1000  # isotonic calibration overfits below ~1000 points (sklearn guide); Platt before
 CALIBRATION_FOLDS = 3  # folds inside CalibratedClassifierCV
 METRIC_FOLDS = 5  # folds of the cross-validated ECE / Brier / AUROC
@@ -265,7 +270,15 @@ class CalibratedModel:
             x[:, 0] *= PRIOR_EMPHASIS
         return x
 
-    def fit(self, rows, wrong: np.ndarray, *, pool=None, with_metrics: bool = True) -> "CalibratedModel":
+    def unfitted(self) -> "CalibratedModel":
+        """A fresh model of the same form (columns, prior, method), e.g. for cross-fitting."""
+        return CalibratedModel(columns=self.columns, method=self.method, prior=self.prior,
+                               reweight=self.reweight, kind=self.kind)
+
+    def fit(self, rows, wrong: np.ndarray, *, pool=None, with_metrics: bool = True,
+            weights: np.ndarray | None = None) -> "CalibratedModel":
+        """Fit on labelled `rows` (part of `pool`). `weights`: covariate-shift weights already
+        computed for these labels (else computed here when `reweight`)."""
         from sklearn.calibration import CalibratedClassifierCV
         from sklearn.model_selection import StratifiedKFold
 
@@ -291,7 +304,10 @@ class CalibratedModel:
         method = calibration_method(self.method, y.size)
         folds = int(max(min(CALIBRATION_FOLDS, np.bincount(y, minlength=2).min()), 2))
         with single_threaded():
-            self.weights = covariate_shift_weights(x_pool, labelled) if self.reweight else None  # [M]
+            if weights is not None:
+                self.weights = np.asarray(weights, dtype=np.float64)  # [M]
+            else:
+                self.weights = covariate_shift_weights(x_pool, labelled) if self.reweight else None  # [M]
             self.estimator = CalibratedClassifierCV(
                 _logistic(), method=method, cv=StratifiedKFold(folds, shuffle=True, random_state=0),
             ).fit(x, y, sample_weight=self.weights)
@@ -302,6 +318,10 @@ class CalibratedModel:
             self.metrics = {**evaluate(self.oof, y, weights=self.weights), "method": method,
                             "reweighted": bool(self.reweight)}
         return self
+
+    def slopes(self) -> np.ndarray:
+        """[k] coefficient of the first input (the prior's logit) in each of the k fitted models."""
+        return np.array([c.estimator.coef_[0, 0] for c in self.estimator.calibrated_classifiers_])
 
     def predict(self, rows) -> np.ndarray:
         table = FeatureTable.from_rows(rows)
@@ -375,14 +395,23 @@ def can_calibrate(wrong: np.ndarray) -> bool:
 
 def choose_estimator(rows, outcomes: dict[str, int], *, config: EstimatorConfig | None = None,
                      gate: bool = True, with_metrics: bool = True):
-    """The calibrated model once labels hold enough of both outcomes and it earns it, else the prior.
+    """The estimator the labels support best: the prior, the prior rescaled, or all signals.
 
-    `outcomes`: {problem_id: 1 if the majority answer was wrong, 0 if right}. With `gate`, the
-    calibrated model replaces the prior only when its cross-validated Brier score on the labels
-    beats the prior's on the same labels (both weighted for the pool): a few labels from the top
-    of the queue can fit a model that ranks the rest of the pool worse than the prior does.
-    When the prior is kept, its `metrics` say why. Without `gate` and `with_metrics` no
-    cross-validation runs (the evaluation's cross-fitting needs only the fit).
+    `outcomes`: {problem_id: 1 if the majority answer was wrong, 0 if right}. Until labels hold
+    MIN_LABELS_PER_CLASS of both outcomes: the prior. Then, with `gate`, up to three candidates
+    compete on their cross-validated Brier score on the labels (weighted for the pool), the
+    simpler one winning ties:
+    - the cold-start prior as it is;
+    - the prior rescaled (kind "calibrated_prior": its logit the only input, its slope positive):
+      the prior's ranking with the scale the labels show, e.g. when the model is wrong far more
+      often than the vote says;
+    - the calibrated model on all signals (kind "calibrated"), once the rarer outcome has
+      EVENTS_PER_INPUT labels per input.
+    A fitted candidate must also rank the labels about as well as the prior does (held-out AUROC
+    within AUROC_TOLERANCE): labels from the top of the queue can fit a model that gets the base
+    rate right, and so a better Brier, with a ranking worse than the prior's, even reversed.
+    The winner's `metrics` hold every candidate's Brier and AUROC. Without `gate` the all-signals
+    model is returned; without `gate` and `with_metrics` no cross-validation runs.
     """
     config = config or EstimatorConfig()
     table = FeatureTable.from_rows(rows)
@@ -391,18 +420,34 @@ def choose_estimator(rows, outcomes: dict[str, int], *, config: EstimatorConfig 
     wrong = np.array([outcomes[table.ids[i]] for i in labelled], dtype=int)  # [M]
     if not (labelled.size and can_calibrate(wrong)):
         return prior
-    model = CalibratedModel(columns=tuple(config.columns), method=config.method,
-                            prior=prior if config.prior_feature else None, reweight=config.reweight)
-    model.fit(table.take(labelled), wrong, pool=table, with_metrics=gate or with_metrics)
+    labels = table.take(labelled)
+    full = CalibratedModel(columns=tuple(config.columns), method=config.method,
+                           prior=prior if config.prior_feature else None, reweight=config.reweight)
     if not gate:
-        return model
-    prior_metrics = evaluate(prior.predict(table)[labelled], wrong, weights=model.weights)
-    if model.metrics and model.metrics["brier"] < prior_metrics["brier"]:
-        model.metrics["prior_brier"] = prior_metrics["brier"]
-        return model
-    prior.metrics = {**prior_metrics, "kept_prior": True,
-                     "calibrated_brier": model.metrics.get("brier") if model.metrics else None}
-    return prior
+        return full.fit(labels, wrong, pool=table, with_metrics=with_metrics)
+    rescaled = CalibratedModel(columns=(), method=config.method, prior=prior, reweight=config.reweight,
+                               kind="calibrated_prior").fit(labels, wrong, pool=table)
+    weights = rescaled.weights
+    prior_metrics = evaluate(prior.predict(table)[labelled], wrong, weights=weights)
+    candidates = {"prior": prior, "prior_rescaled": rescaled}
+    if rescaled.slopes().min() <= 0:  # the labels reverse the prior: no calibration of it
+        candidates.pop("prior_rescaled")
+    n_inputs = len(full.columns) + (full.prior is not None)
+    if np.bincount(wrong, minlength=2).min() >= EVENTS_PER_INPUT * n_inputs:
+        candidates["all_signals"] = full.fit(labels, wrong, pool=table, weights=weights)
+    scores = {"prior": (prior_metrics["brier"], prior_metrics["auroc"])}
+    scores |= {name: (m.metrics.get("brier"), m.metrics.get("auroc"))
+               for name, m in candidates.items() if name != "prior"}
+    floor = (prior_metrics["auroc"] or 0.0) - AUROC_TOLERANCE
+    eligible = [name for name in candidates if scores[name][0] is not None
+                and (name == "prior" or scores[name][1] is None or scores[name][1] >= floor)]
+    order = ["prior", "prior_rescaled", "all_signals"]
+    chosen_name = min(eligible, key=lambda name: (scores[name][0], order.index(name)))
+    chosen = candidates[chosen_name]
+    if chosen is prior:
+        prior.metrics = {**prior_metrics, "kept_prior": True}
+    chosen.metrics["candidates"] = {name: {"brier": b, "auroc": a} for name, (b, a) in scores.items()}
+    return chosen
 
 
 def cross_validated_metrics(x: np.ndarray, y: np.ndarray, *, method: str = "sigmoid",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pivottrace.features import NUMERIC_FEATURES
-from pivottrace.uncertainty import (VOTE_FLOOR, CalibratedModel, ColdStartPrior, EstimatorConfig,
+from pivottrace.uncertainty import (AUROC_TOLERANCE, VOTE_FLOOR, CalibratedModel, ColdStartPrior, EstimatorConfig,
                                     FeatureTable, can_calibrate, choose_estimator,
                                     covariate_shift_weights, evaluate, expected_calibration_error)
 
@@ -87,40 +87,55 @@ def test_calibrated_model_with_the_prior_as_input_still_learns_the_labels():
 
 
 def test_calibration_refuses_one_sided_labels_and_rows_outside_the_pool():
-    rows, y, _ = known_relation_pool(40, seed=3)
+    rows, y, _ = known_relation_pool(200, seed=3)
     with pytest.raises(ValueError, match="right and"):
-        CalibratedModel().fit(rows, np.ones(40, dtype=int))
+        CalibratedModel().fit(rows, np.ones(200, dtype=int))
     with pytest.raises(ValueError, match="not in the pool"):
-        CalibratedModel().fit(rows[:30], y[:30], pool=rows[10:])
-    assert not can_calibrate(np.array([1] * 30 + [0] * 7))
-    assert can_calibrate(np.array([1] * 30 + [0] * 8))
+        CalibratedModel().fit(rows[:150], y[:150], pool=rows[10:])
+    assert not can_calibrate(np.array([1] * 30 + [0] * 19))
+    assert can_calibrate(np.array([1] * 30 + [0] * 20))
 
 
-def test_choose_estimator_uses_labels_only_when_they_beat_the_prior():
+def test_choose_estimator_uses_labels_only_as_far_as_they_beat_the_prior():
     rows, y, _ = known_relation_pool(1500, seed=4)
     outcomes = {r["problem_id"]: int(v) for r, v in zip(rows[:600], y[:600])}
     chosen = choose_estimator(rows, outcomes)
     assert chosen.kind == "calibrated"  # the prior cannot know this relation; the labels can
-    assert chosen.metrics["brier"] < chosen.metrics["prior_brier"]
-    # labels drawn from the prior's own probabilities, 40 from the top of the queue: a 15-input
-    # fit may or may not beat the prior on them; whichever is chosen had the better held-out Brier
+    scores = chosen.metrics["candidates"]
+    assert scores["all_signals"]["brier"] < min(scores["prior"]["brier"], scores["prior_rescaled"]["brier"])
+    # labels drawn from the prior's own probabilities, 100 from the top of the queue: the chosen
+    # candidate has the best held-out Brier among those that rank about as well as the prior
     kinds = []
-    for seed in range(8):
-        pool = typical_pool(400, seed=seed)
+    for seed in range(6):
+        pool = typical_pool(500, seed=seed)
         u = ColdStartPrior().predict(pool)
         draw = np.random.default_rng(seed + 1).random(len(pool)) < u
-        sample = {pool[i]["problem_id"]: int(draw[i]) for i in np.argsort(-u)[:40]}
+        sample = {pool[i]["problem_id"]: int(draw[i]) for i in np.argsort(-u)[:100]}
         chosen = choose_estimator(pool, sample)
         kinds.append(chosen.kind)
-        if chosen.kind == "calibrated":
-            assert chosen.metrics["brier"] < chosen.metrics["prior_brier"]
-        else:
-            assert chosen.metrics["kept_prior"]
-            assert chosen.metrics["calibrated_brier"] >= chosen.metrics["brier"]
-    assert "cold_start" in kinds  # the gate does keep the prior when labels do not support a model
+        if not chosen.metrics:
+            continue  # too few of one outcome: the prior, nothing fitted
+        scores = chosen.metrics["candidates"]
+        name = {"cold_start": "prior", "calibrated_prior": "prior_rescaled", "calibrated": "all_signals"}[chosen.kind]
+        floor = scores["prior"]["auroc"] - AUROC_TOLERANCE
+        eligible = [k for k, v in scores.items() if k == "prior" or v["auroc"] >= floor]
+        assert scores[name]["brier"] == min(scores[k]["brier"] for k in eligible)
+    assert set(kinds) - {"calibrated"}  # the prior (as it is or rescaled) is kept when labels do not support more
     # too few of one outcome: the prior, no fit at all
-    few = {r["problem_id"]: 1 for r in rows[:30]} | {rows[30]["problem_id"]: 0}
+    few = {r["problem_id"]: 1 for r in rows[:60]} | {r["problem_id"]: 0 for r in rows[60:79]}
     assert choose_estimator(rows, few).kind == "cold_start"
+
+
+def test_a_rescaled_prior_keeps_the_priors_ranking_and_fixes_its_scale():
+    pool = typical_pool(600, seed=9)
+    u = ColdStartPrior().predict(pool)
+    truth = np.clip(3 * u, 0, 0.97)  # the model is wrong three times as often as the prior says
+    y = (np.random.default_rng(2).random(len(pool)) < truth).astype(int)
+    model = CalibratedModel(columns=(), prior=ColdStartPrior(), kind="calibrated_prior")
+    model.fit(pool[:300], y[:300], pool=pool)
+    p = model.predict(pool)
+    assert evaluate(p, y)["auroc"] == pytest.approx(evaluate(u, y)["auroc"], abs=0.02)  # same order
+    assert abs(p.mean() - y.mean()) < abs(u.mean() - y.mean()) / 3  # the scale follows the labels
 
 
 def test_feature_table_imputes_missing_values_with_the_column_median():
