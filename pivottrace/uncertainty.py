@@ -406,7 +406,9 @@ def choose_estimator(rows, outcomes: dict[str, int], *, config: EstimatorConfig 
       the prior's ranking with the scale the labels show, e.g. when the model is wrong far more
       often than the vote says;
     - the calibrated model on all signals (kind "calibrated"), once the rarer outcome has
-      EVENTS_PER_INPUT labels per input.
+      EVENTS_PER_INPUT labels per input. When it already beats the prior, the rescaled prior (which
+      it can represent: the prior's logit is one of its inputs) is not fitted, so a recalibration
+      of 10,000 problems with 1,000 labels stays cheap.
     A fitted candidate must also rank the labels about as well as the prior does (held-out AUROC
     within AUROC_TOLERANCE): labels from the top of the queue can fit a model that gets the base
     rate right, and so a better Brier, with a ranking worse than the prior's, even reversed.
@@ -426,19 +428,31 @@ def choose_estimator(rows, outcomes: dict[str, int], *, config: EstimatorConfig 
     if not gate:
         return full.fit(labels, wrong, pool=table, with_metrics=with_metrics)
     rescaled = CalibratedModel(columns=(), method=config.method, prior=prior, reweight=config.reweight,
-                               kind="calibrated_prior").fit(labels, wrong, pool=table)
-    weights = rescaled.weights
-    prior_metrics = evaluate(prior.predict(table)[labelled], wrong, weights=weights)
-    candidates = {"prior": prior, "prior_rescaled": rescaled}
-    if rescaled.slopes().min() <= 0:  # the labels reverse the prior: no calibration of it
-        candidates.pop("prior_rescaled")
+                               kind="calibrated_prior")
     n_inputs = len(full.columns) + (full.prior is not None)
-    if np.bincount(wrong, minlength=2).min() >= EVENTS_PER_INPUT * n_inputs:
-        candidates["all_signals"] = full.fit(labels, wrong, pool=table, weights=weights)
-    scores = {"prior": (prior_metrics["brier"], prior_metrics["auroc"])}
-    scores |= {name: (m.metrics.get("brier"), m.metrics.get("auroc"))
-               for name, m in candidates.items() if name != "prior"}
+    enough = np.bincount(wrong, minlength=2).min() >= EVENTS_PER_INPUT * n_inputs
+    first = (full if enough else rescaled).fit(labels, wrong, pool=table)
+    weights = first.weights
+    prior_metrics = evaluate(prior.predict(table)[labelled], wrong, weights=weights)
     floor = (prior_metrics["auroc"] or 0.0) - AUROC_TOLERANCE
+    scores = {"prior": (prior_metrics["brier"], prior_metrics["auroc"])}
+    candidates = {"prior": prior}
+
+    def admit(name: str, model: CalibratedModel) -> None:
+        candidates[name] = model
+        scores[name] = (model.metrics.get("brier"), model.metrics.get("auroc"))
+
+    if enough:
+        admit("all_signals", full)
+    # the rescaled prior is fitted unless the all-signals model already ranks and scores better
+    # than the prior (the prior's logit is one of its inputs, so it can represent the rescaling)
+    settled = enough and scores["all_signals"][0] is not None and scores["all_signals"][0] < scores["prior"][0] \
+        and (scores["all_signals"][1] is None or scores["all_signals"][1] >= floor)
+    if not settled:
+        if rescaled.estimator is None:
+            rescaled.fit(labels, wrong, pool=table, weights=weights)
+        if rescaled.slopes().min() > 0:  # labels that reverse the prior do not calibrate it
+            admit("prior_rescaled", rescaled)
     eligible = [name for name in candidates if scores[name][0] is not None
                 and (name == "prior" or scores[name][1] is None or scores[name][1] >= floor)]
     order = ["prior", "prior_rescaled", "all_signals"]
