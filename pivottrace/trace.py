@@ -2,16 +2,18 @@
 
 The only module that imports torch / transformers. Generation (greedy + K samples, batched) and
 analysis (one teacher-forced forward over prompt + completion) are kept apart, so completions
-sampled elsewhere can be analysed too. The analysis forward runs the layers with SDPA and, through a
-custom attention function, recomputes the attention probabilities of the completion queries one
-layer and one query chunk at a time, reducing them at once to the DESIGN.md §3 statistics: the
-layers x heads x seq x seq tensor, or even heads x seq x seq for one layer, never exists.
+sampled elsewhere can be analysed too. In the analysis forward a custom attention function runs the
+prompt queries through SDPA and computes the completion queries' attention probabilities one layer
+and one query chunk at a time, uses them for the layer's output and reduces them at once to the
+DESIGN.md §3 statistics: the layers x heads x seq x seq tensor, or even heads x seq x seq for one
+layer, never exists.
 It does not score pivots (pivots.py), vote (answers.py) or store anything (store.py).
 """
 
 from __future__ import annotations
 
 import contextvars
+import inspect
 import math
 import os
 import re
@@ -20,20 +22,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-# OpenMP threads that spin while waiting collapse when the CPU is shared (measured on 2 shared
-# cores: greedy decoding fell from ~40 to ~2 tokens/s); passive waiting costs little when idle.
-# Only effective when torch is first imported here, and a value set by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import torch
+from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: E402
-from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa: E402
-
-from .answers import extract_answer  # noqa: E402
-from .models import ModelNotFoundError, ModelSource, resolve_model  # noqa: E402
-from .steps import cue_counts, segment_steps  # noqa: E402
+from .answers import extract_answer
+from .models import ModelNotFoundError, ModelSource, resolve_model
+from .steps import cue_counts, segment_steps
 
 PROMPT_TEMPLATE = ("{problem}\n\nSolve it step by step. Then give the final answer on its own line "
                    "as 'Answer: <number>'.")
@@ -52,11 +49,21 @@ class TraceConfig:
     temperature: float = 0.8  # sampling temperature of the K samples
     top_p: float = 0.95  # nucleus sampling mass of the K samples
     query_chunk: int = 128  # completion query rows per attention recomputation chunk
-    batch_size: int = 40  # rows decoded together (decode is compute-bound on CPU from ~40 rows); a problem's greedy + K samples are 1 + K rows
+    batch_size: int = 8  # problems decoded together, 1 + K rows each (40 rows: where CPU decoding turns compute-bound)
     seed: int = 0  # torch seed for sampling: same problems + config -> same samples
     prompt_template: str = PROMPT_TEMPLATE  # "{problem}" is replaced by the problem text
     stop_at_answer: bool = True  # stop a completion after its "Answer: <number>" line (EOS stops anyway)
-    dtype: str = "auto"  # "float32" | "bfloat16" | "auto": bfloat16 on a CPU with native bf16 (~2x faster), else float32
+    dtype: str = "auto"  # "float32" | "bfloat16" | "auto": bfloat16 on a CPU with native bf16 (~1.4x faster), else float32
+
+    def __post_init__(self):
+        checks = {"max_new_tokens": self.max_new_tokens >= 1, "n_samples": self.n_samples >= 0,
+                  "temperature": self.temperature > 0, "top_p": 0 < self.top_p <= 1,
+                  "query_chunk": self.query_chunk >= 1, "batch_size": self.batch_size >= 1,
+                  "prompt_template": "{problem}" in self.prompt_template,
+                  "dtype": self.dtype in ("auto", "float32", "bfloat16")}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid TraceConfig {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
 
 
 @dataclass
@@ -117,14 +124,15 @@ class _Collector:
     query_chunk: int
     entropy_sum: torch.Tensor  # [L, S] sum of normalised entropies
     mass_sum: torch.Tensor  # [L, S, S+1] sum of segment masses
-    largest_chunk: int = 0  # most elements in one chunk's probability tensor (memory checks)
     layers_seen: set = field(default_factory=set)
 
-    def add_layer(self, layer: int, query: torch.Tensor, key: torch.Tensor,
-                  attention_mask: torch.Tensor | None, scaling: float) -> None:
+    def add_layer(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
         """Reduce one layer's attention of the completion queries, chunk by chunk.
 
-        query [1, H, T, d], key [1, KVH, T, d]; attention_mask None (causal) or bool [1, 1, T, T].
+        query [1, H, T, d], key and value [1, KVH, T, d]; attention_mask None (causal) or bool
+        [1, 1, T, T]. Returns the attention output of the completion queries [1, Tc, H, d]: the
+        probabilities are at hand anyway, so SDPA only has to run for the prompt queries.
         """
         if query.shape[0] != 1 or query.shape[2] != key.shape[2]:
             raise ValueError("the analysis forward takes one unpadded sequence without a cache")
@@ -132,44 +140,59 @@ class _Collector:
         n_kv = key.shape[1]
         if attention_mask is not None and attention_mask.dtype != torch.bool:
             raise ValueError("the pivottrace attention expects a boolean (sdpa) mask")
-        q = (query[0].float() * scaling).reshape(n_kv, n_heads // n_kv, seq, head_dim)  # [KVH, G, T, d] GQA groups
-        k_t = key[0].float().transpose(-1, -2)[:, None]  # [KVH, 1, d, T]
+        groups = n_heads // n_kv
+        q = (query[0].float() * scaling).reshape(n_kv, groups, seq, head_dim)  # [KVH, G, T, d] GQA groups
+        k_t = key[0].float().transpose(-1, -2)  # [KVH, d, T]
+        v = value[0].float()  # [KVH, T, d]
+        out = torch.empty(n_kv, groups, seq - self.q_start, head_dim, device=query.device)  # [KVH, G, Tc, d]
         head_mean = torch.full((n_heads,), 1.0 / n_heads, device=query.device)  # [H]
         future = torch.ones(self.query_chunk, self.query_chunk, dtype=torch.bool,
                             device=query.device).triu_(1)  # [chunk, chunk] keys after the query
         positions = torch.arange(seq, device=query.device)  # [T]
         for a in range(self.q_start, seq, self.query_chunk):
             b = min(a + self.query_chunk, seq)  # rows a..b-1 see keys 0..b-1 at most
-            scores = torch.matmul(q[:, :, a:b], k_t[..., :b])  # [KVH, G, c, b]
+            c = b - a
+            q_chunk = q[:, :, a:b].reshape(n_kv, groups * c, head_dim)  # [KVH, G*c, d]
+            scores = torch.bmm(q_chunk, k_t[..., :b]).view(n_kv, groups, c, b)  # [KVH, G, c, b]
             if attention_mask is None:  # causal: only the diagonal block has hidden keys
-                scores[..., a:b].masked_fill_(future[:b - a, :b - a], float("-inf"))
+                scores[..., a:b].masked_fill_(future[:c, :c], float("-inf"))
                 n_visible = positions[a:b] + 1  # [c]
             else:
                 visible = attention_mask[0, 0, a:b, :b]  # [c, b]
                 scores.masked_fill_(~visible, float("-inf"))
                 n_visible = visible.sum(-1)  # [c]
-            probs = torch.softmax(scores, dim=-1).view(n_heads, -1)  # [H, c*b] each row over its visible keys
-            self.largest_chunk = max(self.largest_chunk, probs.numel())
-            mean_probs = (head_mean @ probs).view(b - a, b)  # [c, b] heads averaged
-            del scores, probs
-            entropy = -torch.special.xlogy(mean_probs, mean_probs).sum(-1)  # [c] nats
+            probs = torch.softmax(scores, dim=-1)  # [KVH, G, c, b] each row over its visible keys
+            del scores
+            out[:, :, a - self.q_start:b - self.q_start] = torch.bmm(
+                probs.view(n_kv, groups * c, b), v[:, :b]).view(n_kv, groups, c, head_dim)  # [KVH, G, c, d]
+            mean_probs = (head_mean @ probs.view(n_heads, c * b)).view(c, b)  # [c, b] heads averaged
+            del probs
+            entropy = -torch.linalg.vecdot(mean_probs, mean_probs.clamp_min(1e-30).log())  # [c] nats (0 log 0 = 0)
             log_n = n_visible.to(entropy.dtype).log()  # [c]
-            norm_entropy = torch.where(n_visible > 1, entropy / log_n.clamp_min(1e-12), 0.0)  # [c] in [0, 1]
+            norm_entropy = torch.where(n_visible > 1, entropy / log_n.clamp_min(1e-12), 0.0).clamp_(0.0, 1.0)  # [c]
             mass = mean_probs @ self.seg_onehot[:b]  # [c, S+1]
             steps = self.query_step[a - self.q_start:b - self.q_start]  # [c]
             self.entropy_sum[layer].index_add_(0, steps, norm_entropy)
             self.mass_sum[layer].index_add_(0, steps, mass)
         self.layers_seen.add(layer)
+        return out.reshape(n_heads, seq - self.q_start, head_dim).transpose(0, 1)[None].to(query.dtype)
 
 
 def _pivottrace_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
-    """SDPA attention; while a collector is active, also feeds it this layer's query/key states."""
-    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    """SDPA attention; while a collector is active, the completion queries go through the collector.
+
+    query [B, H, T, d], key/value [B, KVH, T, d] -> (output [B, T, H, d], None), as sdpa_attention_forward.
+    """
     collector = _COLLECTOR.get()
-    if collector is not None:
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        collector.add_layer(module.layer_idx, query, key, attention_mask, scale)
-    return output, None
+    if collector is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    start = collector.q_start
+    prompt_mask = None if attention_mask is None else attention_mask[..., :start, :start]
+    prompt_out, _ = sdpa_attention_forward(module, query[:, :, :start], key[:, :, :start], value[:, :, :start],
+                                           prompt_mask, scaling=scaling, **kwargs)  # [1, P, H, d]
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    completion_out = collector.add_layer(module.layer_idx, query, key, value, attention_mask, scale)  # [1, Tc, H, d]
+    return torch.cat([prompt_out, completion_out], dim=1), None
 
 
 AttentionInterface.register(ATTN_IMPL, _pivottrace_attention)
@@ -240,20 +263,19 @@ def reference_stats(attentions, *, q_start: int, token_step: np.ndarray, n_steps
     token_step [Tc]: step of each completion token. logits [T, V] and token_ids [T], when given,
     add the predictive-entropy arrays. Returns the arrays of TraceResult except "cue".
     """
-    maps = [np.asarray(a, dtype=np.float64).reshape(-1, *np.shape(a)[-2:]) for a in attentions]
-    seq = maps[0].shape[-1]
-    segment = np.concatenate([np.zeros(q_start, dtype=int), 1 + np.asarray(token_step)])  # [T]
-    n_layers = len(maps)
+    token_step = np.asarray(token_step)
+    n_layers, seq = len(attentions), np.shape(attentions[0])[-1]
+    segment = np.concatenate([np.zeros(q_start, dtype=int), 1 + token_step])  # [T] key -> segment
     entropy = np.zeros((n_layers, n_steps))
     mass = np.zeros((n_layers, n_steps, n_steps + 1))
     counts = np.bincount(token_step, minlength=n_steps)
-    for layer, heads in enumerate(maps):
+    for layer, attention in enumerate(attentions):
+        mean = np.asarray(attention, dtype=np.float64).reshape(-1, seq, seq).mean(0)  # [T, T] heads averaged
         for t in range(q_start, seq):
             s = token_step[t - q_start]
-            p = heads[:, t, :t + 1].mean(0)  # [t+1] heads averaged, visible keys only
+            p = mean[t, :t + 1]  # [t+1] the keys query t can see
             entropy[layer, s] += normalised_entropy(p) / counts[s]
-            for key, weight in enumerate(p):
-                mass[layer, s, segment[key]] += weight / counts[s]
+            mass[layer, s] += np.bincount(segment[:t + 1], weights=p, minlength=n_steps + 1) / counts[s]
     change = np.zeros((n_layers, n_steps))
     for layer in range(n_layers):
         for s in range(1, n_steps):
@@ -323,16 +345,8 @@ def analyse_ids(model, prompt_ids: list[int], completion_ids: list[int], token_s
         _COLLECTOR.reset(token)
     if len(collector.layers_seen) != n_layers:
         raise RuntimeError(f"the model is not running the '{ATTN_IMPL}' attention implementation")
-    lm_head = model.get_output_embeddings()
-    targets = ids[0, prompt_len:]  # [Tc]
-    token_entropy = torch.empty(n_tokens, device=device)  # [Tc]
-    token_logprob = torch.empty(n_tokens, device=device)  # [Tc]
-    for a in range(0, n_tokens, query_chunk):
-        b = min(a + query_chunk, n_tokens)
-        logits = lm_head(hidden[prompt_len - 1 + a:prompt_len - 1 + b]).float()  # [c, V]
-        logp = torch.log_softmax(logits, dim=-1)  # [c, V]
-        token_entropy[a:b] = -(logp.exp() * logp).sum(-1)
-        token_logprob[a:b] = logp.gather(1, targets[a:b, None])[:, 0]
+    token_entropy, token_logprob = _token_stats(model, hidden[prompt_len - 1:-1], ids[0, prompt_len:],
+                                                query_chunk=query_chunk)  # [Tc], [Tc]
     counts = torch.bincount(step_t, minlength=n_steps).float()  # [S]
     mass = (collector.mass_sum / counts[None, :, None]).cpu().double().numpy()  # [L, S, S+1]
     ent = token_entropy.cpu().double().numpy()  # [Tc]
@@ -346,6 +360,24 @@ def analyse_ids(model, prompt_ids: list[int], completion_ids: list[int], token_s
         "token_entropy": ent,
         "token_logprob": token_logprob.cpu().double().numpy(),
     }
+
+
+def _token_stats(model, hidden: torch.Tensor, targets: torch.Tensor, *, query_chunk: int):
+    """Predictive entropy (nats) and log p of each target, from hidden [N, hidden] predicting targets [N].
+
+    The logits are formed query_chunk rows at a time: [N, vocab] never exists.
+    """
+    lm_head = model.get_output_embeddings()
+    entropy = torch.empty(len(targets), device=hidden.device)  # [N]
+    logprob = torch.empty(len(targets), device=hidden.device)  # [N]
+    for a in range(0, len(targets), query_chunk):
+        b = min(a + query_chunk, len(targets))
+        logits = lm_head(hidden[a:b]).float()  # [c, V]
+        log_z = torch.logsumexp(logits, dim=-1)  # [c]
+        probs = torch.exp(logits - log_z[:, None])  # [c, V]
+        entropy[a:b] = log_z - torch.linalg.vecdot(probs, logits)  # H = log Z - E_p[logit]
+        logprob[a:b] = logits.gather(1, targets[a:b, None])[:, 0] - log_z
+    return entropy, logprob
 
 
 def _empty_arrays(n_layers: int) -> dict[str, np.ndarray]:
@@ -521,6 +553,8 @@ class Tracer:
         self.model, self.tokenizer = load_model(self.source, device=device, dtype=self.config.dtype)
         self.model_id = self.source.model_id
         self.n_layers = self.model.config.num_hidden_layers
+        parameters = inspect.signature(self.model.base_model.forward).parameters
+        self._cache_kw = "cache" if "cache" in parameters else "past_key_values"  # renamed in transformers 5.2x
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self._stop_ids = torch.tensor(sorted({i for i in eos + [self.tokenizer.eos_token_id] if i is not None}),
@@ -547,7 +581,7 @@ class Tracer:
         cfg = self.config
         generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         lm_head = self.model.get_output_embeddings()
-        per_call = max(1, cfg.batch_size // copies)
+        per_call = cfg.batch_size
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
         results: list[list[tuple[str, int]]] = [[] for _ in prompts]
         self.tokenizer.padding_side = "left"
@@ -559,7 +593,7 @@ class Tracer:
             cache = DynamicCache(config=self.model.config)
             hidden = self.model.base_model(input_ids=enc["input_ids"], attention_mask=mask,
                                            position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
-                                           past_key_values=cache, use_cache=True).last_hidden_state  # [n, P, hidden]
+                                           use_cache=True, **{self._cache_kw: cache}).last_hidden_state  # [n, P, hidden]
             logits = lm_head(hidden[:, -1]).float().repeat_interleave(copies, 0)  # [B, V]
             cache.batch_repeat_interleave(copies)
             mask = mask.repeat_interleave(copies, 0)  # [B, P]
@@ -584,8 +618,8 @@ class Tracer:
                     rows, greedy, chosen, position, mask = rows[keep], greedy[keep], chosen[keep], position[keep], mask[keep]
                 mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)  # [b, P + step + 1]
                 hidden = self.model.base_model(input_ids=chosen[:, None], attention_mask=mask,
-                                               position_ids=position[:, None], past_key_values=cache,
-                                               use_cache=True).last_hidden_state  # [b, 1, hidden]
+                                               position_ids=position[:, None], use_cache=True,
+                                               **{self._cache_kw: cache}).last_hidden_state  # [b, 1, hidden]
                 logits = lm_head(hidden[:, -1]).float()  # [b, V]
                 position = position + 1
             for row, row_tokens in enumerate(tokens):
