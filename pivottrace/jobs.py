@@ -178,12 +178,13 @@ def run(job_id: int, db=None) -> None:
                                        show_progress=False, on_progress=on_progress)
             message = f"traced {run_.traced} problems ({run_.tokens_per_second:.1f} tokens/s)"
             if args.get("route_after") and run_.traced:
-                routed = pipeline.route(db, model_id=tracer.model_id, note=job["kind"])
+                routed = pipeline.route(db, model_id=tracer.model_id, config=pipeline.current_router_config(db),
+                                        note=job["kind"])
                 message += f"; router v{routed.router_version}: " + ", ".join(
                     f"{k} {v}" for k, v in routed.counts.items())
             store.update_job(db, job_id, status="done", done=run_.traced, message=message)
         elif job["kind"] == "route":
-            routed = pipeline.route(db, note="on demand")
+            routed = pipeline.route(db, config=pipeline.current_router_config(db), note="on demand")
             store.update_job(db, job_id, status="done", done=1, total=1,
                              message=f"router v{routed.router_version} ({routed.kind}): " + ", ".join(
                                  f"{k} {v}" for k, v in routed.counts.items()))

@@ -194,9 +194,16 @@ def recalibrate_if_due(db, *, every: int = RECALIBRATE_EVERY,
     reason = recalibration_due(db, every=every, versions=versions)
     if reason is None:
         return None
-    if config is None and versions and versions[-1]["thresholds"].get("target_precision") is not None:
-        config = RouterConfig(target_precision=float(versions[-1]["thresholds"]["target_precision"]))
-    return route(db, config=config or RouterConfig(), rescore=reason.startswith("traces"), note=reason)
+    return route(db, config=config or current_router_config(db, versions=versions),
+                 rescore=reason.startswith("traces"), note=reason)
+
+
+def current_router_config(db, *, versions: list[dict] | None = None) -> RouterConfig:
+    """The router settings in force: the last router version's precision target (a lead may have set it)."""
+    versions = store.router_versions(db) if versions is None else versions
+    if versions and versions[-1]["thresholds"].get("target_precision") is not None:
+        return RouterConfig(target_precision=float(versions[-1]["thresholds"]["target_precision"]))
+    return RouterConfig()
 
 
 def label(db, *, problem_id: str, annotator: str, verdict: str, gold_answer: str | None = None,

@@ -547,10 +547,7 @@ def filled_columns(rows: list[dict]) -> list[str]:
 
 
 def current_target_precision(db) -> float:
-    versions = store.router_versions(db)
-    if versions and versions[-1]["thresholds"].get("target_precision") is not None:
-        return float(versions[-1]["thresholds"]["target_precision"])
-    return RouterConfig().target_precision
+    return pipeline.current_router_config(db).target_precision
 
 
 def set_budget(db, *, user: str, total: int, cost_per_label: float = 0.0):
