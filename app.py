@@ -58,7 +58,8 @@ annotate_page = st.Page("pages/annotate.py", title="Annotate", icon=":material/t
 inspect_page = st.Page("pages/inspect.py", title="Inspect", icon=":material/query_stats:")
 budget_page = st.Page("pages/budget.py", title="Budget", icon=":material/account_balance_wallet:")
 pool_page = st.Page("pages/pool.py", title="Pool", icon=":material/database:")
-page = st.navigation([annotate_page, inspect_page, budget_page, pool_page], position="top")
+evaluation_page = st.Page("pages/evaluation.py", title="Evaluation", icon=":material/insights:")
+page = st.navigation([annotate_page, inspect_page, budget_page, pool_page, evaluation_page], position="top")
 
 # ---------------------------------------------------------------- empty database: what to do next
 if views.is_empty(db) and page.title != "Pool":

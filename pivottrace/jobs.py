@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import pipeline, store
 
-KINDS = ("trace", "demo", "route")
+KINDS = ("trace", "demo", "route", "eval")
 ACTIVE = ("queued", "running")
 STARTUP_GRACE_SECONDS = 30  # a queued job whose worker has not reported by then is marked failed
 
@@ -92,6 +92,13 @@ def start_route(db) -> int:
     if store.latest_model_id(db) is None:
         raise JobError("Nothing is traced yet: trace some problems first.")
     return start(db, "route", {}, total=1)
+
+
+def start_eval(db, *, folder: str) -> int:
+    """Run `pivottrace eval` on the pool in the background, writing the report into `folder`."""
+    if store.latest_model_id(db) is None:
+        raise JobError("Nothing is traced yet: trace some problems first.")
+    return start(db, "eval", {"folder": str(folder)}, total=1)
 
 
 def _alive(pid: int | None) -> bool:
@@ -188,6 +195,13 @@ def run(job_id: int, db=None) -> None:
             store.update_job(db, job_id, status="done", done=1, total=1,
                              message=f"router v{routed.router_version} ({routed.kind}): " + ", ".join(
                                  f"{k} {v}" for k, v in routed.counts.items()))
+        elif job["kind"] == "eval":
+            from .evaluate import evaluate_db
+
+            store.update_job(db, job_id, message="playing the labelling loop for every budget")
+            report = evaluate_db(db, args["folder"])
+            store.update_job(db, job_id, status="done", done=1, total=1,
+                             message=f"report on {report.pool['size']} problems in {args['folder']}")
         else:
             raise JobError(f"Unknown job kind {job['kind']!r}.")
     except BaseException as err:  # the row must say what happened, whatever happened

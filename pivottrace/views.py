@@ -14,6 +14,7 @@ import html
 import json
 import re
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -606,3 +607,34 @@ def load_tracer(spec: str = "default", *, samples: int = 4, max_new_tokens: int 
 
     return Tracer(spec or "default", config=TraceConfig(n_samples=samples, max_new_tokens=max_new_tokens,
                                                         batch_size=1 + samples))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def evaluation_folder(db_file: str | None = None) -> Path:
+    """Where the app keeps its evaluation report: out/eval beside the database (as the CLI's default)."""
+    return Path(db_file or store.default_db_path()).resolve().parent / "out" / "eval"
+
+
+@dataclass
+class EvaluationView:
+    report: object | None  # evaluate.EvalReport, or None when there is none yet
+    message: str  # what to do next when there is no report
+    table: list[dict] = field(default_factory=list)  # one row per (budget, strategy), display-ready
+    summary: list[str] = field(default_factory=list)
+
+
+def evaluation_view(folder: str | Path) -> EvaluationView:
+    """The latest evaluation report in `folder`, ready to show; a hint when there is none."""
+    from .evaluate import EvaluationError, load_report, summary_lines
+
+    try:
+        report = load_report(folder)
+    except EvaluationError as err:
+        return EvaluationView(None, str(err))
+    table = [{"budget": f"{row['budget_share']:.0%}" if row.get("budget") else "cold start",
+              **{key: row.get(key) for key in ("strategy", "labels", "auroc", "ece", "self_train_precision",
+                                                "human_share", "train_size", "train_precision", "caught",
+                                                "leaked")}}
+             for row in report.results]
+    return EvaluationView(report, "", table, summary_lines(report.results))

@@ -282,3 +282,22 @@ def test_a_job_whose_worker_died_is_marked_failed(db):
     [job] = [j for j in jobs.refresh(db) if j["id"] == job_id]
     assert job["status"] == "failed" and "stopped without reporting" in job["message"]
     assert jobs.active(db) == []
+
+
+# ------------------------------------------------------------------ evaluation
+def test_evaluation_page_runs_the_eval_in_the_background_and_shows_the_report(db, navigation_app):
+    from pivottrace import views
+
+    at = ok(page("pages/evaluation.py", "lee"))
+    assert any("No evaluation report" in i.value for i in at.info)  # says what to do next
+    by_label(at.button, "Run the evaluation").click().run()
+    ok(at)
+    job = store.jobs(db)[0]
+    assert job["kind"] == "eval"
+    assert wait_for_job(db, job["id"])["status"] == "done", job["message"]
+    assert (views.evaluation_folder() / "report.md").is_file()
+
+    at = ok(page("pages/evaluation.py", "lee"))
+    assert at.metric[0].value == str(db["problems"].count)  # every problem here has a gold answer
+    strategies = {row["strategy"] for row in at.dataframe[0].value.to_dict("records")}
+    assert {"pivottrace", "random", "confidence_only", "vote_share_only"} <= strategies

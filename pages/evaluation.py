@@ -1,0 +1,42 @@
+"""Evaluation: how good the picks are, judged by an oracle from gold answers (pivottrace eval)."""
+
+import streamlit as st
+
+from pivottrace import jobs, store, views
+
+db = store.open_db()
+folder = views.evaluation_folder()
+
+st.title("Evaluation", anchor=False)
+st.caption("An oracle plays the annotator from the pool's gold answers and replays the labelling loop "
+           "for a sweep of budgets, against random, confidence-only and vote-share-only selection and "
+           "the ablations. Your labels and routes are not touched.")
+
+running = [j for j in jobs.active(db) if j["kind"] == "eval"]
+if running:
+    st.info(f"Evaluation running: {running[0]['message'] or 'starting'}", icon=":material/hourglass_top:")
+elif st.button("Run the evaluation", icon=":material/play_arrow:",
+               help=f"Runs `pivottrace eval --out {folder}` in the background."):
+    try:
+        jobs.start_eval(db, folder=str(folder))
+        st.rerun()
+    except jobs.JobError as err:
+        st.error(str(err))
+
+view = views.evaluation_view(folder)
+if view.report is None:
+    st.info(view.message, icon=":material/info:")
+    st.stop()
+
+pool = view.report.pool
+c = st.columns(3)
+c[0].metric("Problems with gold", pool.get("size"))
+c[1].metric("Majority answer wrong", pool.get("wrong"))
+c[2].metric("Model", pool.get("model_id"))
+for line in view.summary:
+    st.markdown(line)
+for name, figure in view.report.figures.items():
+    st.plotly_chart(figure, config={"displayModeBar": False}, key=f"eval-{name}")
+st.markdown("##### Every strategy and budget")
+st.dataframe(view.table, hide_index=True)
+st.caption(f"Report folder: `{view.report.folder}` (report.md, report.html, results.json).")
