@@ -19,7 +19,6 @@ every trace distinct. It does not test correctness (tests/ do) and never runs a 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
