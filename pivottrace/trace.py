@@ -30,6 +30,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .answers import extract_answer
 from .models import ModelNotFoundError, ModelSource, resolve_model
+from .records import ProblemTrace, TraceResult
 from .steps import cue_counts, segment_steps
 
 PROMPT_TEMPLATE = ("{problem}\n\nSolve it step by step. Then give the final answer on its own line "
@@ -53,7 +54,7 @@ class TraceConfig:
     seed: int = 0  # torch seed for sampling: same problems + config -> same samples
     prompt_template: str = PROMPT_TEMPLATE  # "{problem}" is replaced by the problem text
     stop_at_answer: bool = True  # stop a completion after its "Answer: <number>" line (EOS stops anyway)
-    dtype: str = "auto"  # "float32" | "bfloat16" | "auto": bfloat16 on a CPU with native bf16 (~1.4x faster), else float32
+    dtype: str = "auto"  # "float32" | "bfloat16" | "auto": bfloat16 where the CPU has native bf16 (~1.4x faster)
 
     def __post_init__(self):
         checks = {"max_new_tokens": self.max_new_tokens >= 1, "n_samples": self.n_samples >= 0,
@@ -64,46 +65,6 @@ class TraceConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid TraceConfig {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
-
-
-@dataclass
-class TraceResult:
-    """One analysed completion. L = layers, S = steps, Tc = completion tokens.
-
-    arrays:
-        entropy [L, S]: E, mean normalised attention entropy of the step's tokens, in [0, 1].
-        segment_attention [L, S, S+1]: m, mean attention mass of the step's tokens on segment k
-            (k=0 prompt, k=1+j step j); zero for k > s+1; each [l, s] row sums to 1.
-        temporal_change [L, S]: D, Jensen-Shannon divergence (bits, [0, 1]) of m[l,s] vs m[l,s-1]
-            on the common support; D[:, 0] = 0.
-        consistency [S]: C, mean pairwise cosine similarity of m[:, s] across layers.
-        pred_entropy_mean [S], pred_entropy_max [S]: P, entropy (nats) of the next-token
-            distributions that predicted the step's tokens, mean and max.
-        cue [S]: Q, reflection markers in the step's text.
-        token_entropy [Tc]: predictive entropy (nats) of each completion token.
-        token_logprob [Tc]: log p of each completion token under the model.
-    """
-
-    prompt: str
-    completion: str
-    steps: list[dict]  # {text, char_start, char_end, tok_start, tok_end}; token indexes in the completion
-    tokens: list[str]  # completion tokens as text
-    n_prompt_tokens: int
-    n_completion_tokens: int
-    arrays: dict[str, np.ndarray]
-    mean_logprob: float | None  # mean log p over completion tokens (None for an empty completion)
-    min_logprob: float | None
-    answer_prob: float | None  # exp(sum log p) over the final answer's tokens; None when not found
-    answer: str | None  # answers.extract_answer(completion)
-
-
-@dataclass
-class ProblemTrace:
-    trace: TraceResult  # analysis of the greedy completion
-    samples: list[str]  # K sampled completions
-    sample_answers: list[str | None]
-    generated_tokens: int  # tokens generated for this problem, greedy + samples
-    seconds: float  # its share of the batch's generation time (by tokens) plus its own analysis
 
 
 # ---------------------------------------------------------------------------------------------
@@ -593,7 +554,7 @@ class Tracer:
             cache = DynamicCache(config=self.model.config)
             hidden = self.model.base_model(input_ids=enc["input_ids"], attention_mask=mask,
                                            position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
-                                           use_cache=True, **{self._cache_kw: cache}).last_hidden_state  # [n, P, hidden]
+                                           use_cache=True, **{self._cache_kw: cache}).last_hidden_state  # [n, P, h]
             logits = lm_head(hidden[:, -1]).float().repeat_interleave(copies, 0)  # [B, V]
             cache.batch_repeat_interleave(copies)
             mask = mask.repeat_interleave(copies, 0)  # [B, P]
@@ -608,14 +569,15 @@ class Tracer:
                 for i, (row, token) in enumerate(zip(rows.tolist(), chosen.tolist())):
                     if not done[i]:
                         tokens[row].append(token)
-                        if cfg.stop_at_answer and "\n" in self.tokenizer.decode([token]) and self._answered(tokens[row]):
-                            done[i] = True
+                        if cfg.stop_at_answer and "\n" in self.tokenizer.decode([token]):
+                            done[i] = self._answered(tokens[row])
                 if step == cfg.max_new_tokens - 1 or bool(done.all()):
                     break
                 if bool(done.any()):
                     keep = (~done).nonzero()[:, 0]  # [b']
                     cache.batch_select_indices(keep)
-                    rows, greedy, chosen, position, mask = rows[keep], greedy[keep], chosen[keep], position[keep], mask[keep]
+                    rows, greedy, chosen = rows[keep], greedy[keep], chosen[keep]
+                    position, mask = position[keep], mask[keep]
                 mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)  # [b, P + step + 1]
                 hidden = self.model.base_model(input_ids=chosen[:, None], attention_mask=mask,
                                                position_ids=position[:, None], use_cache=True,
