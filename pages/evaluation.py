@@ -26,17 +26,16 @@ elif st.button("Run the evaluation", icon=":material/play_arrow:",
 view = views.evaluation_view(folder)
 if view.report is None:
     st.info(view.message, icon=":material/info:")
-    st.stop()
-
-pool = view.report.pool
-c = st.columns(3)
-c[0].metric("Problems with gold", pool.get("size"))
-c[1].metric("Majority answer wrong", pool.get("wrong"))
-c[2].metric("Model", pool.get("model_id"))
-for line in view.summary:
-    st.markdown(line)
-for name, figure in view.report.figures.items():
-    st.plotly_chart(figure, config={"displayModeBar": False}, key=f"eval-{name}")
-st.markdown("##### Every strategy and budget")
-st.dataframe(view.table, hide_index=True)
-st.caption(f"Report folder: `{view.report.folder}` (report.md, report.html, results.json).")
+else:
+    pool = view.report.pool
+    c = st.columns(3)
+    c[0].metric("Problems with gold", pool.get("size"))
+    c[1].metric("Majority answer wrong", pool.get("wrong"))
+    c[2].metric("Model", pool.get("model_id"))
+    for line in view.summary:
+        st.markdown(line)
+    for name, figure in view.report.figures.items():
+        st.plotly_chart(figure, config={"displayModeBar": False}, key=f"eval-{name}")
+    st.markdown("##### Every strategy and budget")
+    st.dataframe(view.table, hide_index=True)
+    st.caption(f"Report folder: `{view.report.folder}` (report.md, report.html, results.json).")

@@ -6,46 +6,46 @@ completions. trace.py fills them from a model; synthetic.py fills them with real
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 
 @dataclass
 class TraceResult:
-    """One analysed reasoning chain. L = layers, S = steps, Tc = completion tokens.
+    """One analysed completion. L = layers, S = steps, Tc = completion tokens.
 
     arrays:
-        entropy            [L, S]     mean normalised attention entropy of the step's tokens
-        segment_attention  [L, S, S+1] attention mass on segment k (0 = prompt, 1+j = step j)
-        temporal_change    [L, S]     JS divergence from the previous step (0 for step 0)
-        consistency        [S]        mean pairwise cosine of segment attention across layers
-        pred_entropy_mean  [S]        mean next-token entropy (nats) over the step
-        pred_entropy_max   [S]        max next-token entropy (nats) over the step
-        cue                [S]        reflection markers in the step
-        token_entropy      [Tc]       next-token entropy that produced each completion token
-        token_logprob      [Tc]       log-probability of each completion token
+        entropy [L, S]: E, mean normalised attention entropy of the step's tokens, in [0, 1].
+        segment_attention [L, S, S+1]: m, mean attention mass of the step's tokens on segment k
+            (k=0 prompt, k=1+j step j); zero for k > s+1; each [l, s] row sums to 1.
+        temporal_change [L, S]: D, Jensen-Shannon divergence (bits, [0, 1]) of m[l,s] vs m[l,s-1]
+            on the common support; D[:, 0] = 0.
+        consistency [S]: C, mean pairwise cosine similarity of m[:, s] across layers.
+        pred_entropy_mean [S], pred_entropy_max [S]: P, entropy (nats) of the next-token
+            distributions that predicted the step's tokens, mean and max.
+        cue [S]: Q, reflection markers in the step's text.
+        token_entropy [Tc]: predictive entropy (nats) of each completion token.
+        token_logprob [Tc]: log p of each completion token under the model.
     """
 
     prompt: str
     completion: str
-    steps: list[dict]  # {text, char_start, char_end, tok_start, tok_end}; token ids within completion
+    steps: list[dict]  # {text, char_start, char_end, tok_start, tok_end}; token indexes in the completion
     tokens: list[str]  # completion tokens as text
     n_prompt_tokens: int
     n_completion_tokens: int
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    mean_logprob: float = 0.0
-    min_logprob: float = 0.0
-    answer_prob: float | None = None  # P(answer tokens) when an answer was found
-    answer: str | None = None
+    arrays: dict[str, np.ndarray]
+    mean_logprob: float | None  # mean log p over completion tokens (None for an empty completion)
+    min_logprob: float | None
+    answer_prob: float | None  # exp(sum log p) over the final answer's tokens; None when not found
+    answer: str | None  # answers.extract_answer(completion)
 
 
 @dataclass
 class ProblemTrace:
-    """A problem's greedy trace plus its K sampled completions."""
-
-    trace: TraceResult
-    samples: list[str]
+    trace: TraceResult  # analysis of the greedy completion
+    samples: list[str]  # K sampled completions
     sample_answers: list[str | None]
-    generated_tokens: int = 0
-    seconds: float = 0.0
+    generated_tokens: int  # tokens generated for this problem, greedy + samples
+    seconds: float  # its share of the batch's generation time (by tokens) plus its own analysis

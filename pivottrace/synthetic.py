@@ -75,4 +75,4 @@ def synthetic_trace(problem, rng: np.random.Generator, *, n_layers: int = N_LAYE
         answer=greedy,
     )
     sample_texts = [f"... Answer: {a}" if a is not None else "..." for a in samples]
-    return ProblemTrace(result, sample_texts, samples, generated_tokens=n_tokens * (1 + n_samples))
+    return ProblemTrace(result, sample_texts, samples, generated_tokens=n_tokens * (1 + n_samples), seconds=0.0)

@@ -1,6 +1,7 @@
 """Two processes label from the same queue at once: no item labelled twice, no label lost."""
 
 import multiprocessing as mp
+import sys
 from collections import Counter
 
 from conftest import build_app_db
@@ -29,7 +30,9 @@ def _annotate_until_empty(path: str, annotator: str, start, results) -> None:
     results.put((annotator, labelled, errors))
 
 
-def test_two_processes_label_the_same_queue(tmp_path):
+def test_two_processes_label_the_same_queue(tmp_path, monkeypatch):
+    # A spawned child re-runs __main__'s file; after an AppTest that is a page script. Run none.
+    monkeypatch.delattr(sys.modules["__main__"], "__file__", raising=False)
     path = tmp_path / "c.db"
     build_app_db(path, budget=BUDGET)
     ctx = mp.get_context("spawn")
