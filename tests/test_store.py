@@ -3,23 +3,16 @@
 import numpy as np
 import pytest
 
-from pivottrace import pipeline, store
+from conftest import build_app_db
+
+from pivottrace import store
 from pivottrace.datasets import demo_problems
 from pivottrace.synthetic import synthetic_trace
 
 
 @pytest.fixture
 def routed_db(tmp_path):
-    db = store.open_db(tmp_path / "s.db")
-    problems = demo_problems(40, seed=0)
-    store.insert_problems(db, problems)
-    rng = np.random.default_rng(0)
-    for p in problems:
-        store.save_trace(db, p.id, "synth", synthetic_trace(p, rng))
-    store.add_user(db, "lee", "lead")
-    store.set_budget(db, user="lee", total=10)
-    pipeline.route(db)
-    return db
+    return build_app_db(tmp_path / "s.db", n_problems=40, budget=10, seed=0)
 
 
 def test_open_is_idempotent_and_versioned(tmp_path):
