@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pivottrace import pipeline, store  # noqa: E402
 from pivottrace.answers import answers_match  # noqa: E402
 from pivottrace.datasets import demo_problems  # noqa: E402
-from pivottrace.features import build_features, feature_matrix  # noqa: E402
+from pivottrace.features import NUMERIC_FEATURES, build_features  # noqa: E402
 from pivottrace.route import route_pool  # noqa: E402
 from pivottrace.synthetic import synthetic_trace  # noqa: E402
 from pivottrace.uncertainty import FeatureTable  # noqa: E402
@@ -101,12 +101,12 @@ def first_version_estimator(rows: list[dict], outcomes: dict[str, int]):
 
     labelled = [r for r in rows if r["problem_id"] in outcomes]
     y = np.array([outcomes[r["problem_id"]] for r in labelled])
-    x = feature_matrix(labelled)
+    x = FeatureTable.from_rows(labelled).matrix(NUMERIC_FEATURES)
     base = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
     model = CalibratedClassifierCV(base, method="sigmoid", cv=5).fit(x, y)
     cross_val_predict(CalibratedClassifierCV(base, method="sigmoid", cv=3), x, y,
                       cv=StratifiedKFold(5, shuffle=True, random_state=0), method="predict_proba")
-    return model.predict_proba(feature_matrix(rows))[:, 1]
+    return model.predict_proba(FeatureTable.from_rows(rows).matrix(NUMERIC_FEATURES))[:, 1]
 
 
 def main() -> None:

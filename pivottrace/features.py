@@ -1,13 +1,16 @@
 """Traces + sampled answers -> one feature row per problem (pivots, consistency, confidence).
 
 Input: stored traces (arrays decoded) and their K sampled answers. Output: rows for the
-`features` table. Pool statistics for the pivot z-scores are computed over all traces passed in.
+`features` table, and `FeatureTable`, the columnar form the estimators and the router read. Pool
+statistics for the pivot z-scores are computed over all traces passed in.
 It does not estimate uncertainty or route (see uncertainty.py, route.py).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
@@ -59,13 +62,67 @@ def build_features(traces: list[dict], answers: dict) -> tuple[list[dict], PoolS
     return rows, stats
 
 
-def feature_matrix(rows: list[dict], columns=NUMERIC_FEATURES) -> np.ndarray:
-    """[N, F] float matrix; missing values (e.g. answer_prob with no answer) become column medians."""
-    matrix = np.array([[np.nan if r.get(c) is None else float(r[c]) for c in columns] for r in rows],
-                      dtype=np.float64).reshape(len(rows), len(columns))  # [N, F]
-    if matrix.size:
-        medians = np.nanmedian(np.where(np.isnan(matrix).all(axis=0), 0.0, matrix), axis=0)  # [F]
-        medians = np.nan_to_num(medians)
-        rows_nan, cols_nan = np.nonzero(np.isnan(matrix))
-        matrix[rows_nan, cols_nan] = medians[cols_nan]
-    return matrix
+# Columns besides NUMERIC_FEATURES that routing reads from every row.
+ROUTING_COLUMNS = ("pivot_density", "vote_share")
+
+
+@dataclass
+class FeatureTable:
+    """A pool's feature rows as columns: numbers as float arrays (NaN = missing), converted once.
+
+    Built from feature dicts (`from_rows`) or straight from the store (store.load_feature_table,
+    without a dict per row). `model_ids` and `majority_answers` are kept when the rows have them;
+    routing needs both. `cache` holds the prior's outputs, keyed by the prior.
+    """
+
+    ids: list[str]  # [N] problem ids
+    columns: dict[str, np.ndarray]  # name -> [N] float64
+    model_ids: list | None = None  # [N]
+    majority_answers: list | None = None  # [N] canonical majority answer, None where there is none
+    cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_rows(cls, rows, names=NUMERIC_FEATURES) -> "FeatureTable":
+        if isinstance(rows, FeatureTable):
+            return rows
+        names = tuple(names)
+        try:  # one pass over the rows; a row without some column falls back to .get
+            values = [itemgetter(*names)(r) for r in rows] if len(names) > 1 else None
+        except KeyError:
+            values = None
+        if values is not None:
+            matrix = np.array(values, dtype=np.float64).reshape(len(rows), len(names))  # [N, F], None -> NaN
+            columns = {name: matrix[:, j].copy() for j, name in enumerate(names)}
+        else:
+            columns = {name: np.array([r.get(name) for r in rows], dtype=np.float64).reshape(len(rows))
+                       for name in names}  # None -> NaN
+        return cls([r["problem_id"] for r in rows], columns,
+                   model_ids=[r.get("model_id") for r in rows],
+                   majority_answers=[r.get("majority_answer") for r in rows])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def column(self, name: str) -> np.ndarray:
+        """[N] one column as stored (NaN where missing)."""
+        if name not in self.columns:
+            raise KeyError(f"Feature table has no column {name!r}.")
+        return self.columns[name]
+
+    def matrix(self, names) -> np.ndarray:
+        """[N, F] with each column's missing values replaced by its median (0 if all missing)."""
+        out = np.empty((len(self), len(names)), dtype=np.float64)  # [N, F]
+        for j, name in enumerate(names):
+            column = self.column(name)
+            nan = np.isnan(column)
+            out[:, j] = column
+            if nan.any():
+                out[nan, j] = 0.0 if nan.all() else float(np.median(column[~nan]))
+        return out
+
+    def take(self, indexes: np.ndarray) -> "FeatureTable":
+        def pick(values):
+            return None if values is None else [values[i] for i in indexes]
+
+        return FeatureTable(pick(self.ids), {k: v[indexes] for k, v in self.columns.items()},
+                            model_ids=pick(self.model_ids), majority_answers=pick(self.majority_answers))

@@ -15,7 +15,8 @@ from .answers import answers_match, canonical
 from .datasets import LoadResult, RejectedRow, demo_problems, read_pool
 from .features import build_features
 from .route import RouterConfig, route_pool
-from .uncertainty import EstimatorConfig, FeatureTable
+from .features import FeatureTable
+from .uncertainty import EstimatorConfig
 from .uncertainty import choose_estimator as _choose_estimator
 
 RECALIBRATE_EVERY = 1  # labels between two recalibrations in the app (1 = after every label)
@@ -94,15 +95,16 @@ def score_pool(db, model_id: str | None = None) -> list[dict]:
     return rows
 
 
-def label_outcomes(db, rows: list[dict] | None = None, *, labels: list[dict] | None = None) -> dict[str, int]:
+def label_outcomes(db, rows=None, *, labels: list[dict] | None = None) -> dict[str, int]:
     """{problem_id: 1 if the majority answer was wrong, 0 if right}, from labels in force.
 
     A `flawed` verdict says nothing about the model, so it is left out. With `rows` (feature rows
-    of the model being routed), a label whose shown answer differs from that row's majority answer
+    of the model being routed, dicts or a FeatureTable), a label whose shown answer differs from that row's majority answer
     (traces of a new checkpoint) is re-read against the label's gold: the gold answer of a `wrong`
     verdict, the shown answer of a `correct` one. `labels`: store.effective_labels(db), if at hand.
     """
-    majority = {r["problem_id"]: r.get("majority_answer") for r in rows or []}
+    table = FeatureTable.from_rows(rows or [], ())
+    majority = dict(zip(table.ids, table.majority_answers or [None] * len(table)))
     outcomes = {}
     for row in store.effective_labels(db) if labels is None else labels:
         if row["verdict"] not in ("correct", "wrong"):
@@ -144,29 +146,27 @@ def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfi
     """
     start = time.perf_counter()
     model_id = model_id or store.latest_model_id(db)
-    rows = score_pool(db, model_id) if rescore else store.load_features(db, model_id)
+    # columns, converted once for the fit, the prediction and the routing
+    table = FeatureTable.from_rows(score_pool(db, model_id)) if rescore else store.load_feature_table(db, model_id)
     labels = store.effective_labels(db)
-    outcomes = label_outcomes(db, rows, labels=labels)
-    table = FeatureTable.from_rows(rows)  # converted once for the fit and the prediction
+    outcomes = label_outcomes(db, table, labels=labels)
     estimator = choose_estimator(table, outcomes, config=estimator_config)
     uncertainty = estimator.predict(table)
     labelled = {r["problem_id"] for r in labels}
     budget = store.budget_status(db)
-    routing = route_pool(rows, uncertainty, budget_remaining=budget["remaining"], config=config,
+    routing = route_pool(table, uncertainty, budget_remaining=budget["remaining"], config=config,
                          exclude=labelled)
     metrics = dict(getattr(estimator, "metrics", {}) or {})
     version = store.new_router_version(db, kind=estimator.kind, model_id=model_id,
                                        n_labels=len(labelled), thresholds=routing.thresholds,
                                        metrics=metrics, note=note)
-    changed = store.save_routes(db, routing.decisions, version)
-    counts = {name: 0 for name in store.ROUTES}
-    for decision in routing.decisions:
-        counts[decision["route"]] += 1
-    return RouteReport(version, estimator.kind, counts, changed, routing.thresholds, metrics,
+    changed = store.save_route_columns(db, routing.problem_ids, routing.model_ids, routing.routes,
+                                       routing.uncertainty, routing.value, version)
+    return RouteReport(version, estimator.kind, routing.counts(), changed, routing.thresholds, metrics,
                        time.perf_counter() - start)
 
 
-def recalibration_due(db, *, every: int = RECALIBRATE_EVERY, versions: list[dict] | None = None) -> str | None:
+def recalibration_due(db, *, every: int = RECALIBRATE_EVERY) -> str | None:
     """Why the router should recalibrate now, or None.
 
     Due when traces of a model checkpoint that no router version has seen arrive, or when at
@@ -175,11 +175,11 @@ def recalibration_due(db, *, every: int = RECALIBRATE_EVERY, versions: list[dict
     model_id = store.latest_model_id(db)
     if model_id is None:
         return None
-    versions = store.router_versions(db) if versions is None else versions
-    if not versions or all(v["model_id"] != model_id for v in versions):
+    if store.latest_router_version(db, model_id=model_id) is None:
         return f"traces of a new model checkpoint ({model_id})"
     labelled = len(store.effective_labels(db))
-    if every and abs(labelled - (versions[-1]["n_labels"] or 0)) >= every:
+    last = store.latest_router_version(db)
+    if every and abs(labelled - (last["n_labels"] or 0)) >= every:
         return f"after {labelled} labels"
     return None
 
@@ -190,19 +190,17 @@ def recalibrate_if_due(db, *, every: int = RECALIBRATE_EVERY,
 
     Without `config`, the last router version's precision target is kept (a lead may have set it).
     """
-    versions = store.router_versions(db)
-    reason = recalibration_due(db, every=every, versions=versions)
+    reason = recalibration_due(db, every=every)
     if reason is None:
         return None
-    return route(db, config=config or current_router_config(db, versions=versions),
-                 rescore=reason.startswith("traces"), note=reason)
+    return route(db, config=config or current_router_config(db), rescore=reason.startswith("traces"), note=reason)
 
 
-def current_router_config(db, *, versions: list[dict] | None = None) -> RouterConfig:
+def current_router_config(db) -> RouterConfig:
     """The router settings in force: the last router version's precision target (a lead may have set it)."""
-    versions = store.router_versions(db) if versions is None else versions
-    if versions and versions[-1]["thresholds"].get("target_precision") is not None:
-        return RouterConfig(target_precision=float(versions[-1]["thresholds"]["target_precision"]))
+    last = store.latest_router_version(db)
+    if last and last["thresholds"].get("target_precision") is not None:
+        return RouterConfig(target_precision=float(last["thresholds"]["target_precision"]))
     return RouterConfig()
 
 

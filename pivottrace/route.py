@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .features import ROUTING_COLUMNS, FeatureTable
 from .uncertainty import _percentiles
 
 PIVOT_VALUE_WEIGHT = 0.25  # how much pivot richness lifts an uncertain problem's value (rank tiebreak-ish)
@@ -62,31 +63,48 @@ class RouterConfig:
 
 @dataclass
 class Routing:
-    decisions: list[dict]  # {problem_id, model_id, route, uncertainty, value}
+    """One decision per problem, as columns ([N] each), and the thresholds that produced them."""
+
+    problem_ids: list
+    model_ids: list
+    routes: np.ndarray  # [N] route names
+    uncertainty: np.ndarray  # [N]
+    value: np.ndarray  # [N] annotate rank: u lifted by pivot richness (probes placed among the picks)
     thresholds: dict = field(default_factory=dict)
+
+    @property
+    def decisions(self) -> list[dict]:
+        """[N] {problem_id, model_id, route, uncertainty, value} dicts (for small pools and tests)."""
+        return [{"problem_id": pid, "model_id": mid, "route": name, "uncertainty": ui, "value": vi}
+                for pid, mid, name, ui, vi in zip(self.problem_ids, self.model_ids, self.routes.tolist(),
+                                                  self.uncertainty.tolist(), self.value.tolist())]
 
     def counts(self) -> dict[str, int]:
         out = {"annotate": 0, "self_train": 0, "low_priority": 0, "deferred": 0}
-        for d in self.decisions:
-            out[d["route"]] += 1
+        names, counts = np.unique(self.routes.astype(str), return_counts=True)
+        out.update({str(name): int(count) for name, count in zip(names, counts)})
         return out
 
 
-def route_pool(rows: list[dict], uncertainty: np.ndarray, *, budget_remaining: int | None,
+def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
                config: RouterConfig = RouterConfig(), exclude: set | None = None) -> Routing:
-    """Route every row. `budget_remaining` None means no budget is set: every candidate is annotate."""
+    """Route every row (feature dicts or a FeatureTable). `budget_remaining` None means no budget
+    is set: every candidate is annotate."""
+    table = FeatureTable.from_rows(rows, ROUTING_COLUMNS)
     exclude = exclude or set()
-    n = len(rows)
+    n = len(table)
     u = np.asarray(uncertainty, dtype=np.float64)  # [N]
     if u.shape != (n,):
         raise ValueError(f"{n} rows but uncertainty of shape {u.shape}.")
     if budget_remaining is not None and int(budget_remaining) < 0:
         raise ValueError("budget_remaining must not be negative.")
-    density = np.array([r.get("pivot_density") or 0.0 for r in rows], float)  # [N]
+    if table.majority_answers is None or table.model_ids is None:
+        raise ValueError("Routing needs each row's model_id and majority_answer.")
+    density = np.nan_to_num(table.column("pivot_density"))  # [N], missing -> 0
     value = u * (1.0 + config.pivot_value_weight * _percentiles(density))  # [N]
-    has_majority = np.array([r.get("majority_answer") is not None for r in rows], bool)  # [N]
-    unanimous = has_majority & np.array([(r.get("vote_share") or 0.0) >= 1.0 for r in rows], bool)  # [N]
-    open_ = np.array([r["problem_id"] not in exclude for r in rows], bool)  # [N]
+    has_majority = np.array([a is not None for a in table.majority_answers], bool)  # [N]
+    unanimous = has_majority & (np.nan_to_num(table.column("vote_share")) >= 1.0)  # [N]
+    open_ = np.ones(n, bool) if not exclude else np.array([pid not in exclude for pid in table.ids], bool)  # [N]
     capacity = int(open_.sum()) if budget_remaining is None else int(budget_remaining)
     target = float(config.target_precision)
 
@@ -118,7 +136,7 @@ def route_pool(rows: list[dict], uncertainty: np.ndarray, *, budget_remaining: i
             band[extra] = False
             annotate = np.concatenate([annotate, extra])
             spilled += extra.size
-    probes = _probes(rows, open_, annotate, min(n_probes, capacity - annotate.size))
+    probes = _probes(table.ids, open_, annotate, min(n_probes, capacity - annotate.size))
     if probes.size:
         value = value.copy()
         value[probes] = _interleaved_values(value[annotate], probes.size)
@@ -129,9 +147,6 @@ def route_pool(rows: list[dict], uncertainty: np.ndarray, *, budget_remaining: i
     route[self_train] = "self_train"
     route[annotate] = "annotate"  # two-way: annotate wins over self_train for the picks
 
-    decisions = [{"problem_id": r["problem_id"], "model_id": r["model_id"], "route": name,
-                  "uncertainty": ui, "value": vi}
-                 for r, name, ui, vi in zip(rows, route.tolist(), u.tolist(), value.tolist())]
     self_train_final = open_ & (route == "self_train")
     low_final = route == "low_priority"
     thresholds = {
@@ -149,7 +164,7 @@ def route_pool(rows: list[dict], uncertainty: np.ndarray, *, budget_remaining: i
         "fixed_thresholds": list(config.fixed_thresholds) if config.fixed_thresholds else None,
         "pivot_value_weight": config.pivot_value_weight,
     }
-    return Routing(decisions, thresholds)
+    return Routing(list(table.ids), list(table.model_ids), route, u, value, thresholds)
 
 
 def _precision_band(u: np.ndarray, mask: np.ndarray, target: float) -> np.ndarray:
@@ -165,21 +180,26 @@ def _precision_band(u: np.ndarray, mask: np.ndarray, target: float) -> np.ndarra
     return band
 
 
+def probe_keys(problem_ids) -> np.ndarray:
+    """[N] stable pseudo-random numbers in [0, 1), one per problem id (CRC-32 of its UTF-8 bytes):
+    probes are the smallest keys. Stable across processes, unlike hash(); ~10 ms per 100k ids."""
+    crc = zlib.crc32
+    return np.array([crc(str(pid).encode("utf-8")) for pid in problem_ids], dtype=np.float64) / 2.0 ** 32
+
+
 def probe_key(problem_id: str) -> float:
-    """A stable pseudo-random number in [0, 1) per problem (CRC-32 of the id): probes are the
-    smallest keys. Stable across processes, unlike hash(); ~10x cheaper than a cryptographic hash."""
-    return zlib.crc32(str(problem_id).encode("utf-8")) / 2.0 ** 32
+    """probe_keys for one id."""
+    return float(probe_keys([problem_id])[0])
 
 
-def _probes(rows: list[dict], open_: np.ndarray, taken: np.ndarray, k: int) -> np.ndarray:
+def _probes(problem_ids: list, open_: np.ndarray, taken: np.ndarray, k: int) -> np.ndarray:
     """Indexes of `k` open problems not yet taken, by smallest probe key (a uniform sample)."""
     free = open_.copy()
     free[taken] = False
     members = np.flatnonzero(free)
     if k <= 0 or members.size == 0:
         return np.zeros(0, dtype=np.int64)
-    crc = zlib.crc32  # probe_key without the per-call overhead (10,000 ids per route)
-    keys = np.array([crc(str(rows[i]["problem_id"]).encode("utf-8")) for i in members], dtype=np.int64)  # [M]
+    keys = probe_keys([problem_ids[i] for i in members])  # [M]
     return members[np.argsort(keys, kind="stable")[:k]]
 
 

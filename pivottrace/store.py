@@ -14,10 +14,13 @@ import os
 import sqlite3
 import time
 from contextlib import contextmanager
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
 import sqlite_utils
+
+from .features import NUMERIC_FEATURES, ROUTING_COLUMNS, FeatureTable
 
 DEFAULT_DB = "pivottrace.db"
 ROLES = ("annotator", "researcher", "lead")
@@ -122,7 +125,6 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db["problems"].create_index(["source"])
 
 
-QUEUE_INDEX = "idx_routes_queue"  # routes (route, value, problem_id): the annotate queue, best first
 
 
 def _migration_2(db: sqlite_utils.Database) -> None:
@@ -137,11 +139,38 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     """Covering indexes for next_item's walk down the queue: it passes the labelled items at the
     top without reading a table row (~6x less CPU with 1000 labelled items at 100k problems)."""
     db.execute("drop index if exists idx_routes_route_value")  # a prefix of the new one
-    db.execute(f"create index {QUEUE_INDEX} on routes (route, value, problem_id)")
+    db.execute("create index idx_routes_queue on routes (route, value, problem_id)")  # replaced in 4
     db.execute("create index idx_problems_id_verdict on problems (id, verdict)")
 
 
-MIGRATIONS = [_migration_1, _migration_2, _migration_3]  # index i upgrades user_version i -> i+1; append, never edit
+QUEUE_INDEX = "idx_routes_annotate_queue"  # the annotate rows of routes only, best value first
+
+
+def _migration_4(db: sqlite_utils.Database) -> None:
+    """Pool scale (100k problems; bench/store_scale.py measures each):
+    - latest_model_id asks for the newest trace: without an index it read every trace blob
+      (378 ms at 100k problems, on every recalibration and every app page that checks for traces);
+    - the annotate queue index covers the annotate rows only (partial), so a full re-route that
+      rewrites 100k routes touches a few thousand index entries (1.0 s -> 0.25 s), not all of them;
+    - feature_columns: per model, the numeric feature columns in one blob (load_feature_table),
+      kept in step by triggers that drop a model's copy whenever one of its feature rows changes.
+    """
+    db.execute("create index idx_traces_created_at on traces (created_at)")
+    db.execute("drop index if exists idx_routes_queue")
+    db.execute(f"create index {QUEUE_INDEX} on routes (value, problem_id, route) where route = 'annotate'")
+    db["feature_columns"].create({
+        "model_id": str, "n": int, "names": str,  # JSON [F]
+        "ids": str, "majority_answers": str,  # JSON [N] each, ordered by problem id
+        "numbers": bytes,  # .npy float64 [F, N], NaN where a feature is missing
+        "created_at": float,
+    }, pk="model_id")
+    for event, models in (("insert", "new.model_id"), ("update", "old.model_id, new.model_id"),
+                          ("delete", "old.model_id")):
+        db.execute(f"create trigger features_{event}_stales_columns after {event} on features begin "
+                   f"delete from feature_columns where model_id in ({models}); end")
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4]  # index i upgrades user_version i -> i+1; append, never edit
 
 
 def open_db(path: str | Path | None = None) -> sqlite_utils.Database:
@@ -321,11 +350,14 @@ def latest_model_id(db: sqlite_utils.Database) -> str | None:
 # --------------------------------------------------------------------------- features and routes
 
 def save_features(db: sqlite_utils.Database, rows: list[dict]) -> None:
+    """Upsert feature rows, and rebuild the column copy of each model they touch (same transaction)."""
     stamp = now()
     for row in rows:
         row["updated_at"] = stamp
     with immediate(db):
         db["features"].upsert_all(rows, pk=("problem_id", "model_id"), batch_size=1000)
+        for model_id in sorted({row["model_id"] for row in rows}):
+            _save_feature_columns(db, _scan_feature_table(db, model_id))
 
 
 PER_STEP_FEATURES = ("pivot_scores", "pivot_signals")  # JSON per-step columns; views read them
@@ -343,6 +375,61 @@ def load_features(db: sqlite_utils.Database, model_id: str | None = None, *,
     return list(db.query(sql + " order by problem_id, model_id", params))
 
 
+FEATURE_TABLE_COLUMNS = NUMERIC_FEATURES + tuple(c for c in ROUTING_COLUMNS if c not in NUMERIC_FEATURES)
+
+
+def load_feature_table(db: sqlite_utils.Database, model_id: str | None = None) -> FeatureTable:
+    """One model's feature rows as a FeatureTable ordered by problem id: what the estimators and
+    the router read. Served from the model's column copy (feature_columns, ~30 ms at 100k rows);
+    when there is none (features written outside save_features), built from the rows (~0.5 s)
+    and saved for next time. Without `model_id`, every model's rows, built from the rows."""
+    if not model_id:
+        return _scan_feature_table(db, None)
+    row = db.execute("select names, ids, majority_answers, numbers from feature_columns "
+                     "where model_id = ?", [model_id]).fetchone()
+    if row is not None:
+        names = json.loads(row[0])
+        ids = json.loads(row[1])
+        numbers = np.load(io.BytesIO(row[3]), allow_pickle=False)  # [F, N]
+        return FeatureTable(ids, {name: numbers[j] for j, name in enumerate(names)},
+                            model_ids=[model_id] * len(ids), majority_answers=json.loads(row[2]))
+    table = _scan_feature_table(db, model_id)
+    with immediate(db):
+        if db.execute("select 1 from feature_columns where model_id = ?", [model_id]).fetchone() is None:
+            _save_feature_columns(db, _scan_feature_table(db, model_id))  # rows as of the write lock
+    return table
+
+
+def _scan_feature_table(db: sqlite_utils.Database, model_id: str | None) -> FeatureTable:
+    """load_feature_table from the feature rows: one scan into tuples, then numpy columns."""
+    names = FEATURE_TABLE_COLUMNS
+    sql, params = f"select problem_id, model_id, majority_answer, {', '.join(names)} from features", []
+    if model_id:
+        sql += " where +model_id = ?"  # a scan: reading the rows through the model_id index seeks each one
+        params.append(model_id)
+    rows = db.execute(sql, params).fetchall()
+    rows.sort(key=lambda row: (row[0], row[1]))  # cheaper here than SQLite's temporary b-tree
+    if not rows:
+        return FeatureTable([], {name: np.zeros(0) for name in names}, model_ids=[], majority_answers=[])
+    columns = list(zip(*rows))
+    numbers = np.array(columns[3:], dtype=np.float64)  # [F, N], None -> NaN
+    return FeatureTable(list(columns[0]), {name: numbers[j] for j, name in enumerate(names)},
+                        model_ids=list(columns[1]), majority_answers=list(columns[2]))
+
+
+def _save_feature_columns(db: sqlite_utils.Database, table: FeatureTable) -> None:
+    """Write one model's column copy (call inside a write transaction, after its rows)."""
+    if not len(table):
+        return
+    names = list(table.columns)
+    buffer = io.BytesIO()
+    np.save(buffer, np.stack([table.columns[name] for name in names]), allow_pickle=False)  # [F, N]
+    db.execute("insert or replace into feature_columns (model_id, n, names, ids, majority_answers, "
+               "numbers, created_at) values (?, ?, ?, ?, ?, ?, ?)",
+               [table.model_ids[0], len(table), json.dumps(names), json.dumps(table.ids),
+                json.dumps(table.majority_answers), buffer.getvalue(), now()])
+
+
 def new_router_version(db: sqlite_utils.Database, *, kind: str, model_id: str | None,
                        n_labels: int, thresholds: dict, metrics: dict, note: str = "") -> int:
     budget = budget_status(db)
@@ -356,18 +443,25 @@ def new_router_version(db: sqlite_utils.Database, *, kind: str, model_id: str | 
 
 
 def router_versions(db: sqlite_utils.Database) -> list[dict]:
-    rows = list(db.query("select * from router_versions order by id"))
-    for row in rows:
-        row["thresholds"] = json.loads(row["thresholds"] or "{}")
-        row["metrics"] = json.loads(row["metrics"] or "{}")
-    return rows
+    """Every router version, oldest first, thresholds and metrics decoded."""
+    return [_decoded_version(row) for row in db.query("select * from router_versions order by id")]
 
 
-# A routing that rewrites at least this share of the routes rewrites every entry of the queue index
-# (new values); dropping the index and building it again after the writes is then ~3x faster
-# than updating it row by row (measured by bench/store_scale.py at 100k problems).
-REBUILD_QUEUE_INDEX_SHARE = 0.5
-REBUILD_QUEUE_INDEX_MIN_ROWS = 1000  # below this, either way takes milliseconds
+def latest_router_version(db: sqlite_utils.Database, *, model_id: str | None = None) -> dict | None:
+    """The newest router version (of `model_id`'s traces, when given), decoded; None if none.
+    A label's recalibration check reads this one row, not every version."""
+    sql, params = "select * from router_versions", []
+    if model_id is not None:
+        sql += " where model_id = ?"
+        params.append(model_id)
+    rows = list(db.query(sql + " order by id desc limit 1", params))
+    return _decoded_version(rows[0]) if rows else None
+
+
+def _decoded_version(row: dict) -> dict:
+    row["thresholds"] = json.loads(row["thresholds"] or "{}")
+    row["metrics"] = json.loads(row["metrics"] or "{}")
+    return row
 
 
 def save_routes(db: sqlite_utils.Database, decisions: list[dict], router_version: int) -> int:
@@ -375,29 +469,37 @@ def save_routes(db: sqlite_utils.Database, decisions: list[dict], router_version
 
     Each decision: {problem_id, model_id, route, uncertainty, value}.
     """
+    return save_route_columns(
+        db, [d["problem_id"] for d in decisions], [d["model_id"] for d in decisions],
+        [d["route"] for d in decisions], [d["uncertainty"] for d in decisions],
+        [d["value"] for d in decisions], router_version)
+
+
+def save_route_columns(db: sqlite_utils.Database, problem_ids: list, model_ids: list, routes: list,
+                       uncertainty, value, router_version: int) -> int:
+    """save_routes for decisions given as columns ([N] each), as route.Routing holds them."""
+    routes = [str(r) for r in routes]
+    unknown = set(routes) - set(ROUTES)
+    if unknown:
+        raise ValueError(f"unknown route {sorted(unknown)[0]!r}")
+    n = len(problem_ids)
+    if not (len(model_ids) == len(routes) == len(uncertainty) == len(value) == n):
+        raise ValueError("save_route_columns needs columns of one length.")
+    uncertainty = np.asarray(uncertainty, dtype=np.float64).tolist()
+    value = np.asarray(value, dtype=np.float64).tolist()
     stamp = now()
-    current = dict(db.execute("select problem_id, route from routes").fetchall())
-    rows, log = [], []
-    for d in decisions:
-        if d["route"] not in ROUTES:
-            raise ValueError(f"unknown route {d['route']!r}")
-        rows.append((d["problem_id"], d["model_id"], d["route"], d["uncertainty"], d["value"],
-                     router_version, stamp))
-        if current.get(d["problem_id"]) != d["route"]:
-            log.append((d["problem_id"], d["route"], d["uncertainty"], router_version, stamp))
-    rebuild = (len(rows) >= REBUILD_QUEUE_INDEX_MIN_ROWS
-               and len(rows) >= REBUILD_QUEUE_INDEX_SHARE * len(current))
     with immediate(db):
-        if rebuild:  # the whole index is rewritten anyway: building it afresh is ~3x cheaper
-            db.execute(f"drop index if exists {QUEUE_INDEX}")
+        current = dict(db.execute("select problem_id, route from routes").fetchall())
+        before = np.array(list(map(current.get, problem_ids)), dtype=object)  # [N] None where new
+        changed = np.flatnonzero(before != np.array(routes, dtype=object)).tolist()
+        log = [(problem_ids[i], routes[i], uncertainty[i], router_version, stamp) for i in changed]
         db.conn.executemany(
             "insert into routes (problem_id, model_id, route, uncertainty, value, router_version, "
             "updated_at) values (?, ?, ?, ?, ?, ?, ?) on conflict (problem_id) do update set "
             "model_id = excluded.model_id, route = excluded.route, uncertainty = excluded.uncertainty, "
             "value = excluded.value, router_version = excluded.router_version, "
-            "updated_at = excluded.updated_at", rows)
-        if rebuild:
-            db.execute(f"create index {QUEUE_INDEX} on routes (route, value, problem_id)")
+            "updated_at = excluded.updated_at",
+            zip(problem_ids, model_ids, routes, uncertainty, value, repeat(router_version), repeat(stamp)))
         db.conn.executemany("insert into route_log (problem_id, route, uncertainty, router_version, "
                             "created_at) values (?, ?, ?, ?, ?)", log)
     return len(log)

@@ -17,12 +17,11 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from operator import itemgetter
 
 import numpy as np
 from scipy.stats import rankdata
 
-from .features import NUMERIC_FEATURES
+from .features import NUMERIC_FEATURES, FeatureTable
 
 # Signals read from the attention statistics and the pivots; "no attention" ablations drop them.
 ATTENTION_FEATURES = ("pivot_density", "max_pivot_score", "mean_entropy", "mean_temporal",
@@ -75,52 +74,6 @@ FIT_THREADS = 1  # BLAS threads for fits: on problems this small, threads cost m
 
 
 # --------------------------------------------------------------------------- inputs
-
-@dataclass
-class FeatureTable:
-    """Feature rows as numeric columns, converted once. Missing values are NaN until `matrix`."""
-
-    ids: list[str]  # [N] problem ids
-    columns: dict[str, np.ndarray]  # name -> [N] float64
-    cache: dict = field(default_factory=dict, repr=False)  # prior outputs, keyed by the prior
-
-    @classmethod
-    def from_rows(cls, rows, names=NUMERIC_FEATURES) -> "FeatureTable":
-        if isinstance(rows, FeatureTable):
-            return rows
-        names = tuple(names)
-        try:  # one pass over the rows; a row without some column falls back to .get
-            values = [itemgetter(*names)(r) for r in rows] if len(names) > 1 else None
-        except KeyError:
-            values = None
-        if values is not None:
-            matrix = np.array(values, dtype=np.float64).reshape(len(rows), len(names))  # [N, F], None -> NaN
-            columns = {name: matrix[:, j].copy() for j, name in enumerate(names)}
-        else:
-            columns = {name: np.array([r.get(name) for r in rows], dtype=np.float64).reshape(len(rows))
-                       for name in names}  # None -> NaN
-        return cls([r["problem_id"] for r in rows], columns)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def matrix(self, names) -> np.ndarray:
-        """[N, F] with each column's missing values replaced by its median (0 if all missing)."""
-        missing = [n for n in names if n not in self.columns]
-        if missing:
-            raise KeyError(f"Feature table has no column {missing[0]!r}.")
-        out = np.empty((len(self), len(names)), dtype=np.float64)  # [N, F]
-        for j, name in enumerate(names):
-            column = self.columns[name]
-            nan = np.isnan(column)
-            out[:, j] = column
-            if nan.any():
-                out[nan, j] = 0.0 if nan.all() else float(np.median(column[~nan]))
-        return out
-
-    def take(self, indexes: np.ndarray) -> "FeatureTable":
-        return FeatureTable([self.ids[i] for i in indexes], {k: v[indexes] for k, v in self.columns.items()})
-
 
 def _percentiles(column: np.ndarray) -> np.ndarray:
     """Average-rank percentile in [0, 1]; ties share a rank, a constant column gives 0.5."""

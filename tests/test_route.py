@@ -210,3 +210,22 @@ def test_label_outcomes_reread_labels_against_a_new_checkpoints_majority(tmp_pat
     assert pipeline.label_outcomes(db)[row["problem_id"]] == 1  # the verdict, as given
     new_majority = [{"problem_id": row["problem_id"], "majority_answer": row["gold"]}]
     assert pipeline.label_outcomes(db, new_majority)[row["problem_id"]] == 0  # the new model got it right
+
+
+def test_a_feature_table_routes_exactly_as_its_rows():
+    from pivottrace.features import FeatureTable
+
+    rows, u = pool(seed=3)
+    rows[7]["pivot_density"] = None  # missing values read the same way in both forms
+    rows[8]["vote_share"] = None
+    exclude = {"p0002", "p0010"}
+    as_rows = route_pool(rows, u, budget_remaining=40, exclude=exclude)
+    as_table = route_pool(FeatureTable.from_rows(rows), u, budget_remaining=40, exclude=exclude)
+    assert as_table.decisions == as_rows.decisions
+    assert as_table.thresholds == as_rows.thresholds
+    counts = as_table.counts()
+    assert sum(counts.values()) == len(rows)
+    assert counts == {name: int((routes_of(as_rows) == name).sum()) for name in counts}
+    with pytest.raises(ValueError, match="model_id and majority_answer"):
+        route_pool(FeatureTable(["a"], {"pivot_density": np.ones(1), "vote_share": np.ones(1)}),
+                   np.array([0.5]), budget_remaining=1)

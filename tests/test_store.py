@@ -23,6 +23,41 @@ def test_open_is_idempotent_and_versioned(tmp_path):
     assert first.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def as_version_3(db) -> None:
+    """Take a database back to the schema the last release wrote (before migration 4)."""
+    for name, kind in db.execute("select name, type from sqlite_master where sql is not null").fetchall():
+        if name.startswith("features_") and kind == "trigger":
+            db.execute(f"drop trigger {name}")
+    db.execute("drop table feature_columns")
+    db.execute(f"drop index {store.QUEUE_INDEX}")
+    db.execute("drop index idx_traces_created_at")
+    db.execute("create index idx_routes_queue on routes (route, value, problem_id)")
+    db.execute("PRAGMA user_version = 3")
+
+
+def test_a_version_3_database_upgrades_with_its_queue_and_labels(tmp_path):
+    path = tmp_path / "old.db"
+    old = build_app_db(path, n_problems=30, budget=8)
+    as_version_3(old)
+    item = store.next_item(old, "ann")
+    store.save_label(old, problem_id=item["problem_id"], annotator="ann", verdict="correct")
+    queue = [r[0] for r in old.execute("select problem_id from routes where route = 'annotate' "
+                                       "order by value desc, problem_id")]
+    old.conn.close()
+
+    db = store.open_db(path)
+    assert store.schema_version(db) == len(store.MIGRATIONS)
+    names = {r[0] for r in db.execute("select name from sqlite_master")}
+    assert store.QUEUE_INDEX in names and "idx_routes_queue" not in names and "feature_columns" in names
+    assert [r[0] for r in db.execute(f"select problem_id from routes indexed by {store.QUEUE_INDEX} "
+                                     "where route = 'annotate' order by value desc, problem_id")] == queue
+    assert len(store.effective_labels(db)) == 1
+    table = store.load_feature_table(db, "synth")  # no column copy yet: built from the rows
+    assert len(table) == 30 and db.execute("select n from feature_columns").fetchone()[0] == 30
+    nxt = store.next_item(db, "bob")
+    assert nxt is not None and nxt["problem_id"] != item["problem_id"]
+
+
 def test_arrays_round_trip(routed_db):
     problem_id = routed_db.execute("select problem_id from traces limit 1").fetchone()[0]
     trace = store.load_trace(routed_db, problem_id)

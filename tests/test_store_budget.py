@@ -1,4 +1,5 @@
-"""Store at scale: the Budget page's aggregates, the queue walk of next_item, migration 2's indexes."""
+"""Store at scale: the Budget page's aggregates, the queue walk of next_item, the indexes and the
+feature column copy of migrations 2-4."""
 
 import datetime as dt
 
@@ -135,15 +136,47 @@ def test_migration_indexes_are_used(db):
     assert "idx_labels_undoes" in plan
 
 
-def test_a_full_reroute_rebuilds_the_queue_index(db, monkeypatch):
-    monkeypatch.setattr(store, "REBUILD_QUEUE_INDEX_MIN_ROWS", 10)  # the 100k path, on 40 rows
+def test_the_queue_index_holds_only_annotate_rows_through_a_full_reroute(db):
+    def indexed() -> int:
+        return db.execute(f"select count(*) from routes indexed by {store.QUEUE_INDEX} "
+                          "where route = 'annotate'").fetchone()[0]
+
     before = store.route_counts(db)
-    statements = []
-    db.conn.set_trace_callback(statements.append)
-    pipeline.route(db, rescore=False)  # every row rewritten: the index is dropped and rebuilt
-    db.conn.set_trace_callback(None)
-    assert any(s.startswith(f"drop index if exists {store.QUEUE_INDEX}") for s in statements)
-    assert db.execute("select count(*) from sqlite_master where name = ?", [store.QUEUE_INDEX]).fetchone()[0] == 1
+    assert indexed() == before["annotate"] > 0
+    store.save_routes(db, [{**d, "route": "self_train"} for d in db.query(
+        "select problem_id, model_id, uncertainty, value from routes")], router_version=99)
+    assert indexed() == 0  # every row left the queue; the partial index followed
+    pipeline.route(db, rescore=False)  # every row rewritten again
+    assert indexed() == store.route_counts(db)["annotate"] == before["annotate"]
     assert store.next_item(db, "ann") is not None
     assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
     assert sum(store.route_counts(db).values()) == sum(before.values())
+
+
+def test_feature_table_matches_the_rows_and_follows_every_write(db):
+    model_id = store.latest_model_id(db)
+    rows = store.load_features(db, model_id)
+    table = store.load_feature_table(db, model_id)  # served from the column copy save_features wrote
+    assert db.execute("select n from feature_columns where model_id = ?", [model_id]).fetchone()[0] == len(rows)
+    assert table.ids == [r["problem_id"] for r in rows] == sorted(table.ids)
+    assert table.majority_answers == [r["majority_answer"] for r in rows]
+    assert table.model_ids == [model_id] * len(rows)
+    for name in store.FEATURE_TABLE_COLUMNS:
+        expected = np.array([np.nan if r[name] is None else r[name] for r in rows], float)
+        np.testing.assert_array_equal(table.column(name), expected)
+
+    # a write that bypasses save_features drops the copy (trigger); the next load sees the write
+    target = rows[3]["problem_id"]
+    db.execute("update features set vote_share = 0.125, majority_answer = null where problem_id = ?", [target])
+    assert db.execute("select count(*) from feature_columns").fetchone()[0] == 0
+    fresh = store.load_feature_table(db, model_id)
+    i = fresh.ids.index(target)
+    assert fresh.column("vote_share")[i] == 0.125 and fresh.majority_answers[i] is None
+    assert db.execute("select count(*) from feature_columns").fetchone()[0] == 1  # saved again
+    assert store.load_feature_table(db, model_id).column("vote_share")[i] == 0.125
+
+    db.execute("delete from features where problem_id = ?", [target])
+    assert target not in store.load_feature_table(db, model_id).ids
+    store.save_features(db, [rows[3]])  # back through save_features: the copy is rebuilt at once
+    assert db.execute("select n from feature_columns").fetchone()[0] == len(rows)
+    assert store.load_feature_table(db, model_id).ids == table.ids
