@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pivottrace import pipeline, store  # noqa: E402
 from pivottrace.answers import canonical  # noqa: E402
 from pivottrace.datasets import Problem, demo_problems, problem_id  # noqa: E402
-from pivottrace.features import build_features  # noqa: E402
+from pivottrace.features import FeatureTable, build_features  # noqa: E402
 from pivottrace.route import route_pool  # noqa: E402
 from pivottrace.synthetic import synthetic_trace  # noqa: E402
 
@@ -231,9 +231,11 @@ def effective_labels_unindexed(db) -> list[dict]:
         "and not exists (select 1 from labels u2 not indexed where u2.undoes = l2.id)) order by l.id"))
 
 
-def load_features_before(db, model_id: str) -> list[dict]:
-    """store.load_features as it was: every column, sorted by SQLite."""
-    return list(db.query("select * from features where model_id = ? order by problem_id", [model_id]))
+def load_table_before(db, model_id: str) -> FeatureTable:
+    """The routing inputs as pipeline.route read them before the column copy: every column as a
+    dict per row, sorted by SQLite, then converted to columns."""
+    return FeatureTable.from_rows(list(db.query(
+        "select * from features where model_id = ? order by problem_id", [model_id])))
 
 
 def save_routes_before(db, decisions: list[dict], router_version: int) -> int:
@@ -365,37 +367,47 @@ def main() -> None:
     report, wall, cpu = measure(lambda: pipeline.route(db, rescore=False, note="bench recalibration"))
     print(verdict_line("pipeline.route", wall * 1e3, cpu * 1e3, TARGET_ROUTE_S * 1e3, "ms") +
           f" ({report.kind}, {report.changed:,} routes changed, {report.counts})")
-    rows = store.load_features(db, MODEL_ID)
-    outcomes = pipeline.label_outcomes(db)
-    estimator, _, t_fit = measure(lambda: pipeline.choose_estimator(rows, outcomes))
-    uncertainty, _, t_predict = measure(lambda: estimator.predict(rows))
-    labelled = {r["problem_id"] for r in store.effective_labels(db)}
+    table = store.load_feature_table(db, MODEL_ID)
+    labels_in_force = store.effective_labels(db)
+    outcomes, _, t_outcomes = measure(lambda: pipeline.label_outcomes(db, table, labels=labels_in_force))
+    estimator, _, t_fit = measure(lambda: pipeline.choose_estimator(table, outcomes))
+    uncertainty, _, t_predict = measure(lambda: estimator.predict(table))
+    labelled = {r["problem_id"] for r in labels_in_force}
     budget = store.budget_status(db)
-    routing, _, t_route = measure(lambda: route_pool(rows, uncertainty, budget_remaining=budget["remaining"],
+    routing, _, t_route = measure(lambda: route_pool(table, uncertainty, budget_remaining=budget["remaining"],
                                                      exclude=labelled))
     version = report.router_version
-    load, load_old = paired(lambda: store.load_features(db, MODEL_ID),
-                            lambda: load_features_before(db, MODEL_ID), 2, min)
+    load, load_old = paired(lambda: store.load_feature_table(db, MODEL_ID),
+                            lambda: load_table_before(db, MODEL_ID), 3, min)
+    scan, _ = paired(lambda: store._scan_feature_table(db, MODEL_ID), None, 3, min)
     labels, labels_old = paired(lambda: store.effective_labels(db), lambda: effective_labels_unindexed(db), 3, min)
-    save, save_old = paired(lambda: store.save_routes(db, routing.decisions, version),
-                            lambda: save_routes_before(db, routing.decisions, version), 2, min)
+    decisions = routing.decisions
+    save, save_old = paired(lambda: store.save_route_columns(db, routing.problem_ids, routing.model_ids,
+                                                             routing.routes, routing.uncertainty,
+                                                             routing.value, version),
+                            lambda: save_routes_before(db, decisions, version), 2, min)
+    latest, latest_old = paired(lambda: store.latest_model_id(db), lambda: db.execute(
+        "select model_id from traces not indexed order by created_at desc limit 1").fetchone(), 3, min)
     parts = {
-        "store.load_features": load[1] / 1e3,
+        "store.latest_model_id": latest[1] / 1e3,
+        "store.load_feature_table (the column copy)": load[1] / 1e3,
         "store.effective_labels x2": 2 * labels[1] / 1e3,
+        "pipeline.label_outcomes": t_outcomes,
         f"choose_estimator ({estimator.kind}: fit + CV metrics)": t_fit,
         "estimator.predict": t_predict,
         "route_pool": t_route,
-        "store.save_routes": save[1] / 1e3,
+        "store.save_route_columns": save[1] / 1e3,
     }
     accounted = sum(parts.values())
     print("  where the CPU time goes (each step again, on its own):")
     for name, seconds in parts.items():
-        print(f"    {name:50s} {seconds * 1e3:8.0f} ms  {seconds / accounted:5.0%}")
-    print(f"  store's part now {load[1] + 2 * labels[1] + save[1]:.0f} ms CPU; before: "
-          f"load_features {load_old[1]:.0f} ms (select *, {ratio(load_old[1], load[1])}), "
-          f"effective_labels {labels_old[1]:.1f} ms without the undoes index "
-          f"({ratio(labels_old[1], labels[1])}), save_routes {save_old[1]:.0f} ms with "
-          f"sqlite-utils upsert_all and the index kept ({ratio(save_old[1], save[1])})")
+        print(f"    {name:50s} {seconds * 1e3:8.1f} ms  {seconds / accounted:5.0%}")
+    print(f"  baselines in this run: load_feature_table {load[1]:.0f} ms vs {scan[1]:.0f} ms scanning the "
+          f"feature rows ({ratio(scan[1], load[1])}) vs {load_old[1]:.0f} ms as dict rows "
+          f"({ratio(load_old[1], load[1])}); latest_model_id {latest[1]:.2f} ms vs {latest_old[1]:.0f} ms "
+          f"without its index ({ratio(latest_old[1], latest[1])}); effective_labels {labels_old[1]:.1f} ms "
+          f"without the undoes index ({ratio(labels_old[1], labels[1])}); save_route_columns vs sqlite-utils "
+          f"upsert_all {save_old[1]:.0f} ms ({ratio(save_old[1], save[1])})")
 
     next_item_figures("after recalibration")
 
