@@ -27,17 +27,18 @@ with st.container(border=True):
                                 format_func=lambda s: s.replace("_", " "), key="inspect_sort") or "value"
 
 uncertainty = None if (low, high) == (0.0, 1.0) else (low, high)
-matches = views.find_problems(db, routes=routes or None, min_density=min_density or None,
-                              uncertainty=uncertainty, search=search, sort=sort)
+found = views.find_problems(db, routes=routes or None, min_density=min_density or None,
+                            uncertainty=uncertainty, search=search, sort=sort, limit=views.INSPECT_LIMIT)
+matches = found.rows
+shown = f"{found.total} matches" + (f", the first {len(matches)} listed" if found.total > len(matches) else "")
 if not matches:
     st.info("No traced problem matches these filters." if not views.is_empty(db)
             else "Nothing traced yet: start tracing on the Pool page.")
     st.stop()
 
 labels = {m["problem_id"]: f"{m['problem']}  ·  {m['route']}" for m in matches}
-problem_id = st.selectbox(f"Problem ({len(matches)} matches)", list(labels), format_func=labels.get,
-                          key="inspect_problem")
-with st.expander(f"All {len(matches)} matches"):
+problem_id = st.selectbox(f"Problem ({shown})", list(labels), format_func=labels.get, key="inspect_problem")
+with st.expander(f"Matches ({shown})"):
     st.dataframe(matches, hide_index=True, column_config={
         "uncertainty": st.column_config.ProgressColumn("uncertainty", min_value=0, max_value=1, format="%.2f"),
         "pivot_density": st.column_config.NumberColumn("pivots /100 tok", format="%.2f"),

@@ -288,37 +288,32 @@ ROUTE_LABELS = {"annotate": "annotate", "self_train": "self-train", "low_priorit
                 "deferred": "deferred", None: "not routed"}
 
 
+INSPECT_LIMIT = 500  # matches the Inspect page lists (the count covers all of them)
+
+
+@dataclass
+class ProblemMatches:
+    rows: list[dict]  # the first matches, in the order asked for
+    total: int  # every match, listed or not
+
+
 def find_problems(db, *, routes: list[str] | None = None, min_density: float | None = None,
                   uncertainty: tuple[float, float] | None = None, search: str = "",
-                  traced_only: bool = True, sort: str = "value") -> list[dict]:
-    """Problems matching every filter given. `search` matches words of the text or the id prefix.
+                  traced_only: bool = True, sort: str = "value", limit: int | None = None) -> ProblemMatches:
+    """Problems matching every filter given (store.search_problems). `search` matches words of
+    the text or the id prefix.
 
     sort: "value" (router's value, highest first), "uncertainty", "pivot_density" (highest first)
     or "recent" (ingest order).
     """
-    words = [w for w in (search or "").lower().split() if w]
-    rows = []
-    for row in store.problem_overview(db):
-        if traced_only and not row["n_traces"]:
-            continue
-        if routes and row["route"] not in routes:
-            continue
-        if min_density is not None and (row["pivot_density"] or 0.0) < min_density:
-            continue
-        if uncertainty is not None:
-            u = row["uncertainty"]
-            if u is None or not (uncertainty[0] <= u <= uncertainty[1]):
-                continue
-        haystack = row["text"].lower()
-        if words and not all(w in haystack or row["problem_id"].startswith(w) for w in words):
-            continue
-        rows.append(row)
-    if sort in ("value", "uncertainty", "pivot_density"):
-        rows.sort(key=lambda r: -(r[sort] if r[sort] is not None else -1.0))
-    return [{"problem_id": r["problem_id"], "problem": preview(r["text"]), "route": ROUTE_LABELS.get(r["route"], r["route"]),
-             "uncertainty": r["uncertainty"], "pivot_density": r["pivot_density"], "pivots": r["n_pivots"],
-             "steps": r["n_steps"], "vote_share": r["vote_share"], "verdict": r["verdict"] or "",
-             "traces": r["n_traces"], "source": r["source"]} for r in rows]
+    rows, total = store.search_problems(
+        db, routes=routes, min_density=min_density, uncertainty=uncertainty,
+        words=(search or "").split(), traced_only=traced_only, sort=sort, limit=limit)
+    return ProblemMatches([{
+        "problem_id": r["problem_id"], "problem": preview(r["text"]), "route": ROUTE_LABELS.get(r["route"], r["route"]),
+        "uncertainty": r["uncertainty"], "pivot_density": r["pivot_density"], "pivots": r["n_pivots"],
+        "steps": r["n_steps"], "vote_share": r["vote_share"], "verdict": r["verdict"] or "",
+        "traces": r["n_traces"], "source": r["source"]} for r in rows], total)
 
 
 @dataclass

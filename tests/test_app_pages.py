@@ -159,7 +159,7 @@ def test_inspect_search_finds_and_escapes(db):
 
 def test_inspect_compares_two_models(db):
     at = ok(page("pages/inspect.py", "lee"))
-    two = next(r["problem_id"] for r in views.find_problems(db) if r["traces"] == 2)
+    two = next(r["problem_id"] for r in views.find_problems(db).rows if r["traces"] == 2)
     at.selectbox(key="inspect_problem").select(two).run()
     at.selectbox(key="inspect_compare").select("synth-b").run()
     ok(at)

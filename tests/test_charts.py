@@ -19,7 +19,7 @@ def db(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def view(db):
-    rows = views.find_problems(db, min_density=0.5)
+    rows = views.find_problems(db, min_density=0.5).rows
     return views.trace_view(db, rows[0]["problem_id"], "synth")
 
 

@@ -141,21 +141,46 @@ def test_unknown_action_and_missing_user_are_refused(db):
 
 def test_find_problems_filters_and_sorts(db):
     everything = views.find_problems(db)
-    assert len(everything) == 41
-    values = [r["uncertainty"] for r in views.find_problems(db, sort="uncertainty")]
+    assert len(everything.rows) == everything.total == 41
+    values = [r["uncertainty"] for r in views.find_problems(db, sort="uncertainty").rows]
     assert values == sorted(values, reverse=True)
-    annotate = views.find_problems(db, routes=["annotate"])
+    annotate = views.find_problems(db, routes=["annotate"]).rows
     assert annotate and all(r["route"] == "annotate" for r in annotate)
-    assert [r["problem_id"] for r in views.find_problems(db, search="ALERT(1)")] == [problem_id(XSS)]
-    assert views.find_problems(db, search="no-such-word-here") == []
-    band = views.find_problems(db, uncertainty=(0.4, 0.6))
+    assert [r["problem_id"] for r in views.find_problems(db, search="ALERT(1)").rows] == [problem_id(XSS)]
+    assert views.find_problems(db, search="no-such-word-here").rows == []
+    band = views.find_problems(db, uncertainty=(0.4, 0.6)).rows
     assert all(0.4 <= r["uncertainty"] <= 0.6 for r in band)
-    dense = views.find_problems(db, min_density=2.0)
+    dense = views.find_problems(db, min_density=2.0).rows
     assert dense and all(r["pivot_density"] >= 2.0 for r in dense)
+    first = everything.rows[0]["problem_id"]
+    assert first in {r["problem_id"] for r in views.find_problems(db, search=first[:6]).rows}  # id prefix
+    with pytest.raises(ValueError, match="Unknown sort"):
+        views.find_problems(db, sort="random")
+
+
+def test_find_problems_lists_the_first_matches_and_counts_all(db):
+    by_value = views.find_problems(db).rows
+    top = views.find_problems(db, limit=5)
+    assert top.total == 41 and [r["problem_id"] for r in top.rows] == [r["problem_id"] for r in by_value[:5]]
+    recent = views.find_problems(db, sort="recent", limit=3).rows
+    ingest = [r[0] for r in db.execute("select id from problems order by rowid")]
+    assert [r["problem_id"] for r in recent] == [pid for pid in ingest
+                                                 if pid in {r["problem_id"] for r in by_value}][:3]
+
+
+def test_find_problems_search_folds_case_beyond_ascii_and_takes_wildcards_literally(tmp_path):
+    text = "ÜBER-Straße: 50% of 8 apples are eaten. How many apples are left?"
+    db = build_app_db(tmp_path / "u.db", n_problems=6,
+                      extra_problems=[Problem(problem_id(text), text, "user", "4", {})])
+    assert [r["problem_id"] for r in views.find_problems(db, search="über strasse").rows] == [problem_id(text)]
+    assert views.find_problems(db, search="50%").total == 1
+    assert views.find_problems(db, search="5_%").total == 0  # no LIKE wildcards
+    untraced = views.find_problems(db, routes=[None], traced_only=False)
+    assert untraced.total == 0  # every problem here is routed
 
 
 def test_trace_view_shapes_and_attention_targets(db):
-    pid = views.find_problems(db)[0]["problem_id"]
+    pid = views.find_problems(db).rows[0]["problem_id"]
     view = views.trace_view(db, pid, "synth")
     n_steps = len(view.steps)
     assert view.entropy.shape == (30, n_steps)
@@ -171,7 +196,7 @@ def test_trace_view_shapes_and_attention_targets(db):
 
 
 def test_compare_two_models_side_by_side(db):
-    pid = views.find_problems(db, sort="recent")[0]["problem_id"]
+    pid = views.find_problems(db, sort="recent").rows[0]["problem_id"]
     assert store.trace_models(db, pid) == ["synth", "synth-b"]
     a, b = views.trace_view(db, pid, "synth"), views.trace_view(db, pid, "synth-b")
     rows = {r["measure"]: r for r in views.compare_rows(a, b)}
@@ -260,7 +285,7 @@ def test_empty_database_is_detected(tmp_path):
     empty = store.open_db(tmp_path / "e.db")
     assert views.is_empty(empty)
     assert views.budget_view(empty).per_day == []
-    assert views.route_mix_series(empty) == [] and views.find_problems(empty) == []
+    assert views.route_mix_series(empty) == [] and views.find_problems(empty).rows == []
 
 
 def test_score_colour_grows_with_score():
