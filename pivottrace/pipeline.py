@@ -162,6 +162,7 @@ def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfi
                                        metrics=metrics, note=note)
     changed = store.save_route_columns(db, routing.problem_ids, routing.model_ids, routing.routes,
                                        routing.uncertainty, routing.value, version)
+    store.record_route_counts(db, version)
     return RouteReport(version, estimator.kind, routing.counts(), changed, routing.thresholds, metrics,
                        time.perf_counter() - start)
 

@@ -153,7 +153,9 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     - the annotate queue index covers the annotate rows only (partial), so a full re-route that
       rewrites 100k routes touches a few thousand index entries (1.0 s -> 0.25 s), not all of them;
     - feature_columns: per model, the numeric feature columns in one blob (load_feature_table),
-      kept in step by triggers that drop a model's copy whenever one of its feature rows changes.
+      kept in step by triggers that drop a model's copy whenever one of its feature rows changes;
+    - router_versions.counts: the route mix each version left, so the Budget page's history does
+      not replay the route log (which grows by thousands of rows per recalibration at 100k).
     """
     db.execute("create index idx_traces_created_at on traces (created_at)")
     db.execute("drop index if exists idx_routes_queue")
@@ -164,6 +166,7 @@ def _migration_4(db: sqlite_utils.Database) -> None:
         "numbers": bytes,  # .npy float64 [F, N], NaN where a feature is missing
         "created_at": float,
     }, pk="model_id")
+    db["router_versions"].add_column("counts", str)  # JSON {route: problems} after the version's writes
     for event, models in (("insert", "new.model_id"), ("update", "old.model_id, new.model_id"),
                           ("delete", "old.model_id")):
         db.execute(f"create trigger features_{event}_stales_columns after {event} on features begin "
@@ -443,6 +446,13 @@ def new_router_version(db: sqlite_utils.Database, *, kind: str, model_id: str | 
         return table.last_pk
 
 
+def record_route_counts(db: sqlite_utils.Database, router_version: int) -> dict[str, int]:
+    """Store the current route mix on a router version (after its routes are written)."""
+    counts = route_counts(db)
+    db.execute("update router_versions set counts = ? where id = ?", [json.dumps(counts), router_version])
+    return counts
+
+
 def router_versions(db: sqlite_utils.Database) -> list[dict]:
     """Every router version, oldest first, thresholds and metrics decoded."""
     return [_decoded_version(row) for row in db.query("select * from router_versions order by id")]
@@ -462,6 +472,7 @@ def latest_router_version(db: sqlite_utils.Database, *, model_id: str | None = N
 def _decoded_version(row: dict) -> dict:
     row["thresholds"] = json.loads(row["thresholds"] or "{}")
     row["metrics"] = json.loads(row["metrics"] or "{}")
+    row["counts"] = json.loads(row["counts"]) if row.get("counts") else None  # None before migration 4
     return row
 
 

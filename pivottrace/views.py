@@ -498,19 +498,24 @@ def budget_view(db, *, now: float | None = None) -> BudgetView:
 def route_mix_series(db) -> list[dict]:
     """Route counts after each router version: [{router_version, time, route, count}] (long form).
 
-    The route log holds only changes, so the state is replayed version by version; a version that
-    changed nothing repeats the previous mix.
+    Each version stores the mix it left. Versions from before that (older databases) are
+    replayed from the route log, which holds only changes; a version that changed nothing
+    repeats the previous mix.
     """
-    log = store.route_history(db)
+    versions = store.router_versions(db)
+    log = store.route_history(db) if any(v["counts"] is None for v in versions) else []
     state: dict[str, str] = {}
     rows, i = [], 0
-    for version in store.router_versions(db):
+    for version in versions:
         while i < len(log) and log[i]["router_version"] <= version["id"]:
             state[log[i]["problem_id"]] = log[i]["route"]
             i += 1
         counts = {route: 0 for route in store.ROUTES}
-        for route in state.values():
-            counts[route] += 1
+        if version["counts"] is not None:
+            counts.update(version["counts"])
+        else:
+            for route in state.values():
+                counts[route] += 1
         stamp = dt.datetime.fromtimestamp(version["created_at"])
         rows.extend({"router_version": version["id"], "time": stamp, "route": route, "count": n}
                     for route, n in counts.items())

@@ -29,6 +29,7 @@ def as_version_3(db) -> None:
         if name.startswith("features_") and kind == "trigger":
             db.execute(f"drop trigger {name}")
     db.execute("drop table feature_columns")
+    db.execute("alter table router_versions drop column counts")
     db.execute(f"drop index {store.QUEUE_INDEX}")
     db.execute("drop index idx_traces_created_at")
     db.execute("create index idx_routes_queue on routes (route, value, problem_id)")
@@ -52,6 +53,7 @@ def test_a_version_3_database_upgrades_with_its_queue_and_labels(tmp_path):
     assert [r[0] for r in db.execute(f"select problem_id from routes indexed by {store.QUEUE_INDEX} "
                                      "where route = 'annotate' order by value desc, problem_id")] == queue
     assert len(store.effective_labels(db)) == 1
+    assert [v["counts"] for v in store.router_versions(db)] == [None]  # older versions keep no mix
     table = store.load_feature_table(db, "synth")  # no column copy yet: built from the rows
     assert len(table) == 30 and db.execute("select n from feature_columns").fetchone()[0] == 30
     nxt = store.next_item(db, "bob")

@@ -259,6 +259,15 @@ def test_route_mix_series_counts_every_problem_per_version(db):
     assert last == store.route_counts(db)
 
 
+def test_route_mix_from_stored_counts_matches_the_route_log_replay(db):
+    views.set_budget(db, user="lee", total=25)
+    views.set_target_precision(db, user="lee", target=0.95)
+    stored = views.route_mix_series(db)
+    assert all(v["counts"] is not None for v in store.router_versions(db))
+    db.execute("update router_versions set counts = null")  # as a database from before migration 4
+    assert views.route_mix_series(db) == stored
+
+
 def test_router_history_has_thresholds_and_notes(db):
     views.set_target_precision(db, user="lee", target=0.9)
     history = views.router_history(db)
