@@ -35,6 +35,21 @@ from .steps import cue_counts, segment_steps
 
 PROMPT_TEMPLATE = ("{problem}\n\nSolve it step by step. Then give the final answer on its own line "
                    "as 'Answer: <number>'.")
+# Worked examples shown as earlier chat turns: one calculation per line, then the answer line.
+# With them the embedded model's greedy accuracy on the demo mix rose from 0.08 to 0.28 (96
+# problems; README), its chains stay a few lines long instead of looping through numbered lists,
+# and nearly every chain ends in a parsable "Answer:" line. The names are not the generator's.
+PROMPT_EXAMPLES = (
+    ("Lena has 4 shells. She finds 3 more shells. How many shells does Lena have now?",
+     "Lena has 4 + 3 = 7 shells.\nAnswer: 7"),
+    ("Omar has 9 cards. He gives away 5 cards. Then he buys 6 more cards. How many cards does Omar have now?",
+     "After giving away 5, Omar has 9 - 5 = 4 cards.\nAfter buying 6 more, he has 4 + 6 = 10 cards.\nAnswer: 10"),
+    ("Sara has 3 stickers. The number of stickers doubles to 2 times as many. Then she uses 4 stickers. "
+     "How many stickers does Sara have in the end?",
+     "2 times as many is 3 * 2 = 6 stickers.\nAfter using 4, she has 6 - 4 = 2 stickers.\nAnswer: 2"),
+    ("Ken has 8 books. Ken loses 3 of the books. How many books does Ken have in the end?",
+     "Ken has 8 - 3 = 5 books.\nAnswer: 5"),
+)
 ATTN_IMPL = "pivottrace"  # SDPA, plus streamed statistics while a collector is active
 ARRAY_KEYS = ("entropy", "segment_attention", "temporal_change", "consistency", "pred_entropy_mean",
               "pred_entropy_max", "cue", "token_entropy", "token_logprob")
@@ -53,6 +68,7 @@ class TraceConfig:
     batch_size: int = 8  # problems decoded together, 1 + K rows each (40 rows: where CPU decoding turns compute-bound)
     seed: int = 0  # torch seed for sampling: same problems + config -> same samples
     prompt_template: str = PROMPT_TEMPLATE  # "{problem}" is replaced by the problem text
+    prompt_examples: tuple = PROMPT_EXAMPLES  # (problem, worked solution) pairs shown first; () for none
     stop_at_answer: bool = True  # stop a completion after its "Answer: <number>" line (EOS stops anyway)
     dtype: str = "auto"  # "float32" | "bfloat16" | "auto": bfloat16 where the CPU has native bf16 (~1.4x faster)
 
@@ -61,6 +77,8 @@ class TraceConfig:
                   "temperature": self.temperature > 0, "top_p": 0 < self.top_p <= 1,
                   "query_chunk": self.query_chunk >= 1, "batch_size": self.batch_size >= 1,
                   "prompt_template": "{problem}" in self.prompt_template,
+                  "prompt_examples": all(len(pair) == 2 and all(isinstance(x, str) and x.strip() for x in pair)
+                                         for pair in self.prompt_examples),
                   "dtype": self.dtype in ("auto", "float32", "bfloat16")}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -352,13 +370,20 @@ def _empty_arrays(n_layers: int) -> dict[str, np.ndarray]:
 # Text -> tokens -> steps
 
 
-def build_prompt(tokenizer, problem_text: str, template: str = PROMPT_TEMPLATE) -> str:
-    """The prompt string: the chat template with a generation prompt when the tokenizer has one."""
-    content = template.replace("{problem}", problem_text.strip())
+def build_prompt(tokenizer, problem_text: str, template: str = PROMPT_TEMPLATE, examples=()) -> str:
+    """The prompt string: each (problem, solution) of `examples` as an earlier exchange, then the
+    problem; through the chat template with a generation prompt when the tokenizer has one, else
+    as plain text (problem, solution, a blank line; the problem last)."""
+    def ask(text: str) -> str:
+        return template.replace("{problem}", text.strip())
+
+    pairs = [(ask(question), solution.strip()) for question, solution in examples]
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
-    return content + "\n"
+        turns = [turn for question, solution in pairs
+                 for turn in ({"role": "user", "content": question}, {"role": "assistant", "content": solution})]
+        turns.append({"role": "user", "content": ask(problem_text)})
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{question}\n{solution}\n\n" for question, solution in pairs) + ask(problem_text) + "\n"
 
 
 def token_steps(completion: str, offsets: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], np.ndarray]:
@@ -524,7 +549,8 @@ class Tracer:
     # -- generation ---------------------------------------------------------------------------
 
     def _prompts(self, problems: list[str]) -> list[str]:
-        return [build_prompt(self.tokenizer, p, self.config.prompt_template) for p in problems]
+        return [build_prompt(self.tokenizer, p, self.config.prompt_template, self.config.prompt_examples)
+                for p in problems]
 
     def _answered(self, tokens: list[int]) -> bool:
         """True once the completion's latest line is a finished "Answer: <number>" line."""
@@ -601,7 +627,7 @@ class Tracer:
 
     def analyse(self, problem_text: str, completion: str) -> TraceResult:
         """Teacher-forced analysis of one completion (from generate_greedy, or sampled elsewhere)."""
-        prompt = build_prompt(self.tokenizer, problem_text, self.config.prompt_template)
+        prompt = build_prompt(self.tokenizer, problem_text, self.config.prompt_template, self.config.prompt_examples)
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         enc = self.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
         completion_ids, offsets = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]

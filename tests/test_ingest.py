@@ -100,9 +100,9 @@ def test_unknown_format_is_a_clear_error(tmp_path):
 
 
 def test_demo_generator_is_deterministic_with_known_answers():
-    first, again = demo_problems(60, seed=3), demo_problems(60, seed=3)
+    first, again = demo_problems(200, seed=3), demo_problems(200, seed=3)
     assert [p.id for p in first] == [p.id for p in again]
-    assert len({p.id for p in first}) == 60
+    assert len({p.id for p in first}) == 200
     assert {p.meta["steps"] for p in first} == {1, 2, 3, 4}
     assert all(p.gold is not None and int(p.gold) >= 0 for p in first)
     assert demo_problems(5, seed=4)[0].id != first[0].id

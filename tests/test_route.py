@@ -127,9 +127,12 @@ def test_bad_inputs_are_refused_with_clear_errors():
 
 # --------------------------------------------------------------------------- recalibration
 
+POOL_MIX = (0.55, 0.25, 0.12, 0.08)  # these tests' pool, fixed apart from the product's demo mix
+
+
 def synthetic_db(path, *, n: int = 160, budget: int = 80, seed: int = 0, model_id: str = "synth"):
     db = store.open_db(path)
-    problems = demo_problems(n, seed=seed)
+    problems = demo_problems(n, seed=seed, mix=POOL_MIX)
     store.insert_problems(db, problems)
     store.upsert_model(db, model_id, spec="synthetic", n_layers=6)
     rng = np.random.default_rng(seed)

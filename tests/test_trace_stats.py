@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pivottrace import trace  # isort: skip  (first: importing pivottrace sets OMP_WAIT_POLICY before torch loads)
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from pivottrace.answers import extract_answer
 from pivottrace.steps import segment_steps
 
 VOCAB = 101
@@ -204,11 +207,21 @@ def test_build_prompt_with_and_without_chat_template():
 
         def apply_chat_template(self, messages, tokenize, add_generation_prompt):
             assert not tokenize and add_generation_prompt
-            return f"<user>{messages[0]['content']}<assistant>"
+            return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
 
     assert trace.build_prompt(Plain(), " 2+2? ", "Q: {problem}") == "Q: 2+2?\n"
     assert trace.build_prompt(Chat(), "2+2?", "Q: {problem}") == "<user>Q: 2+2?<assistant>"
+    shots = [("1+1?", "1 + 1 = 2\nAnswer: 2 "), ("3-1?", "Answer: 2")]
+    assert trace.build_prompt(Chat(), "2+2?", "Q: {problem}", shots) == (
+        "<user>Q: 1+1?<assistant>1 + 1 = 2\nAnswer: 2<user>Q: 3-1?<assistant>Answer: 2<user>Q: 2+2?<assistant>")
+    assert trace.build_prompt(Plain(), "2+2?", "Q: {problem}", shots) == (
+        "Q: 1+1?\n1 + 1 = 2\nAnswer: 2\n\nQ: 3-1?\nAnswer: 2\n\nQ: 2+2?\n")
     assert "{problem}" in trace.PROMPT_TEMPLATE and "Answer: <number>" in trace.PROMPT_TEMPLATE
+    ops = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__}
+    for _, solution in trace.PROMPT_EXAMPLES:  # the worked examples we ship do their sums right
+        sums = re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", solution)
+        assert sums and all(ops[op](int(a), int(b)) == int(c) for a, op, b, c in sums)
+        assert extract_answer(solution) == sums[-1][3]
 
 
 def test_next_tokens_greedy_rows_and_seeded_sampling():
@@ -233,6 +246,8 @@ def test_trace_config_is_validated_once():
         trace.TraceConfig(top_p=0)
     with pytest.raises(ValueError, match="prompt_template"):
         trace.TraceConfig(prompt_template="no placeholder")
+    with pytest.raises(ValueError, match="prompt_examples"):
+        trace.TraceConfig(prompt_examples=(("a problem", ""),))
     with pytest.raises(ValueError, match="dtype"):
         trace.TraceConfig(dtype="float16")
 
