@@ -5,10 +5,9 @@ import datetime as dt
 
 import numpy as np
 import pytest
+from conftest import build_app_db
 
 from pivottrace import pipeline, store
-from pivottrace.datasets import demo_problems
-from pivottrace.synthetic import synthetic_trace
 
 DAY = 86400
 AT = dt.datetime(2026, 3, 10, 12, tzinfo=dt.timezone.utc).timestamp()
@@ -16,15 +15,8 @@ AT = dt.datetime(2026, 3, 10, 12, tzinfo=dt.timezone.utc).timestamp()
 
 @pytest.fixture
 def db(tmp_path):
-    db = store.open_db(tmp_path / "b.db")
-    problems = demo_problems(40, seed=1)
-    store.insert_problems(db, problems)
-    rng = np.random.default_rng(1)
-    for p in problems:
-        store.save_trace(db, p.id, "synth", synthetic_trace(p, rng))
-    store.add_user(db, "lee", "lead")
+    db = build_app_db(tmp_path / "b.db", n_problems=40, budget=10, seed=1)
     store.set_budget(db, user="lee", total=10, cost_per_label=2.5)
-    pipeline.route(db)
     return db
 
 
