@@ -13,9 +13,8 @@ from pathlib import Path
 from . import store
 from .answers import answers_match, canonical
 from .datasets import LoadResult, RejectedRow, demo_problems, read_pool
-from .features import build_features
+from .features import FeatureTable, build_features
 from .route import RouterConfig, route_pool
-from .features import FeatureTable
 from .uncertainty import EstimatorConfig
 from .uncertainty import choose_estimator as _choose_estimator
 
@@ -99,9 +98,10 @@ def label_outcomes(db, rows=None, *, labels: list[dict] | None = None) -> dict[s
     """{problem_id: 1 if the majority answer was wrong, 0 if right}, from labels in force.
 
     A `flawed` verdict says nothing about the model, so it is left out. With `rows` (feature rows
-    of the model being routed, dicts or a FeatureTable), a label whose shown answer differs from that row's majority answer
-    (traces of a new checkpoint) is re-read against the label's gold: the gold answer of a `wrong`
-    verdict, the shown answer of a `correct` one. `labels`: store.effective_labels(db), if at hand.
+    of the model being routed, dicts or a FeatureTable), a label whose shown answer differs from
+    that row's majority answer (traces of a new checkpoint) is re-read against the label's gold:
+    the gold answer of a `wrong` verdict, the shown answer of a `correct` one. `labels`:
+    store.effective_labels(db), if at hand.
     """
     table = FeatureTable.from_rows(rows or [], ())
     majority = dict(zip(table.ids, table.majority_answers or [None] * len(table)))
