@@ -248,3 +248,16 @@ def demo_problems(n: int = 40, *, seed: int = 0, mix: tuple[float, ...] = DEMO_S
         problem = demo_problem(rng, steps)
         problems.setdefault(problem.id, problem)
     return list(problems.values())
+
+
+def spread_by_steps(problems: list[Problem]) -> list[Problem]:
+    """The same problems, round-robin over their step counts (1, 2, 3, 4, 1, 2, ...; each count's
+    problems in their order), so that a handful from the front covers every difficulty."""
+    seen: dict = {}
+    rank = []
+    for index, problem in enumerate(problems):
+        steps = problem.meta.get("steps", 0)
+        seen[steps] = seen.get(steps, 0) + 1
+        rank.append((seen[steps], steps, index))
+    return [problems[index] for *_, index in sorted(rank)]
+

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import store
 from .answers import answers_match, canonical
-from .datasets import LoadResult, RejectedRow, demo_problems, read_pool
+from .datasets import LoadResult, RejectedRow, demo_problems, read_pool, spread_by_steps
 from .features import FeatureTable, build_features
 from .route import RouterConfig, route_pool
 from .uncertainty import EstimatorConfig
@@ -218,7 +218,10 @@ def label(db, *, problem_id: str, annotator: str, verdict: str, gold_answer: str
 
 def run_demo(db, tracer, *, n_problems: int = 40, n_trace: int = 6, seed: int = 0,
              show_progress: bool = True) -> tuple[IngestReport, TraceRun, RouteReport]:
-    """Generate demo problems, ingest them, trace a handful with `tracer`, and route them."""
-    report = ingest_loaded(db, LoadResult(demo_problems(n_problems, seed=seed), []))
+    """Generate demo problems, ingest them, trace a handful with `tracer`, and route them.
+
+    The handful covers every step count (most demo problems are one-step), so the Inspect page
+    has multi-step chains to show from the start."""
+    report = ingest_loaded(db, LoadResult(spread_by_steps(demo_problems(n_problems, seed=seed)), []))
     run = trace_pool(db, tracer, limit=n_trace, source="demo", show_progress=show_progress)
     return report, run, route(db, model_id=tracer.model_id, note="demo")

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from pivottrace import pipeline, store
 from pivottrace.cli import app
 from pivottrace.datasets import (MAX_TEXT_CHARS, PoolFormatError, demo_problems, problem_id,
-                                 read_pool)
+                                 read_pool, spread_by_steps)
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
@@ -97,6 +97,16 @@ def test_unknown_format_is_a_clear_error(tmp_path):
     bad.write_text("x")
     with pytest.raises(PoolFormatError, match="Unknown pool format"):
         read_pool(bad)
+
+
+def test_spread_by_steps_puts_every_difficulty_up_front():
+    problems = demo_problems(40, seed=0)
+    spread = spread_by_steps(problems)
+    assert sorted(p.id for p in spread) == sorted(p.id for p in problems)  # the same problems
+    counts = sorted({p.meta["steps"] for p in problems})
+    assert [p.meta["steps"] for p in spread[:len(counts)]] == counts
+    ones = [p.id for p in problems if p.meta["steps"] == 1]
+    assert [p.id for p in spread if p.meta["steps"] == 1] == ones  # each group keeps its order
 
 
 def test_demo_generator_is_deterministic_with_known_answers():
