@@ -125,8 +125,6 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db["problems"].create_index(["source"])
 
 
-
-
 def _migration_2(db: sqlite_utils.Database) -> None:
     """Indexes for a pool of 100k problems (bench/store_scale.py measures what each one buys)."""
     # effective_labels / undo: "not exists (select 1 from labels u where u.undoes = l.id)"
