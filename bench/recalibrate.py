@@ -139,15 +139,16 @@ def main() -> None:
         report = reports[-1]
 
         # one recalibration split into the same steps as pipeline.route
-        feats, t_load = timed(store.load_features, db, MODEL_ID)
-        outs, t_outcomes = timed(pipeline.label_outcomes, db, feats)
-        table, t_table = timed(FeatureTable.from_rows, feats)
+        feats = store.load_features(db, MODEL_ID)  # dict rows, for the first version's estimator
+        table, t_load = timed(store.load_feature_table, db, MODEL_ID)
+        outs, t_outcomes = timed(pipeline.label_outcomes, db, table)
         estimator, t_fit = timed(pipeline.choose_estimator, table, outs)
         u, t_predict = timed(estimator.predict, table)
         labelled = {r["problem_id"] for r in store.effective_labels(db)}
-        routing, t_route = timed(route_pool, feats, u, budget_remaining=store.budget_status(db)["remaining"],
+        routing, t_route = timed(route_pool, table, u, budget_remaining=store.budget_status(db)["remaining"],
                                  exclude=labelled)
-        _, t_save = timed(store.save_routes, db, routing.decisions, report.router_version)
+        _, t_save = timed(store.save_route_columns, db, routing.problem_ids, routing.model_ids, routing.routes,
+                          routing.uncertainty, routing.value, report.router_version)
         _, t_old = timed(first_version_estimator, feats, outs)
 
     wall = statistics.median(w for w, _ in runs) * 1e3
@@ -165,9 +166,9 @@ def main() -> None:
           f"recalibration is {wall / floor:.2f}x the floor (CPU {cpu / floor_cpu:.2f}x)")
     print(f"baseline, first version's estimator alone: {t_old * 1e3:.0f} ms vs this one {t_fit * 1e3:.0f} ms "
           f"({t_old / t_fit:.1f}x faster now)")
-    parts = {"store.load_features": t_load, "label_outcomes": t_outcomes, "FeatureTable.from_rows": t_table,
+    parts = {"store.load_feature_table": t_load, "label_outcomes": t_outcomes,
              "choose_estimator (fit, CV metrics, gate)": t_fit, "estimator.predict": t_predict,
-             "route_pool": t_route, "store.save_routes": t_save}
+             "route_pool": t_route, "store.save_route_columns": t_save}
     total = sum(parts.values())
     print("one recalibration, by step (wall):")
     for name, seconds in parts.items():
