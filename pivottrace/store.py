@@ -395,10 +395,9 @@ def load_feature_table(db: sqlite_utils.Database, model_id: str | None = None) -
         numbers = np.load(io.BytesIO(row[3]), allow_pickle=False)  # [F, N]
         return FeatureTable(ids, {name: numbers[j] for j, name in enumerate(names)},
                             model_ids=[model_id] * len(ids), majority_answers=json.loads(row[2]))
-    table = _scan_feature_table(db, model_id)
-    with immediate(db):
-        if db.execute("select 1 from feature_columns where model_id = ?", [model_id]).fetchone() is None:
-            _save_feature_columns(db, _scan_feature_table(db, model_id))  # rows as of the write lock
+    with immediate(db):  # scanned under the write lock, so the copy saved is of these very rows
+        table = _scan_feature_table(db, model_id)
+        _save_feature_columns(db, table)
     return table
 
 
