@@ -2,11 +2,14 @@
 
 `TraceResult` is what one teacher-forced analysis pass yields; `ProblemTrace` adds the K sampled
 completions. trace.py fills them from a model; synthetic.py fills them with realistic fakes.
+`FeatureTable` and the feature column names live here too, so the store can build the table
+without importing a pipeline stage (features.py computes the rows). No computation, no I/O.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
@@ -49,3 +52,78 @@ class ProblemTrace:
     sample_answers: list[str | None]
     generated_tokens: int  # tokens generated for this problem, greedy + samples
     seconds: float  # its share of the batch's generation time (by tokens) plus its own analysis
+
+
+# Feature columns the uncertainty model reads, all numeric. Names match the `features` table.
+NUMERIC_FEATURES = (
+    "mean_logprob", "min_logprob", "answer_prob",
+    "vote_share", "n_distinct", "vote_entropy",
+    "answer_found", "greedy_agrees", "length",
+    "pivot_density", "max_pivot_score", "mean_entropy", "mean_temporal", "mean_consistency",
+)
+
+
+# Columns besides NUMERIC_FEATURES that routing reads from every row.
+ROUTING_COLUMNS = ("pivot_density", "vote_share")
+
+
+@dataclass
+class FeatureTable:
+    """A pool's feature rows as columns: numbers as float arrays (NaN = missing), converted once.
+
+    Built from feature dicts (`from_rows`) or straight from the store (store.load_feature_table,
+    without a dict per row). `model_ids` and `majority_answers` are kept when the rows have them;
+    routing needs both. `cache` holds the prior's outputs, keyed by the prior.
+    """
+
+    ids: list[str]  # [N] problem ids
+    columns: dict[str, np.ndarray]  # name -> [N] float64
+    model_ids: list | None = None  # [N]
+    majority_answers: list | None = None  # [N] canonical majority answer, None where there is none
+    cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_rows(cls, rows, names=NUMERIC_FEATURES) -> "FeatureTable":
+        if isinstance(rows, FeatureTable):
+            return rows
+        names = tuple(names)
+        try:  # one pass over the rows; a row without some column falls back to .get
+            values = [itemgetter(*names)(r) for r in rows] if len(names) > 1 else None
+        except KeyError:
+            values = None
+        if values is not None:
+            matrix = np.array(values, dtype=np.float64).reshape(len(rows), len(names))  # [N, F], None -> NaN
+            columns = {name: matrix[:, j].copy() for j, name in enumerate(names)}
+        else:
+            columns = {name: np.array([r.get(name) for r in rows], dtype=np.float64).reshape(len(rows))
+                       for name in names}  # None -> NaN
+        return cls([r["problem_id"] for r in rows], columns,
+                   model_ids=[r.get("model_id") for r in rows],
+                   majority_answers=[r.get("majority_answer") for r in rows])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def column(self, name: str) -> np.ndarray:
+        """[N] one column as stored (NaN where missing)."""
+        if name not in self.columns:
+            raise KeyError(f"Feature table has no column {name!r}.")
+        return self.columns[name]
+
+    def matrix(self, names) -> np.ndarray:
+        """[N, F] with each column's missing values replaced by its median (0 if all missing)."""
+        out = np.empty((len(self), len(names)), dtype=np.float64)  # [N, F]
+        for j, name in enumerate(names):
+            column = self.column(name)
+            nan = np.isnan(column)
+            out[:, j] = column
+            if nan.any():
+                out[nan, j] = 0.0 if nan.all() else float(np.median(column[~nan]))
+        return out
+
+    def take(self, indexes: np.ndarray) -> "FeatureTable":
+        def pick(values):
+            return None if values is None else [values[i] for i in indexes]
+
+        return FeatureTable(pick(self.ids), {k: v[indexes] for k, v in self.columns.items()},
+                            model_ids=pick(self.model_ids), majority_answers=pick(self.majority_answers))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from .features import NUMERIC_FEATURES, ROUTING_COLUMNS, FeatureTable
+from .records import NUMERIC_FEATURES, ROUTING_COLUMNS, FeatureTable
 
 DEFAULT_DB = "pivottrace.db"
 ROLES = ("annotator", "researcher", "lead")
