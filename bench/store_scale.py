@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pivottrace import pipeline, store, views  # noqa: E402
+from pivottrace import analytics, pipeline, store, views  # noqa: E402
 from pivottrace.answers import canonical  # noqa: E402
 from pivottrace.datasets import Problem, demo_problems, problem_id  # noqa: E402
 from pivottrace.features import FeatureTable, build_features  # noqa: E402
@@ -431,13 +431,13 @@ def main() -> None:
 
     # ---------------------------------------------------------------- budget page
     print("\nBudget page aggregates")
-    agg, _ = paired(lambda: store.budget_aggregates(db), None, max(args.repeats // 3, 3))
+    agg, _ = paired(lambda: analytics.budget_aggregates(db), None, max(args.repeats // 3, 3))
     spent, spent_old = paired(lambda: store.labels_spent(db), lambda: db.execute(
         "select count(*) from problems not indexed where verdict is not null").fetchone(), args.repeats)
-    print(verdict_line("store.budget_aggregates", *agg, TARGET_BUDGET_MS, "ms"))
+    print(verdict_line("analytics.budget_aggregates", *agg, TARGET_BUDGET_MS, "ms"))
     print(f"  labels_spent: {spent[0]:.2f} ms with the partial index, {spent_old[0]:.2f} ms scanning "
           f"problems ({ratio(spent_old[0], spent[0])})")
-    aggregates = store.budget_aggregates(db)
+    aggregates = analytics.budget_aggregates(db)
     print(f"  spent {aggregates['spent']}, remaining {aggregates['remaining']}, "
           f"burn {aggregates['burn_rate_per_day']:.1f}/day, run-out {aggregates['projected_run_out']}")
 

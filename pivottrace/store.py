@@ -709,121 +709,22 @@ def effective_labels(db: sqlite_utils.Database) -> list[dict]:
         "and not exists (select 1 from labels u2 where u2.undoes = l2.id)) order by l.id"))
 
 
-# --------------------------------------------------------------------------- budget page and export
+# --------------------------------------------------------------------------- labels for analytics and export
 
-BURN_WINDOW_DAYS = 7  # burn rate = labels per day over the last week: smooths weekends, still recent
-DAY_SECONDS = 86400
-PER_DAY_MAX_DAYS = 90  # the daily series the Budget page charts stops this far back
+def verdicts_in_force_by_annotator(db: sqlite_utils.Database) -> list[tuple[str, str, str]]:
+    """(annotator, problem_id, verdict) of every verdict not undone, oldest first (analytics keeps
+    the latest per annotator and problem)."""
+    return db.execute(
+        "select annotator, problem_id, verdict from labels l "
+        "where verdict in ('correct', 'wrong', 'flawed') "
+        "and not exists (select 1 from labels u where u.undoes = l.id) order by id").fetchall()
 
 
-def budget_aggregates(db: sqlite_utils.Database, *, at: float | None = None,
-                      window_days: float = BURN_WINDOW_DAYS) -> dict:
-    """Everything the Budget page shows, from a few indexed queries (milliseconds at 100k problems).
-
-    Returns a dict:
-        total, cost_per_label, spent, remaining: as budget_status (total/remaining None: no budget)
-        cost_spent: spent * cost_per_label
-        burn_rate_per_day: labels in force created in the last `window_days` days, per day (the
-            window shrinks to the time since the first label when that is shorter, but not below
-            one day)
-        window_days: the window actually used
-        projected_run_out: ISO date (UTC) when `remaining` reaches 0 at that rate; None without a
-            budget or a burn rate; today when nothing remains
-        per_day: [{day: "YYYY-MM-DD", labels}] from the first label's day to today, zeros
-            included (at most PER_DAY_MAX_DAYS days)
-        annotators: [{annotator, labels, correct, wrong, flawed, skips, undos, median_seconds,
-            accept_rate: share of "correct" among correct/wrong (how often they agree with the
-                model's majority answer),
-            agreement: share of their verdicts equal to another annotator's on the same problem;
-                None while no problem has verdicts from two annotators}], most labels first
-        agreement: the same pairwise agreement over everyone, or None
-        routes: {route: count}; queue_remaining: unlabelled `annotate` items
-    `at` is the time to measure against (default now).
-    """
-    import datetime as dt
-
-    at = now() if at is None else float(at)
-    budget = budget_status(db)
-    in_force = effective_labels(db)
-
-    def day(stamp: float) -> dt.date:
-        return dt.datetime.fromtimestamp(stamp, dt.timezone.utc).date()
-
-    span_days, burn, per_day = float(window_days), 0.0, []
-    if in_force:
-        first = min(r["created_at"] for r in in_force)
-        span_days = min(span_days, max((at - first) / DAY_SECONDS, 1.0))
-        burn = sum(1 for r in in_force if r["created_at"] >= at - span_days * DAY_SECONDS) / span_days
-        counts: dict = {}
-        for r in in_force:
-            counts[day(r["created_at"])] = counts.get(day(r["created_at"]), 0) + 1
-        last = day(at)
-        start = max(min(counts), last - dt.timedelta(days=PER_DAY_MAX_DAYS - 1))
-        per_day = [{"day": (start + dt.timedelta(days=k)).isoformat(),
-                    "labels": counts.get(start + dt.timedelta(days=k), 0)}
-                   for k in range((last - start).days + 1)]
-    run_out = None
-    if budget["remaining"] is not None and (burn > 0 or budget["remaining"] == 0):
-        days_left = budget["remaining"] / burn if burn > 0 else 0.0
-        run_out = day(at + days_left * DAY_SECONDS).isoformat()
-
-    # pairwise agreement: verdicts not undone, the latest per (annotator, problem)
-    latest: dict = {}
-    for annotator, problem_id, verdict in db.execute(
-            "select annotator, problem_id, verdict from labels l "
-            "where verdict in ('correct', 'wrong', 'flawed') "
-            "and not exists (select 1 from labels u where u.undoes = l.id) order by id"):
-        latest[(annotator, problem_id)] = verdict
-    by_problem: dict = {}
-    for (annotator, problem_id), verdict in latest.items():
-        by_problem.setdefault(problem_id, []).append((annotator, verdict))
-    pairs: dict = {}  # annotator -> [agreeing pairs, pairs]
-    for votes in by_problem.values():
-        for i, (a, va) in enumerate(votes):
-            for b, vb in votes[i + 1:]:
-                for who in (a, b):
-                    tally = pairs.setdefault(who, [0, 0])
-                    tally[0] += int(va == vb)
-                    tally[1] += 1
-    all_pairs = sum(t[1] for t in pairs.values()) / 2
-
-    people: dict = {}
-    for r in in_force:
-        person = people.setdefault(r["annotator"], {"correct": 0, "wrong": 0, "flawed": 0, "seconds": []})
-        person[r["verdict"]] += 1
-        if r["seconds"] is not None:
-            person["seconds"].append(r["seconds"])
-    other: dict = {name: {"skip": 0, "undo": 0} for name in people}
-    for annotator, verdict, n in db.execute(
-            "select annotator, verdict, count(*) from labels l where verdict in ('skip', 'undo') "
-            "and not exists (select 1 from labels u where u.undoes = l.id) group by annotator, verdict"):
-        other.setdefault(annotator, {"skip": 0, "undo": 0})[verdict] = n
-    for name in pairs:  # labelled, though none of their labels is the one in force
-        other.setdefault(name, {"skip": 0, "undo": 0})
-    annotators = []
-    for name, extra in other.items():
-        person = people.get(name, {"correct": 0, "wrong": 0, "flawed": 0, "seconds": []})
-        judged = person["correct"] + person["wrong"]
-        tally = pairs.get(name)
-        annotators.append({
-            "annotator": name, "labels": judged + person["flawed"], "correct": person["correct"],
-            "wrong": person["wrong"], "flawed": person["flawed"], "skips": extra["skip"],
-            "undos": extra["undo"],
-            "median_seconds": float(np.median(person["seconds"])) if person["seconds"] else None,
-            "accept_rate": person["correct"] / judged if judged else None,
-            "agreement": tally[0] / tally[1] if tally else None,
-        })
-    annotators.sort(key=lambda a: (-a["labels"], a["annotator"]))
-
-    queue = db.execute("select count(*) from routes r cross join problems p on p.id = r.problem_id "
-                       "where r.route = 'annotate' and p.verdict is null").fetchone()[0]
-    return {
-        **budget, "cost_spent": budget["spent"] * (budget["cost_per_label"] or 0.0),
-        "burn_rate_per_day": burn, "window_days": span_days, "projected_run_out": run_out,
-        "per_day": per_day, "annotators": annotators,
-        "agreement": sum(t[0] for t in pairs.values()) / 2 / all_pairs if all_pairs else None,
-        "routes": route_counts(db), "queue_remaining": queue,
-    }
+def skip_undo_counts(db: sqlite_utils.Database) -> list[tuple[str, str, int]]:
+    """(annotator, "skip" or "undo", count) over the skip and undo rows not themselves undone."""
+    return db.execute(
+        "select annotator, verdict, count(*) from labels l where verdict in ('skip', 'undo') "
+        "and not exists (select 1 from labels u where u.undoes = l.id) group by annotator, verdict").fetchall()
 
 
 def export_rows(db: sqlite_utils.Database, routes: tuple[str, ...]) -> list[dict]:

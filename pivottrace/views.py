@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import pipeline, store
+from . import analytics, pipeline, store
 from .answers import canonical, majority_vote, parse_gold_input
 from .datasets import PoolFormatError, read_pool_bytes
 from .pivots import PIVOT_THRESHOLD, pool_stats, score_trace
@@ -465,7 +465,7 @@ class BudgetView:
     remaining: int | None
     spent_cost: float
     remaining_cost: float | None
-    burn_per_day: float  # labels per day over the recent window (store.budget_aggregates)
+    burn_per_day: float  # labels per day over the recent window (analytics.budget_aggregates)
     run_out: dt.date | None  # projected date the budget is spent at that rate
     deferred: int  # problems the router wanted to annotate but the budget could not cover
     queue: int  # unlabelled problems in the annotate queue
@@ -475,8 +475,8 @@ class BudgetView:
 
 
 def budget_view(db, *, now: float | None = None) -> BudgetView:
-    """The Budget page's numbers, from store.budget_aggregates, shaped for metrics, charts and tables."""
-    agg = store.budget_aggregates(db, at=now)
+    """The Budget page's numbers, from analytics.budget_aggregates, shaped for metrics, charts and tables."""
+    agg = analytics.budget_aggregates(db, at=now)
     cost = float(agg["cost_per_label"] or 0.0)
     spent, per_day = 0, []
     for row in agg["per_day"]:

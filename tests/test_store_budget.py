@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import build_app_db
 
-from pivottrace import pipeline, store
+from pivottrace import analytics, pipeline, store
 
 DAY = 86400
 AT = dt.datetime(2026, 3, 10, 12, tzinfo=dt.timezone.utc).timestamp()
@@ -39,7 +39,7 @@ def test_budget_aggregates(db):
     label(db, "bob", "correct", 50.0, days_ago=0)
     store.undo_last_label(db, "bob")
 
-    agg = store.budget_aggregates(db, at=AT)
+    agg = analytics.budget_aggregates(db, at=AT)
     assert (agg["total"], agg["spent"], agg["remaining"]) == (10, 4, 6)
     assert agg["cost_spent"] == pytest.approx(10.0)
     assert agg["window_days"] == 7 and agg["burn_rate_per_day"] == pytest.approx(3 / 7)
@@ -62,7 +62,7 @@ def test_budget_aggregates(db):
 
 def test_burn_window_is_the_time_since_the_first_label_and_no_budget_has_no_run_out(tmp_path):
     db = store.open_db(tmp_path / "n.db")
-    agg = store.budget_aggregates(db, at=AT)
+    agg = analytics.budget_aggregates(db, at=AT)
     assert agg["total"] is None and agg["projected_run_out"] is None
     assert agg["burn_rate_per_day"] == 0 and agg["per_day"] == [] and agg["annotators"] == []
 
@@ -70,7 +70,7 @@ def test_burn_window_is_the_time_since_the_first_label_and_no_budget_has_no_run_
 def test_short_history_uses_a_shorter_window(db):
     label(db, "ann", "correct", 5.0, days_ago=2)
     label(db, "ann", "correct", 5.0, days_ago=0)
-    agg = store.budget_aggregates(db, at=AT)
+    agg = analytics.budget_aggregates(db, at=AT)
     assert agg["window_days"] == pytest.approx(2.0) and agg["burn_rate_per_day"] == pytest.approx(1.0)
 
 
@@ -82,7 +82,7 @@ def test_pairwise_agreement_when_two_annotators_label_one_problem(db):
         db["labels"].insert({"problem_id": problem_id, "annotator": "bob", "verdict": verdict,
                              "gold_answer": None, "shown_answer": None, "seconds": 5.0,
                              "created_at": AT - DAY, "undoes": None, "router_version": None})
-    agg = store.budget_aggregates(db, at=AT)
+    agg = analytics.budget_aggregates(db, at=AT)
     assert agg["agreement"] == pytest.approx(0.5)
     assert {a["annotator"]: a["agreement"] for a in agg["annotators"]} == {"ann": 0.5, "bob": 0.5}
 
