@@ -254,7 +254,7 @@ def users_add(name: str, role: str = typer.Option("annotator", "--role", help="a
 @clean_errors
 def users_list(db: Optional[str] = DbOption):
     """List users and roles."""
-    for row in _db(db).query("select name, role from users order by name"):
+    for row in store.users(_db(db)):
         typer.echo(f"{row['name']}\t{row['role']}")
 
 

@@ -87,7 +87,7 @@ def load_pool(db, *, model_id: str | None = None) -> EvalPool:
     if not traces:
         raise EvaluationError(f"No traces for model {model_id!r}.")
     rows, _ = build_features(traces, store.all_sample_answers(db, model_id))
-    gold = {r["id"]: r["gold"] for r in db.query("select id, gold from problems where gold is not null")}
+    gold = store.gold_answers(db)
     pool = pool_from_rows(rows, gold, model_id=model_id)
     if pool.size < MIN_POOL:
         raise EvaluationError(f"Only {pool.size} traced problems have a gold answer; the evaluation "

@@ -30,10 +30,10 @@ class JobError(store.StoreError):
 
 
 def _db_file(db) -> str:
-    for _, name, path in db.execute("PRAGMA database_list"):
-        if name == "main" and path:
-            return path
-    raise JobError("Background jobs need a database file, not an in-memory database.")
+    path = store.db_file(db)
+    if not path:
+        raise JobError("Background jobs need a database file, not an in-memory database.")
+    return path
 
 
 def log_path(db_file: str, job_id: int) -> Path:

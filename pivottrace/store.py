@@ -212,6 +212,24 @@ def immediate(db: sqlite_utils.Database):
         conn.execute("COMMIT")
 
 
+def db_file(db: sqlite_utils.Database) -> str:
+    """The file behind an open database ("" for an in-memory one)."""
+    for _, name, path in db.execute("PRAGMA database_list"):
+        if name == "main":
+            return path or ""
+    return ""
+
+
+def problem_count(db: sqlite_utils.Database) -> int:
+    return db["problems"].count
+
+
+def gold_answers(db: sqlite_utils.Database) -> dict[str, str]:
+    """problem id -> hidden gold answer, for every problem that has one (the evaluation's oracle
+    reads them; the app's views never do)."""
+    return {r["id"]: r["gold"] for r in db.query("select id, gold from problems where gold is not null")}
+
+
 def schema_version(db: sqlite_utils.Database) -> int:
     return db.execute("PRAGMA user_version").fetchone()[0]
 

@@ -66,10 +66,7 @@ def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str:
 
 def db_path(db) -> str:
     """The file behind an open database ("" for an in-memory one)."""
-    for _, name, path in db.execute("PRAGMA database_list"):
-        if name == "main":
-            return path or ""
-    return ""
+    return store.db_file(db)
 
 
 # --------------------------------------------------------------------------- steps and pivots
@@ -574,7 +571,7 @@ def set_target_precision(db, *, user: str, target: float):
 # --------------------------------------------------------------------------- pool
 
 def is_empty(db) -> bool:
-    return db["problems"].count == 0
+    return store.problem_count(db) == 0
 
 
 def ingest_upload(db, data: bytes, filename: str, *, question_field: str | None = None,
