@@ -27,7 +27,8 @@ from .answers import answers_match
 from .features import NUMERIC_FEATURES, build_features
 from .route import FIXED_THRESHOLDS, RouterConfig, route_pool
 from .uncertainty import (ATTENTION_FEATURES, CalibratedModel, EstimatorConfig, FeatureTable,
-                          can_calibrate, choose_estimator, evaluate, reliability_bins)
+                          can_calibrate, choose_estimator)
+from .metrics import calibration_metrics, reliability_bins
 
 BUDGET_SHARES = (0.05, 0.10, 0.20, 0.30, 0.50)  # label budgets as shares of the pool (the sweep)
 ROUNDS = 5  # labels arrive in this many rounds per budget; the router recalibrates after each
@@ -198,7 +199,7 @@ def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUND
     deferred = ((route == "deferred") | (route == "annotate")) & ~labelled  # unspent picks wait too
     right = 1 - wrong
     train_size = int(labelled.sum() + self_train.sum())
-    metrics = evaluate(u, wrong)
+    metrics = calibration_metrics(u, wrong)
     return BudgetResult(
         strategy=strategy.name, budget_share=budget / pool.size, budget=int(budget),
         labels=int(labelled.sum()), rounds=n_rounds, estimator=estimator.kind,

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .features import ROUTING_COLUMNS, FeatureTable
-from .uncertainty import _percentiles
+from .records import ROUTING_COLUMNS, FeatureTable
+from .uncertainty import pool_percentiles
 
 PIVOT_VALUE_WEIGHT = 0.25  # how much pivot richness lifts an uncertain problem's value (rank tiebreak-ish)
 MAX_PSEUDO_LABEL_ERROR = 0.5  # never self-train on a majority answer we think is likelier wrong than right
@@ -101,7 +101,7 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
     if table.majority_answers is None or table.model_ids is None:
         raise ValueError("Routing needs each row's model_id and majority_answer.")
     density = np.nan_to_num(table.column("pivot_density"))  # [N], missing -> 0
-    value = u * (1.0 + config.pivot_value_weight * _percentiles(density))  # [N]
+    value = u * (1.0 + config.pivot_value_weight * pool_percentiles(density))  # [N]
     has_majority = np.array([a is not None for a in table.majority_answers], bool)  # [N]
     unanimous = has_majority & (np.nan_to_num(table.column("vote_share")) >= 1.0)  # [N]
     open_ = np.ones(n, bool) if not exclude else np.array([pid not in exclude for pid in table.ids], bool)  # [N]

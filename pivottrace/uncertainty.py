@@ -8,8 +8,9 @@ Two estimators with one interface (`predict(rows) -> [N]` probabilities):
   present often enough, starting from the prior and corrected for the labels' selection bias.
   Its ECE, Brier and AUROC come from cross-validation.
 `choose_estimator` picks between them. `rows` may be feature dicts or a `FeatureTable` (built
-once, so a pool of 10,000 is converted once per recalibration). Also the metrics we report (ECE,
-Brier, AUROC, reliability bins). It does not route, read gold answers or touch the database.
+once, so a pool of 10,000 is converted once per recalibration). The metrics it reports (ECE,
+Brier, AUROC, reliability bins) live in metrics.py. It does not route, read gold answers or
+touch the database.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import rankdata
 
-from .features import NUMERIC_FEATURES, FeatureTable
+from .metrics import calibration_metrics
+from .records import NUMERIC_FEATURES, FeatureTable
 
 # Signals read from the attention statistics and the pivots; "no attention" ablations drop them.
 ATTENTION_FEATURES = ("pivot_density", "max_pivot_score", "mean_entropy", "mean_temporal",
@@ -66,7 +68,6 @@ PRIOR_CLIP = 1e-3  # prior probabilities are clipped to [this, 1 - this] before 
 PROPENSITY_UNLABELLED_PER_LABEL = 4  # the labelled-vs-pool fit samples at most this many unlabelled
 # rows per label (10,000 rows made it the slowest fit of a recalibration; 4:1 keeps it well posed)
 MAX_WEIGHT = 10.0  # cap on a label's covariate-shift weight, relative to the median weight
-ECE_BINS = 10
 SOLVER = "newton-cholesky"  # Newton steps: few iterations even with the emphasised prior column;
 # sklearn's pick for many rows and few features (lbfgs took ~50 iterations per fit here)
 FIT_THREADS = 1  # BLAS threads for fits: on problems this small, threads cost more than they save
@@ -75,7 +76,7 @@ FIT_THREADS = 1  # BLAS threads for fits: on problems this small, threads cost m
 
 # --------------------------------------------------------------------------- inputs
 
-def _percentiles(column: np.ndarray) -> np.ndarray:
+def pool_percentiles(column: np.ndarray) -> np.ndarray:
     """Average-rank percentile in [0, 1]; ties share a rank, a constant column gives 0.5."""
     if column.size <= 1 or np.all(column == column[0]):
         return np.full(column.shape, 0.5)
@@ -140,7 +141,7 @@ class ColdStartPrior:
         score = np.zeros(len(table))  # [N]
         for j, name in enumerate(names):
             sign, weight = self.weights[name]
-            score += weight * _percentiles(sign * matrix[:, j])
+            score += weight * pool_percentiles(sign * matrix[:, j])
         return score / total
 
     def predict(self, rows) -> np.ndarray:
@@ -285,7 +286,7 @@ class CalibratedModel:
                 if with_metrics else None
         self.metrics = {}
         if self.oof is not None:
-            self.metrics = {**evaluate(self.oof, y, weights=self.weights), "method": method,
+            self.metrics = {**calibration_metrics(self.oof, y, weights=self.weights), "method": method,
                             "reweighted": bool(self.reweight)}
         return self
 
@@ -403,7 +404,7 @@ def choose_estimator(rows, outcomes: dict[str, int], *, config: EstimatorConfig 
     enough = np.bincount(wrong, minlength=2).min() >= EVENTS_PER_INPUT * n_inputs
     first = (full if enough else rescaled).fit(labels, wrong, pool=table)
     weights = first.weights
-    prior_metrics = evaluate(prior.predict(table)[labelled], wrong, weights=weights)
+    prior_metrics = calibration_metrics(prior.predict(table)[labelled], wrong, weights=weights)
     floor = (prior_metrics["auroc"] or 0.0) - AUROC_TOLERANCE
     scores = {"prior": (prior_metrics["brier"], prior_metrics["auroc"])}
     candidates = {"prior": prior}
@@ -432,56 +433,3 @@ def choose_estimator(rows, outcomes: dict[str, int], *, config: EstimatorConfig 
         prior.metrics = {**prior_metrics, "kept_prior": True}
     chosen.metrics["candidates"] = {name: {"brier": b, "auroc": a} for name, (b, a) in scores.items()}
     return chosen
-
-
-def cross_validated_metrics(x: np.ndarray, y: np.ndarray, *, method: str = "sigmoid",
-                            weights: np.ndarray | None = None) -> dict:
-    """ECE, Brier and AUROC of `cross_fitted_probabilities` ({} when there are too few labels)."""
-    with single_threaded():
-        probs = cross_fitted_probabilities(x, y, method=method, weights=weights)
-    return {} if probs is None else evaluate(probs, y, weights=weights)
-
-
-# --------------------------------------------------------------------------- metrics
-
-def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS, *,
-                               weights: np.ndarray | None = None) -> float:
-    """ECE with equal-width bins: sum over bins of |mean prob - frequency| * bin share (weighted)."""
-    probs, y = np.asarray(probs, float), np.asarray(y, float)
-    if probs.size == 0:
-        return float("nan")
-    w = np.ones(probs.size) if weights is None else np.asarray(weights, float)  # [N]
-    bins = np.minimum((probs * n_bins).astype(int), n_bins - 1)  # [N]
-    ece = 0.0
-    for b in range(n_bins):
-        mask = bins == b
-        if mask.any():
-            share = w[mask].sum() / w.sum()
-            ece += share * abs(np.average(probs[mask], weights=w[mask]) - np.average(y[mask], weights=w[mask]))
-    return float(ece)
-
-
-def reliability_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -> list[dict]:
-    """Per non-empty equal-width bin: {lo, hi, mean_prob, frequency, n} (a reliability diagram)."""
-    probs, y = np.asarray(probs, float), np.asarray(y, float)
-    bins = np.minimum((probs * n_bins).astype(int), n_bins - 1)  # [N]
-    out = []
-    for b in range(n_bins):
-        mask = bins == b
-        if mask.any():
-            out.append({"lo": b / n_bins, "hi": (b + 1) / n_bins, "mean_prob": float(probs[mask].mean()),
-                        "frequency": float(y[mask].mean()), "n": int(mask.sum())})
-    return out
-
-
-def evaluate(probs: np.ndarray, y: np.ndarray, *, weights: np.ndarray | None = None) -> dict:
-    """{ece, brier, auroc, n}; AUROC is None when only one outcome is present."""
-    from sklearn.metrics import brier_score_loss, roc_auc_score
-
-    probs, y = np.asarray(probs, float), np.asarray(y, int)
-    if y.size == 0:
-        return {"ece": None, "brier": None, "auroc": None, "n": 0}
-    auroc = float(roc_auc_score(y, probs, sample_weight=weights)) if len(set(y.tolist())) == 2 else None
-    return {"ece": expected_calibration_error(probs, y, weights=weights),
-            "brier": float(brier_score_loss(y, probs, sample_weight=weights, labels=[0, 1])),
-            "auroc": auroc, "n": int(y.size)}

@@ -9,7 +9,8 @@ import pytest
 from pivottrace.features import NUMERIC_FEATURES
 from pivottrace.uncertainty import (AUROC_TOLERANCE, VOTE_FLOOR, CalibratedModel, ColdStartPrior, EstimatorConfig,
                                     FeatureTable, can_calibrate, choose_estimator,
-                                    covariate_shift_weights, evaluate, expected_calibration_error)
+                                    covariate_shift_weights)
+from pivottrace.metrics import calibration_metrics, expected_calibration_error
 
 TYPICAL = {  # a middling problem: split vote, middling confidence and pivots
     "vote_share": 0.6, "n_distinct": 2, "vote_entropy": 0.67, "answer_found": 1, "greedy_agrees": 1,
@@ -82,7 +83,7 @@ def test_calibrated_model_with_the_prior_as_input_still_learns_the_labels():
     model = CalibratedModel(columns=("mean_logprob", "vote_share"), prior=ColdStartPrior())
     model.fit(rows[:1000], y[:1000], pool=rows)
     held = model.predict(rows)[1000:]
-    assert evaluate(held, y[1000:])["auroc"] > 0.8
+    assert calibration_metrics(held, y[1000:])["auroc"] > 0.8
     assert expected_calibration_error(held, y[1000:]) < 0.06
 
 
@@ -135,7 +136,7 @@ def test_a_rescaled_prior_keeps_the_priors_ranking_and_fixes_its_scale():
     model = CalibratedModel(columns=(), prior=ColdStartPrior(), kind="calibrated_prior")
     model.fit(pool[:300], y[:300], pool=pool)
     p = model.predict(pool)
-    assert evaluate(p, y)["auroc"] == pytest.approx(evaluate(u, y)["auroc"], abs=0.02)  # same order
+    assert calibration_metrics(p, y)["auroc"] == pytest.approx(calibration_metrics(u, y)["auroc"], abs=0.02)  # same order
     assert abs(p.mean() - y.mean()) < abs(u.mean() - y.mean()) / 3  # the scale follows the labels
 
 
@@ -165,10 +166,10 @@ def test_ece_and_brier_on_hand_computed_cases():
     probs = np.array([0.1, 0.1, 0.9, 0.9])
     y = np.array([0, 0, 1, 1])
     assert expected_calibration_error(probs, y) == pytest.approx(0.1)
-    metrics = evaluate(probs, y)
+    metrics = calibration_metrics(probs, y)
     assert metrics["brier"] == pytest.approx(0.01)
     assert metrics["auroc"] == 1.0
-    assert evaluate(probs, np.ones(4, dtype=int))["auroc"] is None  # one outcome: no AUROC
+    assert calibration_metrics(probs, np.ones(4, dtype=int))["auroc"] is None  # one outcome: no AUROC
     weighted = expected_calibration_error(np.array([0.1, 0.9]), np.array([0, 0]), weights=np.array([3.0, 1.0]))
     assert weighted == pytest.approx(0.75 * 0.1 + 0.25 * 0.9)
 
