@@ -623,7 +623,8 @@ class EvaluationView:
 
 def evaluation_view(folder: str | Path) -> EvaluationView:
     """The latest evaluation report in `folder`, ready to show; a hint when there is none."""
-    from .evaluate import EvaluationError, load_report, summary_lines
+    from .evaluate import EvaluationError, load_report
+    from .report import summary_lines
 
     try:
         report = load_report(folder)

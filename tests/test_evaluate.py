@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pivottrace import evaluate, store
+from pivottrace.report import FIGURE_TITLES
 from pivottrace.cli import app
 from pivottrace.datasets import demo_problems
 from pivottrace.synthetic import synthetic_trace
@@ -52,7 +53,7 @@ def test_eval_writes_the_report_and_leaves_the_database_untouched(synthetic_db_p
         assert (tmp_path / "out" / name).stat().st_size > 0
     if config.png:  # this machine has Chromium: kaleido must have written every chart
         assert report.png_error is None
-        assert sorted(p.name for p in report.pngs.values()) == sorted(f"{k}.png" for k in evaluate.FIGURE_TITLES)
+        assert sorted(p.name for p in report.pngs.values()) == sorted(f"{k}.png" for k in FIGURE_TITLES)
         assert all(p.read_bytes()[:4] == b"\x89PNG" for p in report.pngs.values())
     markdown = (tmp_path / "out" / "report.md").read_text()
     for strategy in ("pivottrace", "random", "confidence_only", "vote_share_only", "no_attention",
@@ -94,7 +95,7 @@ def test_load_report_round_trip_and_a_missing_report(synthetic_db_path, tmp_path
     written = evaluate.write_report(pool, evaluate.run(pool, config=config), tmp_path / "r", config=config)
     loaded = evaluate.load_report(tmp_path / "r")
     assert loaded.results == json.loads(json.dumps(written.results))
-    assert set(loaded.figures) == set(evaluate.FIGURE_TITLES)
+    assert set(loaded.figures) == set(FIGURE_TITLES)
     assert loaded.markdown == written.markdown and loaded.png_error == "PNG export switched off"
     with pytest.raises(evaluate.EvaluationError, match="No evaluation report"):
         evaluate.load_report(tmp_path / "nowhere")

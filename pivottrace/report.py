@@ -1,0 +1,238 @@
+"""Renders an evaluation's results: the Markdown report, the results table, summary lines, plotly figures, HTML.
+
+Input: the result rows (dicts of evaluate.BudgetResult), the pool info and settings. Output:
+strings and plotly figures (and PNG files when kaleido finds a browser). It runs no evaluation,
+reads no database and writes no results.json (evaluate.py does).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+
+MAIN = "pivottrace"  # the strategy under test; the report lists and colours it first
+FIGURE_TITLES = {
+    "auroc": "AUROC of uncertainty for 'majority answer wrong' (whole pool, out-of-sample)",
+    "ece": "Expected calibration error of uncertainty (whole pool, out-of-sample)",
+    "self_train_precision": "Pseudo-label precision of self_train",
+    "training_set": "Exported training set (human gold + pseudo-labels): precision",
+    "wrong_majorities": "Wrong majority answers: caught by humans vs leaked into self_train",
+    "reliability": "Reliability of PivotTrace's uncertainty after each budget",
+}
+
+
+# --------------------------------------------------------------------------- Markdown
+
+TABLE_COLUMNS = (  # (header, key or function of a result row)
+    ("strategy", "strategy"),
+    ("labels", "labels"),
+    ("AUROC", "auroc"),
+    ("ECE", "ece"),
+    ("self_train", "self_train"),
+    ("self_train precision", "self_train_precision"),
+    ("(estimated)", "estimated_self_train_precision"),
+    ("to humans", "human_share"),
+    ("train set", "train_size"),
+    ("train precision", "train_precision"),
+    ("wrong caught", "caught"),
+    ("wrong leaked", "leaked"),
+    ("wrong missed", "missed"),
+    ("low_priority", "low_priority"),
+    ("deferred", "deferred"),
+)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return html.escape(str(value))
+
+
+def results_table(rows: list[dict]) -> str:
+    """A Markdown table, one line per result row."""
+    lines = ["| " + " | ".join(h for h, _ in TABLE_COLUMNS) + " |",
+             "|" + "|".join("---" if k == "strategy" else "---:" for _, k in TABLE_COLUMNS) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r[k]) for _, k in TABLE_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _by_share(rows: list[dict]) -> dict[float, list[dict]]:
+    """Group results by the budget share they were asked for (rounding makes budget/size inexact)."""
+    groups: dict[float, list[dict]] = {}
+    for r in rows:
+        key = round(r["budget_share"], 2)
+        groups.setdefault(key, []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def render_markdown(info: dict, rows: list[dict], settings: dict, *, strategies: list[tuple[str, str]],
+                    pngs: dict, png_error: str | None) -> str:
+    model = html.escape(str(info["model_id"]))
+    out = [
+        "# PivotTrace selection-quality report", "",
+        f"Pool: **{info['size']}** traced problems with gold answers from model `{model}`; the model's "
+        f"majority answer is wrong on **{info['wrong']}** ({info['wrong'] / max(info['size'], 1):.1%})."
+        + (f" {info['n_without_gold']} traced problems had no gold answer and were left out."
+           if info["n_without_gold"] else ""), "",
+        "An oracle plays the annotator from the gold answers. Each strategy starts from the cold-start "
+        f"prior, labels its `annotate` picks in {settings['rounds']} rounds, recalibrates and re-routes "
+        "after each round, until the budget is spent. Uncertainty metrics (AUROC and ECE for 'majority "
+        "answer wrong') cover the whole pool, each problem scored by a model that did not see its label. "
+        "The training set is the human gold labels plus the self_train pseudo-labels; a wrong majority is "
+        "*caught* when a human labelled it and *leaked* when it went to self_train. "
+        f"Self-train precision target: {settings['target_precision']}.", "",
+        "## Strategies", "",
+    ]
+    for name, description in strategies:  # (name, description) in the order evaluate.strategies gives
+        if any(r["strategy"] == name for r in rows):
+            out.append(f"- `{name}`: {html.escape(description)}")
+    out += ["", "## Summary", ""] + summary_lines(rows) + [""]
+    if info.get("signals"):
+        n_unanimous = info["signals"][0]["n_unanimous"]
+        out += ["## Single signals (no labels)", "",
+                "AUROC of each raw signal for 'majority answer wrong', on the whole pool and on the "
+                f"{n_unanimous} problems where every sample agrees. Above 0.5: higher values go with wrong "
+                "answers; below 0.5: lower values do; 0.5: no information.", "",
+                "'Beyond length': the AUROC of what is left of the signal after a linear fit on log(length).", "",
+                "| signal | group | AUROC | beyond length | unanimous only |", "|---|---|---:|---:|---:|"]
+        out += [f"| {html.escape(s['signal'])} | {s['group']} | {_cell(s['auroc'])} | "
+                f"{_cell(s['auroc_beyond_length'])} | {_cell(s['auroc_unanimous'])} |" for s in info["signals"]]
+        out.append("")
+    for share, group in _by_share(rows).items():
+        title = "Cold start (no labels)" if share == 0 else f"Budget {share:.0%} of the pool ({group[0]['budget']} labels)"
+        out += [f"## {title}", "", results_table(group), ""]
+    out += ["## Charts", "", "Interactive: [report.html](report.html)", ""]
+    if pngs:
+        out += [f"![{html.escape(FIGURE_TITLES[name], quote=False)}]({Path(path).name})" for name, path in pngs.items()]
+    elif png_error:
+        out.append(f"PNG export did not run ({html.escape(png_error)}); the charts are in report.html.")
+    return "\n".join(out) + "\n"
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """Plain comparisons of PivotTrace against each baseline, budget by budget (facts, no spin)."""
+    groups = {k: {r["strategy"]: r for r in g} for k, g in _by_share(rows).items() if k > 0}
+    if not groups or not any(MAIN in g for g in groups.values()):
+        return ["(PivotTrace itself was not run.)"]
+    lines = []
+    for rival, what in (("confidence_only", "confidence only"), ("vote_share_only", "vote share only"),
+                        ("no_attention", "the no-attention ablation"), ("random", "random selection")):
+        pairs = [(g[MAIN]["auroc"], g[rival]["auroc"]) for g in groups.values()
+                 if rival in g and MAIN in g and g[MAIN]["auroc"] is not None and g[rival]["auroc"] is not None]
+        if not pairs:
+            continue
+        wins = sum(a > b for a, b in pairs)
+        mean_gap = float(np.mean([a - b for a, b in pairs]))
+        lines.append(f"- AUROC vs {what}: higher at {wins} of {len(pairs)} budgets "
+                     f"(mean difference {mean_gap:+.3f}).")
+    for rival, what in (("random", "random selection"), ("confidence_only", "confidence only"),
+                        ("two_way", "two-way routing"), ("fixed_thresholds", "fixed thresholds")):
+        pairs = [(g[MAIN], g[rival]) for g in groups.values() if rival in g and MAIN in g]
+        if not pairs:
+            continue
+        caught = sum(a["caught"] for a, _ in pairs) - sum(b["caught"] for _, b in pairs)
+        leaked = sum(a["leaked"] for a, _ in pairs) - sum(b["leaked"] for _, b in pairs)
+        lines.append(f"- Wrong majorities vs {what}, summed over budgets: {caught:+d} caught, {leaked:+d} leaked.")
+    return lines
+
+
+# --------------------------------------------------------------------------- charts
+
+STRATEGY_COLOURS = {MAIN: "#2563eb", "random": "#9ca3af", "confidence_only": "#f59e0b",
+                    "vote_share_only": "#16a34a", "no_attention": "#7c3aed", "two_way": "#db2777",
+                    "fixed_thresholds": "#0d9488"}
+
+
+def build_figures(rows: list[dict], *, target_precision: float) -> dict:
+    """Plotly figures of the results (returned, never shown)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = list(dict.fromkeys(r["strategy"] for r in rows))
+
+    def line_figure(key: str, *, include_cold: bool = True, y_range=None) -> go.Figure:
+        fig = go.Figure()
+        for name in names:
+            pts = [r for r in rows if r["strategy"] == name and (include_cold or r["budget"] > 0)
+                   and r[key] is not None]
+            fig.add_trace(go.Scatter(x=[100 * r["budget_share"] for r in pts], y=[r[key] for r in pts],
+                                     mode="lines+markers", name=name,
+                                     line=dict(color=STRATEGY_COLOURS.get(name), width=3 if name == MAIN else 1.5)))
+        fig.update_xaxes(title="label budget (% of pool)")
+        if y_range:
+            fig.update_yaxes(range=y_range)
+        return fig
+
+    figures = {
+        "auroc": line_figure("auroc", y_range=[0.4, 1.0]),
+        "ece": line_figure("ece"),
+        "self_train_precision": line_figure("self_train_precision", include_cold=True),
+        "training_set": line_figure("train_precision", include_cold=True),
+    }
+    figures["self_train_precision"].add_hline(y=target_precision, line_dash="dot",
+                                              annotation_text="target", line_color="#6b7280")
+    wrong = make_subplots(rows=1, cols=2, subplot_titles=("caught (sent to humans)", "leaked into self_train"))
+    for name in names:
+        pts = [r for r in rows if r["strategy"] == name]
+        for col, key in ((1, "caught"), (2, "leaked")):
+            wrong.add_trace(go.Scatter(x=[100 * r["budget_share"] for r in pts], y=[r[key] for r in pts],
+                                       mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1,
+                                       line=dict(color=STRATEGY_COLOURS.get(name),
+                                                 width=3 if name == MAIN else 1.5)), row=1, col=col)
+    wrong.update_xaxes(title="label budget (% of pool)")
+    figures["wrong_majorities"] = wrong
+    reliability = go.Figure()
+    reliability.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect",
+                                     line=dict(color="#9ca3af", dash="dot")))
+    for r in (r for r in rows if r["strategy"] == MAIN):
+        bins = r["reliability"]
+        reliability.add_trace(go.Scatter(
+            x=[b["mean_prob"] for b in bins], y=[b["frequency"] for b in bins], mode="lines+markers",
+            name=f"{r['budget_share']:.0%} ({r['estimator']})", text=[f"n={b['n']}" for b in bins]))
+    reliability.update_xaxes(title="predicted P(majority wrong)", range=[0, 1])
+    reliability.update_yaxes(title="observed share wrong", range=[0, 1])
+    figures["reliability"] = reliability
+    for name, fig in figures.items():
+        fig.update_layout(title=dict(text=FIGURE_TITLES[name], x=0.01, xanchor="left", font=dict(size=14)), height=420,
+                          plot_bgcolor="white", paper_bgcolor="white",
+                          margin=dict(l=50, r=20, t=60, b=50))
+        fig.update_xaxes(gridcolor="#e5e7eb")
+        fig.update_yaxes(gridcolor="#e5e7eb")
+    return figures
+
+
+def write_pngs(figures: dict, folder: Path) -> tuple[dict, str | None]:
+    """PNG files through kaleido (one browser session for all); on failure, say why and go on."""
+    import plotly.io as pio
+
+    paths = {name: folder / f"{name}.png" for name in figures}
+    try:
+        pio.write_images(list(figures.values()), [str(p) for p in paths.values()], width=900, height=420)
+    except Exception as err:  # kaleido missing, or no Chrome/Chromium it can start
+        return {}, f"{type(err).__name__}: {err}".splitlines()[0][:300]
+    return {k: p for k, p in paths.items() if p.is_file()}, None
+
+
+def render_html(info: dict, rows: list[dict], figures: dict) -> str:
+    """One self-contained page: the tables and every figure (plotly.js inlined once, works offline)."""
+    parts = [f"<h1>PivotTrace selection-quality report</h1><p>Pool: {info['size']} problems, model "
+             f"<code>{html.escape(str(info['model_id']))}</code>, majority wrong on {info['wrong']}.</p>"]
+    parts.append("<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in summary_lines(rows)) + "</ul>")
+    for share, group in _by_share(rows).items():
+        title = "Cold start (no labels)" if share == 0 else f"Budget {share:.0%} ({group[0]['budget']} labels)"
+        head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in TABLE_COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{_cell(r[k])}</td>" for _, k in TABLE_COLUMNS) + "</tr>"
+                       for r in group)
+        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>")
+    for i, fig in enumerate(figures.values()):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 6px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>PivotTrace evaluation</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
