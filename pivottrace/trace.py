@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-import math
 import os
 import re
 import shutil
@@ -179,28 +178,7 @@ AttentionMaskInterface.register(ATTN_IMPL, sdpa_mask)  # bool mask, or None when
 
 
 # ---------------------------------------------------------------------------------------------
-# Pure statistics (numpy), shared by the streamed path and the reference
-
-
-def normalised_entropy(p: np.ndarray) -> float:
-    """Entropy of distribution `p` (over its visible keys) divided by log(len(p)); 0 when len(p) == 1."""
-    p = np.asarray(p, dtype=np.float64)
-    if p.size <= 1:
-        return 0.0
-    nz = p[p > 0]
-    return float(-(nz * np.log(nz)).sum() / math.log(p.size))
-
-
-def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
-    """Jensen-Shannon divergence in bits (in [0, 1]) of two distributions on the same support."""
-    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
-    mid = 0.5 * (p + q)
-
-    def kl(a):
-        nz = a > 0
-        return float((a[nz] * np.log2(a[nz] / mid[nz])).sum())
-
-    return max(0.0, 0.5 * kl(p) + 0.5 * kl(q))
+# Pure statistics (numpy) of the streamed path (tests/reference_stats.py recomputes them the slow way)
 
 
 def temporal_change(mass: np.ndarray) -> np.ndarray:
@@ -232,53 +210,6 @@ def layer_consistency(mass: np.ndarray) -> np.ndarray:
     gram = np.einsum("isk,jsk->sij", unit, unit)  # [S, L, L]
     off_diagonal = gram.sum((1, 2)) - np.trace(gram, axis1=1, axis2=2)  # [S]
     return off_diagonal / (n_layers * (n_layers - 1))
-
-
-def reference_stats(attentions, *, q_start: int, token_step: np.ndarray, n_steps: int,
-                    logits: np.ndarray | None = None, token_ids: np.ndarray | None = None) -> dict:
-    """The §3 statistics the slow, obvious way, from full attention maps (tests and benchmark only).
-
-    attentions: per layer [H, T, T] (or [1, H, T, T]) probabilities, e.g. eager + output_attentions.
-    token_step [Tc]: step of each completion token. logits [T, V] and token_ids [T], when given,
-    add the predictive-entropy arrays. Returns the arrays of TraceResult except "cue".
-    """
-    token_step = np.asarray(token_step)
-    n_layers, seq = len(attentions), np.shape(attentions[0])[-1]
-    segment = np.concatenate([np.zeros(q_start, dtype=int), 1 + token_step])  # [T] key -> segment
-    entropy = np.zeros((n_layers, n_steps))
-    mass = np.zeros((n_layers, n_steps, n_steps + 1))
-    counts = np.bincount(token_step, minlength=n_steps)
-    for layer, attention in enumerate(attentions):
-        mean = np.asarray(attention, dtype=np.float64).reshape(-1, seq, seq).mean(0)  # [T, T] heads averaged
-        for t in range(q_start, seq):
-            s = token_step[t - q_start]
-            p = mean[t, :t + 1]  # [t+1] the keys query t can see
-            entropy[layer, s] += normalised_entropy(p) / counts[s]
-            mass[layer, s] += np.bincount(segment[:t + 1], weights=p, minlength=n_steps + 1) / counts[s]
-    change = np.zeros((n_layers, n_steps))
-    for layer in range(n_layers):
-        for s in range(1, n_steps):
-            p = list(mass[layer, s, :s]) + [mass[layer, s, s] + mass[layer, s, s + 1]]
-            q = list(mass[layer, s - 1, :s + 1])
-            change[layer, s] = js_divergence(p, q)
-    consistency = np.ones(n_steps)
-    if n_layers > 1:
-        for s in range(n_steps):
-            sims = [float(mass[i, s] @ mass[j, s] / (np.linalg.norm(mass[i, s]) * np.linalg.norm(mass[j, s])))
-                    for i in range(n_layers) for j in range(i + 1, n_layers)]
-            consistency[s] = np.mean(sims)
-    out = {"entropy": entropy, "segment_attention": mass, "temporal_change": change, "consistency": consistency}
-    if logits is not None:
-        logits = np.asarray(logits, dtype=np.float64)
-        logp = logits - logits.max(-1, keepdims=True)
-        logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))  # [T, V]
-        rows = np.arange(q_start - 1, seq - 1)  # positions predicting the completion tokens
-        token_entropy = -(np.exp(logp[rows]) * logp[rows]).sum(-1)  # [Tc]
-        out["token_entropy"] = token_entropy
-        out["token_logprob"] = logp[rows, np.asarray(token_ids)[q_start:]]
-        out["pred_entropy_mean"] = np.array([token_entropy[token_step == s].mean() for s in range(n_steps)])
-        out["pred_entropy_max"] = np.array([token_entropy[token_step == s].max() for s in range(n_steps)])
-    return out
 
 
 @torch.inference_mode()

@@ -20,6 +20,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from pivottrace.answers import extract_answer
 from pivottrace.steps import segment_steps
 
+import reference_stats as slow
+
 VOCAB = 101
 
 
@@ -45,7 +47,7 @@ def reference(model, ids, prompt_len, token_step, n_steps):
             out = model(torch.tensor([ids]), output_attentions=True, use_cache=False)
     finally:
         model.set_attn_implementation(trace.ATTN_IMPL)
-    return trace.reference_stats([a[0].numpy() for a in out.attentions], q_start=prompt_len,
+    return slow.reference_stats([a[0].numpy() for a in out.attentions], q_start=prompt_len,
                                  token_step=token_step, n_steps=n_steps, logits=out.logits[0].numpy(),
                                  token_ids=np.array(ids))
 
@@ -141,16 +143,16 @@ def test_analyse_ids_validates_its_step_map():
 
 
 def test_normalised_entropy_bounds():
-    assert trace.normalised_entropy(np.full(7, 1 / 7)) == pytest.approx(1.0)
-    assert trace.normalised_entropy(np.eye(5)[2]) == 0.0
-    assert trace.normalised_entropy(np.array([1.0])) == 0.0
+    assert slow.normalised_entropy(np.full(7, 1 / 7)) == pytest.approx(1.0)
+    assert slow.normalised_entropy(np.eye(5)[2]) == 0.0
+    assert slow.normalised_entropy(np.array([1.0])) == 0.0
 
 
 def test_js_divergence():
     p = np.array([0.2, 0.5, 0.3])
-    assert trace.js_divergence(p, p) == pytest.approx(0.0, abs=1e-12)
-    assert trace.js_divergence([1, 0], [0, 1]) == pytest.approx(1.0)  # bits: disjoint support is 1
-    assert trace.js_divergence(p, [0.3, 0.3, 0.4]) == pytest.approx(trace.js_divergence([0.3, 0.3, 0.4], p))
+    assert slow.js_divergence(p, p) == pytest.approx(0.0, abs=1e-12)
+    assert slow.js_divergence([1, 0], [0, 1]) == pytest.approx(1.0)  # bits: disjoint support is 1
+    assert slow.js_divergence(p, [0.3, 0.3, 0.4]) == pytest.approx(slow.js_divergence([0.3, 0.3, 0.4], p))
 
 
 def test_temporal_change_is_zero_when_attention_keeps_its_shape():
