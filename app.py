@@ -6,11 +6,11 @@ database at $PIVOTTRACE_DB. Layout only: every computation lives in the pivottra
 
 import streamlit as st
 
-from pivottrace import jobs, store, views
+from pivottrace import views
 
 st.set_page_config(page_title="PivotTrace", page_icon=":material/alt_route:", layout="wide")
 
-db = store.open_db()
+db = views.open_db()
 
 # ---------------------------------------------------------------- sidebar: who is working
 people = views.user_rows(db)
@@ -21,8 +21,8 @@ roles = {p["name"]: p["role"] for p in people}
 def add_person() -> None:
     name = (st.session_state.get("new_name") or "").strip()
     try:
-        store.add_user(db, name, st.session_state.get("new_role"))
-    except store.StoreError as err:
+        views.add_user(db, name, st.session_state.get("new_role"))
+    except views.StoreError as err:
         st.session_state["sidebar_error"] = str(err)
     else:
         st.session_state["user"] = st.session_state["user_pick"] = name
@@ -47,7 +47,7 @@ with st.sidebar:
     with st.expander("Add a person", expanded=not names):
         with st.form("add_user", clear_on_submit=True, border=False):
             st.text_input("Name", placeholder="e.g. Ana", key="new_name")
-            st.selectbox("Role", store.ROLES, key="new_role")
+            st.selectbox("Role", views.ROLES, key="new_role")
             st.form_submit_button("Add", icon=":material/person_add:", on_click=add_person)
         if "sidebar_error" in st.session_state:
             st.error(views.md(st.session_state.pop("sidebar_error")))
@@ -67,7 +67,7 @@ if views.is_empty(db) and page.title != "Pool":
     st.markdown(
         "The database is empty. PivotTrace needs a pool of problems, traced by a model, before "
         "there is anything to label or inspect. Two ways to start:")
-    running = jobs.active(db)
+    running = views.active_jobs(db)
     left, right = st.columns(2, border=True)
     with left:
         st.markdown("#### :material/play_circle: Run the demo")
@@ -77,7 +77,7 @@ if views.is_empty(db) and page.title != "Pool":
             st.info(f"A {running[0]['kind']} job is running: follow it on the Pool page.")
         elif st.button("Run the demo", type="primary", icon=":material/rocket_launch:"):
             try:
-                jobs.start_demo(db)
+                views.start_demo_job(db)
             except Exception as err:  # a missing model is explained, not a traceback
                 st.error(views.md(err))
             else:

@@ -4,9 +4,9 @@ import time
 
 import streamlit as st
 
-from pivottrace import charts, store, views
+from pivottrace import charts, views
 
-db = store.open_db()
+db = views.open_db()
 user = st.session_state.get("user")
 
 st.title("Annotate", anchor=False)
@@ -24,7 +24,7 @@ def act(action: str, problem_id: str, shown_answer: str | None, gold_key: str | 
                                      shown_answer=shown_answer, seconds=seconds)
     except views.InvalidInput as err:  # its message is Markdown-safe already
         st.session_state["flash"] = ("error", str(err))
-    except store.StoreError as err:
+    except views.StoreError as err:
         st.session_state["flash"] = ("error", views.md(err))
     else:
         st.session_state["flash"] = ("success", outcome.message)
@@ -33,7 +33,7 @@ def act(action: str, problem_id: str, shown_answer: str | None, gold_key: str | 
 def undo() -> None:
     try:
         outcome = views.undo_last(db, user)
-    except store.StoreError as err:
+    except views.StoreError as err:
         st.session_state["flash"] = ("warning", views.md(err))
     else:
         st.session_state["flash"] = ("info", outcome.message)

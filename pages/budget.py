@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-from pivottrace import charts, store, views
+from pivottrace import charts, views
 
-db = store.open_db()
+db = views.open_db()
 user = st.session_state.get("user")
-is_lead = bool(user) and store.user_role(db, user) == "lead"
+is_lead = bool(user) and views.user_role(db, user) == "lead"
 
 st.title("Budget", anchor=False)
 if not is_lead:
@@ -47,7 +47,7 @@ with right:
         if st.form_submit_button("Save budget", type="primary", disabled=not is_lead):
             try:
                 views.set_budget(db, user=user, total=int(total), cost_per_label=float(cost))
-            except (store.StoreError, views.InvalidInput) as err:
+            except (views.StoreError, views.InvalidInput) as err:
                 st.session_state["budget_flash"] = ("error", views.md(err))
             else:
                 st.session_state["budget_flash"] = ("success", f"Budget set to {int(total)} labels; the pool was re-routed.")
@@ -85,7 +85,7 @@ with st.form("target", border=True):
     if st.form_submit_button("Re-route with this target", disabled=not is_lead):
         try:
             report = views.set_target_precision(db, user=user, target=target)
-        except (store.StoreError, views.InvalidInput) as err:
+        except (views.StoreError, views.InvalidInput) as err:
             st.session_state["budget_flash"] = ("error", views.md(err))
         else:
             st.session_state["budget_flash"] = ("success", f"Router v{report.router_version}: " + ", ".join(

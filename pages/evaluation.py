@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from pivottrace import jobs, store, views
+from pivottrace import views
 
-db = store.open_db()
+db = views.open_db()
 folder = views.evaluation_folder()
 
 st.title("Evaluation", anchor=False)
@@ -12,15 +12,15 @@ st.caption("An oracle plays the annotator from the pool's gold answers and repla
            "for a sweep of budgets, against random, confidence-only and vote-share-only selection and "
            "the ablations. Your labels and routes are not touched.")
 
-running = [j for j in jobs.active(db) if j["kind"] == "eval"]
+running = [j for j in views.active_jobs(db) if j["kind"] == "eval"]
 if running:
     st.info(f"Evaluation running: {running[0]['message'] or 'starting'}", icon=":material/hourglass_top:")
 elif st.button("Run the evaluation", icon=":material/play_arrow:",
                help=f"Runs `pivottrace eval --out {folder}` in the background."):
     try:
-        jobs.start_eval(db, folder=str(folder))
+        views.start_eval_job(db, folder=str(folder))
         st.rerun()
-    except jobs.JobError as err:
+    except views.JobError as err:
         st.error(str(err))
 
 view = views.evaluation_view(folder)

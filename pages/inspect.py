@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from pivottrace import charts, store, views
+from pivottrace import charts, views
 
-db = store.open_db()
+db = views.open_db()
 
 
 @st.cache_resource(show_spinner="Loading the model (once per app)...")
@@ -18,12 +18,12 @@ st.title("Inspect", anchor=False)
 with st.container(border=True):
     f1, f2, f3, f4 = st.columns([2, 3, 2, 2])
     search = f1.text_input("Search", placeholder="words or problem id", key="inspect_search")
-    routes = f2.multiselect("Route", ["annotate", "self_train", "low_priority", "deferred"],
+    routes = f2.multiselect("Route", views.ROUTE_CHOICES,
                             format_func=lambda r: r.replace("_", " "), key="inspect_routes")
     min_density = f3.slider("Min pivot density", 0.0, 10.0, 0.0, 0.25, key="inspect_density",
                             help="Pivots per 100 completion tokens.")
     low, high = f4.slider("Uncertainty", 0.0, 1.0, (0.0, 1.0), 0.05, key="inspect_uncertainty")
-    sort = st.segmented_control("Sort by", ["value", "uncertainty", "pivot_density", "recent"], default="value",
+    sort = st.segmented_control("Sort by", views.SORT_CHOICES, default="value",
                                 format_func=lambda s: s.replace("_", " "), key="inspect_sort") or "value"
 
 uncertainty = None if (low, high) == (0.0, 1.0) else (low, high)
@@ -44,7 +44,7 @@ with st.expander(f"Matches ({shown})"):
         "pivot_density": st.column_config.NumberColumn("pivots /100 tok", format="%.2f"),
         "vote_share": st.column_config.NumberColumn("vote share", format="%.2f")})
 
-models = store.trace_models(db, problem_id)
+models = views.trace_models(db, problem_id)
 m1, m2 = st.columns(2)
 model_id = m1.selectbox("Model", models, key="inspect_model")
 others = [m for m in models if m != model_id]

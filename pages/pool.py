@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from pivottrace import jobs, store, views
+from pivottrace import views
 
-db = store.open_db()
+db = views.open_db()
 
 st.title("Pool", anchor=False)
 
@@ -24,7 +24,7 @@ if summary["routed"]:
 
 
 def show_jobs() -> None:
-    rows = jobs.refresh(db)
+    rows = views.refresh_jobs(db)
     if not rows:
         st.caption("No jobs yet.")
         return
@@ -32,11 +32,11 @@ def show_jobs() -> None:
         with st.container(border=True):
             top = st.columns([5, 1])
             top[0].markdown(f"**{job['kind']}** #{job['id']} · {job['status']} · {views.md(job['message'])}")
-            if job["status"] in jobs.ACTIVE:
+            if job["status"] in views.JOB_ACTIVE:
                 fraction = job["done"] / job["total"] if job["total"] else 0.0
                 st.progress(min(fraction, 1.0), text=f"{job['done']} of {job['total'] or '?'}")
                 if top[1].button("Cancel", key=f"cancel-{job['id']}"):
-                    jobs.cancel(db, job["id"])
+                    views.cancel_job(db, job["id"])
                     st.rerun()
 
 
@@ -45,7 +45,7 @@ def live_jobs() -> None:
     """Polls the jobs table while a job runs: progress lives in the database, so a reload or
     another user's browser shows the same bar."""
     show_jobs()
-    if not jobs.active(db):
+    if not views.active_jobs(db):
         st.rerun()  # the job ended: refresh the counts above, and stop polling
 
 
@@ -88,7 +88,7 @@ with right:
     st.caption("Traces problems this model has not traced yet, then routes the pool.")
     if start:
         try:
-            job_id = jobs.start_trace(db, model=model, limit=int(limit), samples=int(samples),
+            job_id = views.start_trace_job(db, model=model, limit=int(limit), samples=int(samples),
                                       max_new_tokens=int(max_tokens))
         except Exception as err:  # a bad model spec is explained, not raised into the page
             st.session_state["pool_flash"] = ("error", views.md(err))
@@ -99,14 +99,14 @@ with right:
     if st.button("Route now", icon=":material/alt_route:", disabled=summary["traced"] == 0,
                  help="Re-score pivots, re-estimate uncertainty and re-route every traced problem."):
         try:
-            job_id = jobs.start_route(db)
-        except store.StoreError as err:
+            job_id = views.start_route_job(db)
+        except views.StoreError as err:
             st.session_state["pool_flash"] = ("error", views.md(err))
         else:
             st.session_state["pool_flash"] = ("success", f"Routing job #{job_id} started.")
         st.rerun()
     st.markdown("##### Jobs")
-    if jobs.active(db):
+    if views.active_jobs(db):
         live_jobs()
     else:
         show_jobs()

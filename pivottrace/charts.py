@@ -1,4 +1,4 @@
-"""Plotly figure builders for the app. Each takes view-models from views.py and returns a figure.
+"""Plotly figure builders for the app. Each takes view-models from views/ and returns a figure.
 
 It never calls Streamlit, reads the database or computes scores: what to draw arrives ready.
 Plotly reads a subset of HTML in labels and hover text, so model text is html-escaped here too.

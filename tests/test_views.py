@@ -1,4 +1,4 @@
-"""views.py: view-models, escaped HTML, guarded actions (labels, undo, budget, router target)."""
+"""views/: view-models, escaped HTML, guarded actions (labels, undo, budget, router target)."""
 
 import json
 

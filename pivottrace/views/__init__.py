@@ -1,0 +1,34 @@
+"""What the app's pages show, computed: one module per page (mirroring pages/) plus common.py.
+
+Pages and app.py import only `pivottrace.views` (and `pivottrace.charts`); every name they use is
+re-exported here, so `views.x` works whichever module defines x. View-models, escaped HTML
+snippets and guarded actions; it never calls Streamlit, never builds figures and runs no SQL.
+"""
+
+from __future__ import annotations
+
+from .common import (  # noqa: F401
+    SIGNAL_NAMES, SCORE_COLOUR_SPAN, PREVIEW_CHARS, InvalidInput, esc, md, preview, db_path,
+    StepView, build_steps, score_colour, steps_html, problem_html, open_db, StoreError, ROLES,
+    add_user, user_role, user_rows, is_empty, JobError, JOB_ACTIVE, active_jobs, refresh_jobs,
+    cancel_job, start_demo_job, start_trace_job, start_route_job, start_eval_job, load_tracer,
+)
+from .annotate import (  # noqa: F401
+    ACTIONS, Candidate, QueueItemView, candidates_from, item_view, next_item, LabelOutcome,
+    submit_label, undo_last, Progress, progress, seconds_since,
+)
+from .inspect import (  # noqa: F401
+    TOKEN_ENTROPY_SPAN, ROUTE_CHOICES, SORT_CHOICES, trace_models, ROUTE_LABELS, INSPECT_LIMIT,
+    ProblemMatches, find_problems, TraceView, trace_view, trace_live, token_colour,
+    step_tokens_html, attention_targets, compare_rows,
+)
+from .budget import (  # noqa: F401
+    BudgetView, budget_view, route_mix_series, router_history, filled_columns,
+    current_target_precision, set_budget, set_target_precision,
+)
+from .pool import (  # noqa: F401
+    ingest_upload, rejected_rows, pool_summary,
+)
+from .evaluation import (  # noqa: F401
+    evaluation_folder, EvaluationView, evaluation_view,
+)

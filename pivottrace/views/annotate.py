@@ -1,0 +1,151 @@
+"""The Annotate page's view-model and actions: the next queue item, label/undo, progress.
+
+Actions validate what the annotator typed (InvalidInput) before anything is saved; the store
+keeps the invariants. It never calls Streamlit and runs no SQL (store.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+from .. import pipeline, store
+from ..answers import canonical, majority_vote, parse_gold_input
+from .common import InvalidInput, StepView, build_steps, md, problem_html, steps_html
+
+# Label actions an annotator can take -> the verdict stored.
+ACTIONS = {"accept": "correct", "wrong": "wrong", "flawed": "flawed", "skip": "skip"}
+
+
+@dataclass
+class Candidate:
+    answer: str  # canonical answer, or "(no answer)"
+    votes: int
+    share: float
+    is_majority: bool
+
+
+@dataclass
+class QueueItemView:
+    problem_id: str
+    text: str
+    source: str
+    model_id: str | None
+    uncertainty: float | None
+    value: float | None
+    router_version: int | None
+    steps: list[StepView]
+    candidates: list[Candidate]
+    majority: str | None  # the answer an "accept" confirms
+    vote_share: float
+    n_pivots: int
+    pivot_density: float
+
+    @property
+    def steps_html(self) -> str:
+        return steps_html(self.steps)
+
+    @property
+    def problem_html(self) -> str:
+        return problem_html(self.text)
+
+
+def candidates_from(answers: list[str | None]) -> tuple[list[Candidate], str | None, float]:
+    """Vote counts of the greedy answer plus the K samples, largest first."""
+    vote = majority_vote(answers)
+    total = max(sum(vote.counts.values()), 1)
+    rows = [Candidate("(no answer)" if key in (None, "None") else key, count, count / total,
+                      key == vote.majority)
+            for key, count in vote.counts.items()]
+    rows.sort(key=lambda c: (-c.votes, c.answer == "(no answer)"))
+    return rows, vote.majority, vote.share
+
+
+def item_view(db, problem_id: str) -> QueueItemView:
+    """Everything the Annotate page shows for one problem (never its hidden gold answer)."""
+    item = store.queue_item(db, problem_id)
+    model_id = item["model_id"]
+    trace = store.load_trace(db, problem_id, model_id) if model_id else None
+    features = item["features"]
+    answers = ([trace["answer"]] if trace else []) + list(item["sample_answers"])
+    candidates, majority, share = candidates_from(answers)
+    return QueueItemView(
+        problem_id=problem_id, text=item["text"], source=item["source"], model_id=model_id,
+        uncertainty=item["uncertainty"], value=item["value"], router_version=item["router_version"],
+        steps=build_steps(trace, features), candidates=candidates, majority=majority,
+        vote_share=share, n_pivots=int((features or {}).get("n_pivots") or 0),
+        pivot_density=float((features or {}).get("pivot_density") or 0.0))
+
+
+def next_item(db, annotator: str) -> QueueItemView | None:
+    """Lease (or keep) this annotator's next queue item; None when the queue is empty."""
+    if not (annotator or "").strip():
+        raise InvalidInput("Pick your name in the sidebar first.")
+    item = store.next_item(db, annotator)
+    return item_view(db, item["problem_id"]) if item else None
+
+
+@dataclass
+class LabelOutcome:
+    message: str
+    router_version: int | None = None  # the recalibration this label triggered, if any
+
+
+def submit_label(db, *, annotator: str, problem_id: str, action: str, gold_text: str | None = None,
+                 shown_answer: str | None = None, seconds: float | None = None) -> LabelOutcome:
+    """Validate and save one action (accept, wrong + gold, flawed, skip), then recalibrate.
+
+    A gold answer that cannot be parsed raises InvalidInput and nothing is saved.
+    """
+    if action not in ACTIONS:
+        raise InvalidInput(f"Unknown action {action!r}.")
+    gold = None
+    if action == "wrong":
+        try:
+            gold = parse_gold_input(gold_text or "")
+        except ValueError as err:
+            raise InvalidInput(f"{md(err)} Type the correct final answer, e.g. 42, 3/4 or \\\\frac{{1}}{{2}}.") from None
+        if shown_answer is not None and canonical(gold) == canonical(shown_answer):
+            raise InvalidInput(f"The gold answer {md(gold)} is the model's own answer: press Accept instead.")
+    report = pipeline.label(db, problem_id=problem_id, annotator=annotator, verdict=ACTIONS[action],
+                            gold_answer=gold, shown_answer=shown_answer,
+                            seconds=None if seconds is None else round(float(seconds), 2))
+    words = {"accept": "Accepted the majority answer", "wrong": f"Saved gold answer {md(gold)}",
+             "flawed": "Flagged the problem as flawed", "skip": "Skipped"}[action]
+    if report is not None:
+        words += f" · router v{report.router_version} ({report.kind}) re-ranked the queue"
+    return LabelOutcome(words, report.router_version if report else None)
+
+
+def undo_last(db, annotator: str) -> LabelOutcome:
+    """Undo this annotator's last label (a new row), re-queue its item to them, re-route."""
+    undone = store.undo_last_label(db, annotator)
+    report = None if undone["verdict"] == "skip" else pipeline.recalibrate_if_due(db)
+    return LabelOutcome(f"Undid '{undone['verdict']}' on problem {undone['problem_id']}",
+                        report.router_version if report else None)
+
+
+@dataclass
+class Progress:
+    labelled: int  # labels in force, all annotators
+    mine: int  # labels in force by this annotator
+    mine_today: int
+    remaining: int  # unlabelled items in the annotate queue
+    budget_total: int | None
+    budget_remaining: int | None
+
+
+def progress(db, annotator: str | None = None, *, now: float | None = None) -> Progress:
+    now = store.now() if now is None else now
+    start_of_day = dt.datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    mine = [row for row in store.effective_labels(db) if row["annotator"] == annotator]
+    budget = store.budget_status(db)
+    return Progress(budget["spent"], len(mine), sum(r["created_at"] >= start_of_day for r in mine),
+                    store.queue_remaining(db), budget["total"], budget["remaining"])
+
+
+def seconds_since(started: float | None, *, now: float | None = None) -> float | None:
+    if started is None:
+        return None
+    return max((time.time() if now is None else now) - started, 0.0)

@@ -1,0 +1,129 @@
+"""The Budget page's view-models and lead actions: spending, burn rate, annotators, route mix over
+router versions, router history, budget and precision-target changes.
+
+Numbers come from analytics.py and the store; leads are checked by the store. It never calls
+Streamlit, never builds figures (charts.py) and runs no SQL (store.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from .. import analytics, pipeline, store
+from ..route import RouterConfig
+from .common import InvalidInput
+
+
+@dataclass
+class BudgetView:
+    total: int | None
+    cost_per_label: float
+    spent: int
+    remaining: int | None
+    spent_cost: float
+    remaining_cost: float | None
+    burn_per_day: float  # labels per day over the recent window (analytics.budget_aggregates)
+    run_out: dt.date | None  # projected date the budget is spent at that rate
+    deferred: int  # problems the router wanted to annotate but the budget could not cover
+    queue: int  # unlabelled problems in the annotate queue
+    per_day: list[dict] = field(default_factory=list)  # [{day, labels, spent}] spent = cumulative
+    annotators: list[dict] = field(default_factory=list)  # one row per annotator, for a table
+    agreement: float | None = None  # pairwise agreement over everyone
+
+
+def budget_view(db, *, now: float | None = None) -> BudgetView:
+    """The Budget page's numbers, from analytics.budget_aggregates, shaped for metrics, charts and tables."""
+    agg = analytics.budget_aggregates(db, at=now)
+    cost = float(agg["cost_per_label"] or 0.0)
+    spent, per_day = 0, []
+    for row in agg["per_day"]:
+        spent += row["labels"]
+        per_day.append({"day": dt.date.fromisoformat(row["day"]), "labels": row["labels"], "spent": spent})
+    people = [{
+        "annotator": a["annotator"], "labels": a["labels"], "correct": a["correct"], "wrong": a["wrong"],
+        "flawed": a["flawed"], "skips": a["skips"], "undos": a["undos"],
+        "median seconds": None if a["median_seconds"] is None else round(a["median_seconds"], 1),
+        "labels per hour": round(3600 / a["median_seconds"], 1) if a["median_seconds"] else None,
+        "accept rate": a["accept_rate"], "agreement": a["agreement"],
+    } for a in agg["annotators"]]
+    run_out = dt.date.fromisoformat(agg["projected_run_out"]) if agg["projected_run_out"] else None
+    return BudgetView(agg["total"], cost, agg["spent"], agg["remaining"], agg["cost_spent"],
+                      None if agg["remaining"] is None else agg["remaining"] * cost, agg["burn_rate_per_day"],
+                      run_out, agg["routes"]["deferred"], agg["queue_remaining"], per_day, people, agg["agreement"])
+
+
+def route_mix_series(db) -> list[dict]:
+    """Route counts after each router version: [{router_version, time, route, count}] (long form).
+
+    Each version stores the mix it left. Versions from before that (older databases) are
+    replayed from the route log, which holds only changes; a version that changed nothing
+    repeats the previous mix.
+    """
+    versions = store.router_versions(db)
+    log = store.route_history(db) if any(v["counts"] is None for v in versions) else []
+    state: dict[str, str] = {}
+    rows, i = [], 0
+    for version in versions:
+        while i < len(log) and log[i]["router_version"] <= version["id"]:
+            state[log[i]["problem_id"]] = log[i]["route"]
+            i += 1
+        counts = {route: 0 for route in store.ROUTES}
+        if version["counts"] is not None:
+            counts.update(version["counts"])
+        else:
+            for route in state.values():
+                counts[route] += 1
+        stamp = dt.datetime.fromtimestamp(version["created_at"])
+        rows.extend({"router_version": version["id"], "time": stamp, "route": route, "count": n}
+                    for route, n in counts.items())
+    return rows
+
+
+def router_history(db) -> list[dict]:
+    """One row per router version: when, why, estimator, labels, thresholds and calibration metrics."""
+    def num(value, digits=3):
+        return None if value is None else round(float(value), digits)
+
+    rows = []
+    for v in store.router_versions(db):
+        t, m = v["thresholds"], v["metrics"]
+        rows.append({
+            "version": v["id"], "time": dt.datetime.fromtimestamp(v["created_at"]), "estimator": v["kind"],
+            "labels": v["n_labels"], "budget left": v["budget_remaining"],
+            "target precision": num(t.get("target_precision"), 2),
+            "self-train max u": num(t.get("self_train_max")), "low-priority max u": num(t.get("low_priority_max")),
+            "est. pseudo-label precision": num(t.get("estimated_self_train_precision")),
+            "ECE": num(m.get("ece")), "Brier": num(m.get("brier")), "AUROC": num(m.get("auroc")),
+            "note": v["note"] or "",
+        })
+    return rows
+
+
+def filled_columns(rows: list[dict]) -> list[str]:
+    """Columns with at least one value, in order (e.g. calibration metrics before any fit are left out)."""
+    return [c for c in (rows[0] if rows else {}) if any(r.get(c) not in (None, "") for r in rows)]
+
+
+def current_target_precision(db) -> float:
+    return pipeline.current_router_config(db).target_precision
+
+
+def set_budget(db, *, user: str, total: int, cost_per_label: float = 0.0):
+    """A lead sets the label budget; the pool is re-routed to the new capacity. Others are refused."""
+    store.set_budget(db, user=user, total=total, cost_per_label=cost_per_label)
+    if store.latest_model_id(db) is None:
+        return None
+    return pipeline.route(db, rescore=False, config=RouterConfig(target_precision=current_target_precision(db)),
+                          note=f"budget set to {int(total)} by {user}")
+
+
+def set_target_precision(db, *, user: str, target: float):
+    """A lead changes the self-train precision target and re-routes. Others are refused."""
+    store.require_role(db, user, "lead")
+    if not 0.5 <= float(target) < 1.0:
+        raise InvalidInput("The precision target must be at least 0.5 and below 1.")
+    if store.latest_model_id(db) is None:
+        raise InvalidInput("Nothing is traced yet, so there is nothing to route.")
+    return pipeline.route(db, rescore=False, config=RouterConfig(target_precision=float(target)),
+                          note=f"target precision set to {float(target):.2f} by {user}")
