@@ -1,7 +1,7 @@
 """The `pivottrace` command: ingest, trace, route, status, demo, export, eval, app, users, budget.
 
-Each command is a thin wrapper over pipeline.py / store.py; domain errors become one clean
-message and a non-zero exit code, never a traceback.
+Each command is a thin wrapper over pipeline.py / store.py (it runs no SQL of its own); domain
+errors become one clean message and a non-zero exit code, never a traceback.
 """
 
 from __future__ import annotations

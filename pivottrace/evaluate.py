@@ -1,4 +1,4 @@
-"""The oracle evaluation: plays the labelling loop from gold answers and writes a report.
+"""The oracle evaluation: plays the labelling loop from gold answers and saves the results (report.py renders them).
 
 Input: a database with traced problems that carry gold answers (`problems.gold`). For each label
 budget (a share of the pool) and each strategy (PivotTrace, the baselines and the ablations) it

@@ -1,10 +1,11 @@
-"""Background jobs (trace, demo, route) that run in their own process, apart from the app.
+"""Background jobs (trace, demo, route, eval) that run in their own process, apart from the app.
 
 `start_*` records a job in the store's `jobs` table and launches `python -m pivottrace.jobs <id>`
 as a detached process. The worker writes its progress (done / total / message / status) to
 that row, so a page reload, or another user, sees the same progress bar, and the app stays
 responsive while the model works. `refresh` marks jobs whose process died as failed; `cancel`
-stops one. It holds no pipeline logic of its own: the worker calls pipeline.py.
+stops one. It holds no pipeline logic of its own (the worker calls pipeline.py) and runs no SQL
+(store.py).
 """
 
 from __future__ import annotations

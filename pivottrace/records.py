@@ -1,9 +1,10 @@
-"""Result records shared by tracing, storage, tests and benchmarks (no torch here).
+"""Plain data shared by the stages and the store: trace result records, FeatureTable, feature column names.
 
 `TraceResult` is what one teacher-forced analysis pass yields; `ProblemTrace` adds the K sampled
 completions. trace.py fills them from a model; synthetic.py fills them with realistic fakes.
 `FeatureTable` and the feature column names live here too, so the store can build the table
-without importing a pipeline stage (features.py computes the rows). No computation, no I/O.
+without importing a pipeline stage (features.py computes the rows). No torch, no computation
+beyond converting rows to columns, no I/O.
 """
 
 from __future__ import annotations

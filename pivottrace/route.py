@@ -1,9 +1,10 @@
-"""Three-way routing with thresholds derived from the budget, the pool and the uncertainty model.
+"""Routes each problem to annotate / self_train / low_priority (or deferred past the budget) with
+thresholds derived from the budget, the pool and the uncertainty model; it estimates nothing.
 
 Input: feature rows, their uncertainties u = P(majority answer wrong), the remaining label budget
 and a pseudo-label precision target. Output: one decision per problem (annotate / self_train /
 low_priority / deferred) and the thresholds that produced them. It does not estimate uncertainty
-or write to the database.
+(uncertainty.py) or write to the database.
 
 How the bands are derived (none is a constant):
 - low_priority: problems where every sample agrees and whose own error is low: u <= 1 -

@@ -1,7 +1,8 @@
 """Every SQLite read and write, through sqlite-utils, in WAL mode, with numbered migrations.
 
 Input/output: plain dicts and dataclasses from the other stages. It does not compute features,
-scores or routes; it only keeps them. Labels are append-only: an undo is a new row, nothing is
+scores, routes or analytics (analytics.py); it only keeps them, and it imports no pipeline stage
+(from the package only records.py). Labels are append-only: an undo is a new row, nothing is
 deleted. Writes that must not race (leases, labels) run inside `BEGIN IMMEDIATE` transactions, so
 two annotators in two processes never get the same item and never lose a label.
 """

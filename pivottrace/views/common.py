@@ -1,6 +1,9 @@
 """Shared by the view modules and the app's sidebar: escaping, previews, steps HTML, errors, model
 loading, and the store and job calls the pages make, re-exported so pages import only views.
 
+`load_tracer` is the one place the app process imports trace.py (and so torch): the Inspect
+page's live trace (tests/test_architecture.py states this exception).
+
 `esc` (HTML) and `md` (Markdown) escape every piece of problem text, model output and user
 input. It never calls Streamlit, never builds figures (charts.py) and runs no SQL (store.py).
 """
