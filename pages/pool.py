@@ -89,7 +89,7 @@ with right:
     if start:
         try:
             job_id = views.start_trace_job(db, model=model, limit=int(limit), samples=int(samples),
-                                      max_new_tokens=int(max_tokens))
+                                           max_new_tokens=int(max_tokens))
         except Exception as err:  # a bad model spec is explained, not raised into the page
             st.session_state["pool_flash"] = ("error", views.md(err))
         else:
