@@ -9,8 +9,10 @@ Rules, each checked over every module of `pivottrace/` (views/ included), `pages
      sqlite3 / sqlite-utils ways in; nothing else in the package uses these names);
    - subscripts a name called `db`, `conn`, `connection` or `database` with a string, e.g.
      `db["problems"]` (a sqlite-utils table);
-   - holds a string literal that starts like a SQL statement (select, insert, update, delete,
-     create, drop, alter, pragma, begin, with, replace, then a space).
+   - holds a string literal that reads as SQL: it starts with a statement keyword (select,
+     insert, update, delete, create, drop, alter, begin, with, replace) and later has a clause
+     keyword (from, into, set, table, index, view, where, values, select, transaction, ...), or
+     it is a `pragma <name>`. Plain messages such as "Update the budget" do not count.
 3. Only `trace.py` imports torch or transformers. And the Streamlit process (`app.py`, pages,
    `views/`, `charts.py`) does not import `trace` either, with one stated exception,
    `ALLOWED_TRACE_IMPORTS`; a subprocess check confirms that importing views and charts loads
@@ -38,8 +40,12 @@ PAGE_IMPORTS = {"pivottrace.views", "pivottrace.charts"}
 SQL_METHODS = {"execute", "executemany", "executescript", "query", "table"}
 DB_NAMES = {"db", "conn", "connection", "database"}
 SQL_MODULES = {"sqlite3", "sqlite_utils"}
-SQL_LITERAL = re.compile(r"^\s*(select|insert|update|delete|create|drop|alter|pragma|begin|with|replace)\s",
-                         re.IGNORECASE)
+# A statement keyword first, then a clause keyword later on (so "Update the budget" in a message
+# is not SQL), or a pragma.
+SQL_LITERAL = re.compile(
+    r"^\s*(?:(?:select|insert|update|delete|create|drop|alter|begin|with|replace)\s.*?"
+    r"\b(?:from|into|set|table|index|view|where|values|select|transaction|immediate|deferred|exclusive)\b"
+    r"|pragma\s+\w+)", re.IGNORECASE | re.DOTALL)
 TORCH_MODULES = {"torch", "transformers"}
 STORE_MAY_IMPORT = {"pivottrace.records"}
 # The single place the Streamlit process may import trace.py (and so torch): the Inspect page's
@@ -210,13 +216,16 @@ def test_page_checker(source, bad):
     "from sqlite_utils import Database",
     "SQL = 'SELECT id FROM problems'",
     "def f():\n    return '''\n    update labels set verdict = 1'''",
+    "rows = run('PRAGMA database_list')",
+    "BEGIN = 'BEGIN IMMEDIATE'",
 ])
 def test_sql_checker_catches(source):
     assert sql_violations(ast.parse(source))
 
 
 def test_sql_checker_passes_plain_code():
-    assert not sql_violations(ast.parse("rows = store.users(db)\nx = data['key']\nmsg = 'Selected 3 items'"))
+    assert not sql_violations(ast.parse("rows = store.users(db)\nx = data['key']\nmsg = 'Selected 3 items'\n"
+                                      "hint = 'Update the budget on the Budget page'\nw = 'With no pool, nothing to do'"))
 
 
 def test_torch_and_trace_checkers():
