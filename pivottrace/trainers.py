@@ -51,12 +51,14 @@ def trl_script(train: Path) -> str:
     """The Python lines that train TRL's GRPOTrainer on a TRL export."""
     loader = "parquet" if str(train).endswith(".parquet") else "json"
     return "\n".join([
+        "import os",
+        "",
         "from datasets import load_dataset",
         "from trl import GRPOConfig, GRPOTrainer",
         f"from pivottrace.rewards import {TRL_REWARD_NAME}",
         "",
         f"dataset = load_dataset({loader!r}, data_files={str(train)!r}, split='train')",
-        f"trainer = GRPOTrainer(model={MODEL!r}, reward_funcs={TRL_REWARD_NAME}, train_dataset=dataset,",
+        f"trainer = GRPOTrainer(model=os.environ['MODEL'], reward_funcs={TRL_REWARD_NAME}, train_dataset=dataset,",
         f"                      args=GRPOConfig(output_dir='grpo-out', num_generations={GRPO_SAMPLES}))",
         "trainer.train()",
     ])
