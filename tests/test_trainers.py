@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from pivottrace.datasets import demo_problems
 from pivottrace.export import VERL_DEFAULT_DATA_SOURCE, ExportOptions, export
 from pivottrace.synthetic import synthetic_trace
 
-pytestmark = pytest.mark.skipif(os.environ.get("PIVOTTRACE_TRAINER_TESTS") != "1",
+needs_venvs = pytest.mark.skipif(os.environ.get("PIVOTTRACE_TRAINER_TESTS") != "1",
                                 reason="needs the trainer venvs: run `make test-trainers`")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,7 @@ FILES = {"verl": "train.parquet", "openrlhf": "train.jsonl", "trl": "train.jsonl
 def _venvs():
     spec = importlib.util.spec_from_file_location("trainer_venvs", CHECKS / "venvs.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -84,6 +86,7 @@ def run_check(trainer: str, export_dir: Path, model_dir: Path) -> dict:
     return report
 
 
+@needs_venvs
 def test_verl_rlhfdataset_and_both_reward_paths(exports, tiny_model_dir):
     folder, results = exports
     report = run_check("verl", folder / "verl", tiny_model_dir)
@@ -105,6 +108,7 @@ def test_verl_rlhfdataset_and_both_reward_paths(exports, tiny_model_dir):
     assert report["gsm8k_right"] == [0.0] * n
 
 
+@needs_venvs
 def test_openrlhf_promptdataset_and_reward_func(exports, tiny_model_dir):
     folder, results = exports
     report = run_check("openrlhf", folder / "openrlhf", tiny_model_dir)
@@ -120,6 +124,7 @@ def test_openrlhf_promptdataset_and_reward_func(exports, tiny_model_dir):
     assert report["reward_shapes"] == [[1]] * n  # OpenRLHF's Experience.rewards shape
 
 
+@needs_venvs
 def test_trl_grpotrainer_rewards_and_one_step(exports, tiny_model_dir):
     folder, results = exports
     report = run_check("trl", folder / "trl", tiny_model_dir)
