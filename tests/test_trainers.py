@@ -112,6 +112,7 @@ def test_verl_rlhfdataset_and_both_reward_paths(exports, tiny_model_dir):
 def test_openrlhf_promptdataset_and_reward_func(exports, tiny_model_dir):
     folder, results = exports
     report = run_check("openrlhf", folder / "openrlhf", tiny_model_dir)
+    assert report["openrlhf"].startswith("0.11.")
     assert report["unknown_flags"] == []  # every option of the card is one of train_ppo_ray's
     assert report["rows"] == results["openrlhf"].rows["train"]
     assert report["datasources"] == ["demo"]  # not OpenRLHF's 'default'
@@ -122,6 +123,8 @@ def test_openrlhf_promptdataset_and_reward_func(exports, tiny_model_dir):
     assert n == 6
     assert report["right"] == [1.0] * n and report["wrong"] == [0.0] * n
     assert report["reward_shapes"] == [[1]] * n  # OpenRLHF's Experience.rewards shape
+    # the queries hold the prompt (with its empty \boxed{}): read whole, a right response scores 0
+    assert report["queries_start_with_prompt"] and report["whole_query_right"] == [0.0] * n
 
 
 @needs_venvs

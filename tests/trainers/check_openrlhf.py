@@ -10,6 +10,7 @@ tokens). Prints one JSON line; asserts nothing (tests/test_trainers.py does).
 
 import argparse
 import asyncio
+import importlib.metadata
 import importlib.util
 import json
 import shlex
@@ -20,7 +21,6 @@ from types import SimpleNamespace
 import torch
 from transformers import AutoTokenizer
 
-import openrlhf
 from openrlhf.datasets import PromptDataset
 from openrlhf.datasets.utils import blending_datasets
 from openrlhf.utils.agent import SingleTurnAgentExecutor
@@ -92,15 +92,22 @@ def main() -> None:
                              dataset_split=args.data.prompt_split)
     dataset = PromptDataset(data, tokenizer, strategy, input_template=args.data.input_template)
     executor = SingleTurnAgentExecutor(remote_rm_url=args.reward.remote_url)
+    loaded, seen = executor.reward_func, []
+
+    def recording(queries, prompts, labels):  # what OpenRLHF hands the reward, passed on unchanged
+        seen.append((queries[0], prompts[0], labels[0]))
+        return loaded(queries, prompts, labels)
+
+    executor.reward_func = recording
     items = [dataset[i] for i in range(len(dataset))]  # (datasource, prompt, label, images)
     sources = [row["label_source"] for row in data]
     chosen = [i for source in ("human", "majority_vote")
               for i in [j for j, s in enumerate(sources) if s == source][:ROWS_PER_SOURCE]]
-    results = {"openrlhf": getattr(openrlhf, "__version__", None), "rows": len(items),
+    results = {"openrlhf": importlib.metadata.version("openrlhf"), "rows": len(items),
                "unknown_flags": check_flags(argv), "datasources": sorted({item[0] for item in items}),
                "chat_template_applied": all(item[1] != row[args.data.input_key] for item, row in zip(items, data)),
                "prompt_has_empty_boxed": all("\\boxed{}" in item[1] for item in items),
-               "reward_func": executor.reward_func.__name__ if executor.reward_func else None,
+               "reward_func": loaded.__name__ if loaded else None,
                "right": [], "wrong": [], "reward_shapes": [],
                "label_sources": sorted({sources[i] for i in chosen})}
     for i in chosen:
@@ -110,6 +117,12 @@ def main() -> None:
         results["right"].append(right)
         results["wrong"].append(wrong)
         results["reward_shapes"].append(shape)
+    from pivottrace.rewards import score_completion
+    rights = seen[::2]  # (query, prompt, label) of each right response
+    results["queries_start_with_prompt"] = all(query.startswith(prompt) for query, prompt, _ in seen)
+    # scored over the whole query (prompt + response), the way the issue found it: the prompt's
+    # empty \boxed{} is taken for the answer
+    results["whole_query_right"] = [score_completion(query, label) for query, _, label in rights]
     print(json.dumps(results))
 
 
