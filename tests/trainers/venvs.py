@@ -102,7 +102,10 @@ def build(name: str, root: Path | None = None) -> tuple[Path, float]:
         started = time.monotonic()
         shutil.rmtree(folder, ignore_errors=True)  # a build that died half-way
         _run([sys.executable, "-m", "venv", str(folder)])
-        pip = [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        # --no-compile: byte-compiling torch's and ray's thousands of modules at install time was
+        # most of the build; Python compiles what the checks import, on first import
+        pip = [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+               "--no-compile"]
         _run(pip + [TORCH])
         _run(pip + list(env.requirements))
         if env.no_deps:
