@@ -65,9 +65,9 @@ def trl_script(train: Path) -> str:
 
 
 def shell_line(argv: list[str]) -> str:
-    """One copyable shell line; $MODEL stays a variable for the user's shell to fill in."""
-    return " ".join(arg if MODEL in arg and shlex.quote(arg.replace(MODEL, "M")) == arg.replace(MODEL, "M")
-                    else shlex.quote(arg) for arg in argv)
+    """One copyable shell line: each argument quoted, with $MODEL left for the shell to fill in."""
+    return " ".join(f'"{MODEL}"'.join(shlex.quote(part) if part else "" for part in arg.split(MODEL))
+                    for arg in argv)
 
 
 def pythonpath_line() -> str:

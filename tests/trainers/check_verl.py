@@ -9,6 +9,7 @@ nothing (tests/test_trainers.py does).
 """
 
 import json
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -59,7 +60,7 @@ def main() -> None:
     export_dir, model_dir, right_format, wrong_answer = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     card = json.loads((export_dir / "card.json").read_text())
     train = export_dir / card["files"]["train"]
-    overrides = [arg for arg in card["commands"]["verl"][-1].split() if arg.startswith("reward.")]
+    overrides = [arg for arg in shlex.split(card["commands"]["verl"][-1]) if arg.startswith("reward.")]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with tempfile.TemporaryDirectory() as cache:
         config = OmegaConf.create({"prompt_key": "prompt", "max_prompt_length": 1024, "truncation": "error",
