@@ -117,10 +117,13 @@ def build(name: str, root: Path | None = None) -> tuple[Path, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("trainers", nargs="*", default=list(TRAINERS), choices=list(TRAINERS))
+    parser.add_argument("trainers", nargs="*", help=f"any of {', '.join(TRAINERS)} (default: all)")
     parser.add_argument("--path", action="store_true", help="print the folders, build nothing")
     args = parser.parse_args()
-    for name in args.trainers:
+    unknown = [name for name in args.trainers if name not in TRAINERS]
+    if unknown:  # argparse's `choices` rejects an empty nargs="*" list on Python 3.11
+        parser.error(f"unknown trainer {unknown[0]!r}; choose from {', '.join(TRAINERS)}")
+    for name in args.trainers or list(TRAINERS):
         if args.path:
             print(venv_path(name))
             continue
