@@ -10,11 +10,13 @@ flash-attn), so each gets its own venv with pinned versions:
 - math-verify, which PivotTrace's reward functions use (pivottrace itself comes from the checkout
   on PYTHONPATH, as a user's reward workers would have it).
 
-A venv lives under `$PIVOTTRACE_TRAINER_VENVS` (default ~/.cache/pivottrace/trainer-venvs) in a
-folder named after the trainer and a hash of its pins and the Python version, so changing a pin
-builds a new one and an unchanged one is reused. A `.complete` stamp is written last: a build
-that died half-way is removed and redone. Builds are serialised with a lock file. Stdlib only; it
-does not run any check (tests/test_trainers.py does).
+A venv lives under `$PIVOTTRACE_TRAINER_VENVS` (default: trainer-venvs in PivotTrace's cache,
+~/.cache/pivottrace unless $PIVOTTRACE_CACHE or $XDG_CACHE_HOME say otherwise) in a folder named
+after the trainer and a hash of its pins and the Python version, so changing a pin builds a new
+one and an unchanged one is reused. A `.complete` stamp is written last: a build that died
+half-way is removed and redone. Builds are serialised with a lock file. It uses the standard
+library and pivottrace.models (for the cache folder) only, and runs no check
+(tests/test_trainers.py does).
 
     python tests/trainers/venvs.py            # build what is missing, print the folders
     python tests/trainers/venvs.py --path trl # print one folder (built or not)
@@ -66,8 +68,12 @@ TRAINERS = {
 
 
 def venv_root() -> Path:
-    return Path(os.environ.get("PIVOTTRACE_TRAINER_VENVS")
-                or Path.home() / ".cache" / "pivottrace" / "trainer-venvs")
+    """$PIVOTTRACE_TRAINER_VENVS, else trainer-venvs in PivotTrace's cache (models.cache_root)."""
+    if os.environ.get("PIVOTTRACE_TRAINER_VENVS"):
+        return Path(os.environ["PIVOTTRACE_TRAINER_VENVS"]).expanduser()
+    from pivottrace.models import cache_root  # no torch: resolving a model spec only
+
+    return cache_root() / "trainer-venvs"
 
 
 def cache_key(env: TrainerEnv) -> str:
