@@ -307,7 +307,7 @@ def verl_warnings(data_source: str, instruction: str) -> list[str]:
         wanted = " or ".join(repr(marker) for marker in markers)
         notes.append(
             f"verl scores data_source {data_source!r} with its {scorer} scorer, which reads the answer "
-            f"after {wanted}, but the instruction asks for neither: verl would score right answers 0. "
+            f"after {wanted}, but the instruction does not ask for it: verl would score right answers 0. "
             f"Ask for that form with --instruction, leave --data-source out, {use_ours}")
     if scorer == "math_dapo":
         notes.append(f"verl's math_dapo scorer (data_source {data_source!r}) gives -1 for a wrong answer, "
