@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 DB      ?= pivottrace.db
 PORT    ?= 8501
 
-.PHONY: setup app demo test test-fast bench browser clean
+.PHONY: setup app demo test test-fast test-trainers bench browser clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,13 @@ test: setup browser
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not real_model and not browser"
+
+# The exports through verl, OpenRLHF and TRL's own code, each in a venv of its own with pinned
+# versions (tests/trainers/venvs.py), built once under ~/.cache/pivottrace/trainer-venvs
+# ($$PIVOTTRACE_TRAINER_VENVS) and reused while the pins stay the same.
+test-trainers: setup
+	$(BIN)/python tests/trainers/venvs.py
+	PIVOTTRACE_TRAINER_TESTS=1 $(BIN)/python -m pytest -q -s tests/test_trainers.py
 
 bench: setup
 	$(BIN)/python bench/trace_overhead.py

@@ -156,12 +156,30 @@ def demo(model: str = ModelOption,
                ", ".join(f"{k} {v}" for k, v in routed.counts.items()))
 
 
-@app.command("export")
+def _export_help() -> str:
+    """`pivottrace export --help`: what it writes, and the lines that point each trainer at it."""
+    from . import trainers
+
+    paragraphs = [
+        "Write the training set for verl, TRL or OpenRLHF: human labels plus self-train pseudo-labels, "
+        "and a card (README.md, card.json) beside it with counts, precision and the exact training lines.",
+        "verl: data_source defaults to lighteval/MATH, which verl's own default_compute_score scores "
+        "from the last \\boxed{} (what the default instruction asks for). For PivotTrace's math-verify "
+        f"scorer, put {trainers.SOURCE_ROOT} on PYTHONPATH and add to verl.trainer.main_ppo:",
+        *trainers.verl_reward_overrides(),
+        "OpenRLHF 0.11 (train_ppo_ray): --data.prompt_dataset FILE --data.input_key input "
+        f"--data.label_key label --data.apply_chat_template --reward.remote_url {trainers.REWARDS_FILE}",
+        "TRL: GRPOTrainer(model=..., reward_funcs=pivottrace.rewards.math_reward, train_dataset=the export)",
+    ]
+    return "\n\n".join(paragraphs)
+
+
+@app.command("export", help=_export_help())
 @clean_errors
 def export_cmd(fmt: str = typer.Option(..., "--format", "-f", help="verl, trl or openrlhf."),
                out: Path = typer.Option(..., "--out", "-o",
                                         help="Output file (.parquet or .jsonl); a test split goes "
-                                             "next to it as <stem>_test<suffix>."),
+                                             "next to it as <stem>_test<suffix>, the card in the same folder."),
                include_low_priority: bool = typer.Option(False, "--include-low-priority",
                                                          help="Add low_priority problems (majority-vote labels)."),
                include_deferred: bool = typer.Option(False, "--include-deferred",
@@ -171,14 +189,16 @@ def export_cmd(fmt: str = typer.Option(..., "--format", "-f", help="verl, trl or
                seed: int = typer.Option(0, "--seed", help="Seed of the train/test split."),
                file_type: Optional[str] = typer.Option(None, "--file-type",
                                                        help="jsonl or parquet (TRL takes both; default: from --out)."),
-               input_key: str = typer.Option("input", "--input-key", help="OpenRLHF --input_key."),
-               label_key: str = typer.Option("label", "--label-key", help="OpenRLHF --label_key."),
+               input_key: str = typer.Option("input", "--input-key", help="OpenRLHF --data.input_key."),
+               label_key: str = typer.Option("label", "--label-key", help="OpenRLHF --data.label_key."),
                instruction: Optional[str] = typer.Option(None, "--instruction",
                                                          help="Text after each question (default asks for \\boxed{}; '' for none)."),
-               data_source: Optional[str] = typer.Option(None, "--data-source",
-                                                         help="verl data_source (default: each problem's source)."),
+               data_source: Optional[str] = typer.Option(
+                   None, "--data-source",
+                   help="verl data_source / OpenRLHF datasource (default: lighteval/MATH for verl, which "
+                        "verl scores from \\boxed{}; each problem's source for OpenRLHF). A verl scorer that "
+                        "reads another answer form than the instruction asks for gets a warning."),
                db: Optional[str] = DbOption):
-    """Write the training set for verl, TRL or OpenRLHF: human labels plus self-train pseudo-labels."""
     from .export import DEFAULT_INSTRUCTION, ExportOptions, export
 
     options = ExportOptions(include_low_priority=include_low_priority, include_deferred=include_deferred,
@@ -190,8 +210,11 @@ def export_cmd(fmt: str = typer.Option(..., "--format", "-f", help="verl, trl or
         typer.echo(f"Wrote {result.rows[split]} {split} rows to {path}")
     typer.echo("Labels: " + ", ".join(f"{k} {v}" for k, v in sorted(result.label_sources.items())) +
                f"; router version {result.router_version}.")
+    typer.echo(f"Card (counts, precision, training lines): {out.parent / 'README.md'}")
     for reason, count in sorted(result.skipped.items()):
         typer.secho(f"  left out {count}: {reason}", fg="yellow", err=True)
+    for warning in result.warnings:
+        typer.secho(f"Warning: {warning}", fg="yellow", err=True)
 
 
 @app.command("eval")

@@ -10,6 +10,17 @@ What goes in:
   pseudo-label, with its vote share; `low_priority` and `deferred` ones only when asked for.
 Unlabelled `annotate` problems wait for their label. The hidden gold (problems.gold) is never read.
 
+Trainer fit:
+- verl: `data_source` defaults to VERL_DEFAULT_DATA_SOURCE, a key that verl's own
+  `default_compute_score` routes to a scorer reading the last `\\boxed{}` (what the default
+  instruction asks for). PivotTrace's math-verify scorer (rewards.verl_compute_score) is the
+  better choice; `verl_reward_overrides` gives its `custom_reward_function` lines. A
+  `--data-source` that verl scores in another answer format than the instruction asks for gets a
+  warning (ExportResult.warnings).
+- OpenRLHF: a `datasource` column (each problem's source, or --data-source) for its per-source
+  metrics; rewards.reward_func is its function reward.
+- Every export writes a card (card.py) beside its files: README.md and card.json.
+
 Files depend only on the store's state and the options: rows ordered by problem id, a seeded split
 that keeps each problem in the same split as the pool grows, no timestamps. Each file is written
 to a temporary name and renamed, so a failed export leaves the old file as it was. An empty
@@ -28,13 +39,29 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import store
+from . import card, store, trainers
 
 FORMATS = ("verl", "trl", "openrlhf")
 FILE_TYPES = {"verl": ("parquet",), "trl": ("jsonl", "parquet"), "openrlhf": ("jsonl",)}
 SUFFIX_TYPES = {".parquet": "parquet", ".jsonl": "jsonl"}
-# asks for the final answer in the form answers.extract_answer (and so rewards.py) reads first
+# asks for the final answer in the form answers.extract_answer (and so rewards.py) reads first,
+# and the form verl's MATH scorer reads (the only one it reads)
 DEFAULT_INSTRUCTION = "Let's think step by step and put the final answer within \\boxed{}."
+# a data_source that verl 0.9's default_compute_score sends to verl.utils.reward_score.math_reward
+# (last \boxed{} against the label, 1.0 or 0.0), so the export trains without a custom scorer; the
+# pool's own name stays in extra_info.source
+VERL_DEFAULT_DATA_SOURCE = "lighteval/MATH"
+BOXED = "\\boxed"
+# verl 0.9.1's default_compute_score dispatch (verl/utils/reward_score/__init__.py): the scorer
+# each data_source reaches, and the answer marker that scorer reads (None: it does not score a
+# final math answer at all)
+VERL_MATH_SOURCES = ("lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval", "HuggingFaceH4/MATH-500")
+VERL_DAPO_SOURCES = ("math_dapo", "math", "math_dapo_reasoning")
+VERL_PRIME_SOURCES = ("numina_aops_forum", "numina_synthetic_math", "numina_amc_aime", "numina_synthetic_amc",
+                      "numina_cn_k12", "numina_olympiads")
+VERL_CODE_SOURCES = ("codecontests", "apps", "codeforces", "taco")
+VERL_SEARCH_SOURCES = ("searchR1_nq", "searchR1_triviaqa", "searchR1_popqa", "searchR1_hotpotqa",
+                       "searchR1_2wikimultihopqa", "searchR1_musique", "searchR1_bamboogle")
 ABILITY = "math"  # verl's `ability` column; every PivotTrace problem has a checkable answer
 OPTIONAL_ROUTES = ("low_priority", "deferred")
 MALFORMED_SHOWN = 5  # problem ids named in a malformed-selection message
@@ -59,7 +86,7 @@ TRL_SCHEMA = pa.schema([
     ("vote_share", pa.float64()),
     ("problem_id", pa.string()),
 ])
-OPENRLHF_EXTRA_KEYS = ("label_source", "vote_share", "problem_id")
+OPENRLHF_EXTRA_KEYS = ("datasource", "label_source", "vote_share", "problem_id")
 
 
 class ExportError(ValueError):
@@ -73,9 +100,11 @@ class ExportOptions:
     test_fraction: float = 0.0  # expected share of problems in the test split, in [0, 1)
     seed: int = 0  # salt of the split hash: another seed, another split
     instruction: str = DEFAULT_INSTRUCTION  # appended to each question in the prompt ("" = none)
-    data_source: str | None = None  # verl `data_source`; None: each problem's source name
-    input_key: str = "input"  # OpenRLHF --input_key
-    label_key: str = "label"  # OpenRLHF --label_key
+    # verl `data_source` and OpenRLHF `datasource`; None: VERL_DEFAULT_DATA_SOURCE for verl, each
+    # problem's source name for OpenRLHF
+    data_source: str | None = None
+    input_key: str = "input"  # OpenRLHF --data.input_key
+    label_key: str = "label"  # OpenRLHF --data.label_key
     file_type: str | None = None  # "jsonl" or "parquet"; None: from the output's suffix
 
 
@@ -104,6 +133,8 @@ class ExportResult:
     label_sources: dict[str, int]  # "human" / "majority_vote" -> rows
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> problems left out
     router_version: int | None = None  # newest router version among the rows
+    warnings: list[str] = field(default_factory=list)  # options a trainer would score wrongly
+    card: dict = field(default_factory=dict)  # what card.json holds (card.py)
 
 
 # --------------------------------------------------------------------------- selection
@@ -197,7 +228,7 @@ def prompt_text(example: Example, instruction: str) -> str:
 def verl_row(example: Example, options: ExportOptions) -> dict:
     """One row as verl's examples/data_preprocess/gsm8k.py makes it, plus PivotTrace's extra_info."""
     return {
-        "data_source": options.data_source or example.source,
+        "data_source": options.data_source or VERL_DEFAULT_DATA_SOURCE,
         "prompt": [{"role": "user", "content": prompt_text(example, options.instruction)}],
         "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": example.ground_truth},
@@ -220,11 +251,13 @@ def trl_row(example: Example, options: ExportOptions) -> dict:
 
 
 def openrlhf_row(example: Example, options: ExportOptions) -> dict:
-    """OpenRLHF: the prompt text under --input_key (a string, which --apply_chat_template wraps as
-    a user message), the ground truth under --label_key."""
+    """OpenRLHF: the prompt text under --data.input_key (a string, which --data.apply_chat_template
+    wraps as a user message), the ground truth under --data.label_key, and `datasource`, the
+    column its PromptDataset groups metrics by."""
     return {
         options.input_key: prompt_text(example, options.instruction),
         options.label_key: example.ground_truth,
+        "datasource": options.data_source or example.source,
         "label_source": example.label_source, "vote_share": example.vote_share,
         "problem_id": example.problem_id,
     }
@@ -232,6 +265,57 @@ def openrlhf_row(example: Example, options: ExportOptions) -> dict:
 
 ROW_BUILDERS = {"verl": verl_row, "trl": trl_row, "openrlhf": openrlhf_row}
 SCHEMAS = {"verl": VERL_SCHEMA, "trl": TRL_SCHEMA}
+
+
+# --------------------------------------------------------------------------- verl's scorers
+
+def verl_scorer(data_source: str) -> tuple[str | None, tuple[str, ...] | None]:
+    """(scorer, the answer markers it reads) for a data_source, as verl 0.9.1's
+    default_compute_score dispatches it; (None, None) when verl has no scorer for it, and markers
+    None when the scorer grades something other than a final math answer."""
+    if data_source == "openai/gsm8k":
+        return "gsm8k", ("####",)
+    if data_source in VERL_MATH_SOURCES:
+        return "math_reward", (BOXED,)
+    if data_source in VERL_DAPO_SOURCES or data_source.startswith("aime"):
+        return "math_dapo", ("Answer:", BOXED)
+    if data_source in VERL_PRIME_SOURCES:
+        return "prime_math", (BOXED,)
+    if data_source == "hiyouga/geometry3k":
+        return "geo3k", (BOXED,)
+    if data_source in VERL_CODE_SOURCES:
+        return "code (sandbox or prime_code)", None
+    if data_source in VERL_SEARCH_SOURCES:
+        return "search_r1_like_qa_em", None
+    return None, None
+
+
+def verl_warnings(data_source: str, instruction: str) -> list[str]:
+    """Why verl's default reward would not score this export as PivotTrace's scorer does; [] when it would."""
+    custom = " ".join(trainers.verl_reward_overrides())
+    use_ours = f"or train with PivotTrace's scorer ({custom})."
+    scorer, markers = verl_scorer(data_source)
+    if scorer is None:
+        return [f"verl has no scorer for data_source {data_source!r}: its default_compute_score raises "
+                f"NotImplementedError. Leave --data-source out (default {VERL_DEFAULT_DATA_SOURCE!r}) {use_ours}"]
+    if markers is None:
+        return [f"verl scores data_source {data_source!r} with its {scorer} scorer, which does not grade "
+                f"a final math answer. Leave --data-source out {use_ours}"]
+    found = [marker for marker in markers if marker in instruction]
+    notes = []
+    if not found:
+        wanted = " or ".join(repr(marker) for marker in markers)
+        notes.append(
+            f"verl scores data_source {data_source!r} with its {scorer} scorer, which reads the answer "
+            f"after {wanted}, but the instruction does not ask for it: verl would score right answers 0. "
+            f"Ask for that form with --instruction, leave --data-source out, {use_ours}")
+    if scorer == "math_dapo":
+        notes.append(f"verl's math_dapo scorer (data_source {data_source!r}) gives -1 for a wrong answer, "
+                     f"not 0 as PivotTrace's scorer does: leave --data-source out {use_ours}")
+    if scorer == "geo3k":
+        notes.append("verl's geo3k scorer gives 10 % of the reward for a <think>...</think> format, not "
+                     f"for the answer: leave --data-source out {use_ours}")
+    return notes
 
 
 # --------------------------------------------------------------------------- files
@@ -260,6 +344,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     _write_atomic(path, write)
 
 
+def write_text(path: Path, text: str) -> None:
+    def write(target: Path) -> None:
+        target.write_text(text, encoding="utf-8", newline="\n")
+    _write_atomic(path, write)
+
+
 def write_parquet(path: Path, rows: list[dict], schema: pa.Schema) -> None:
     table = pa.Table.from_pylist(rows, schema=schema)
     _write_atomic(path, lambda target: pq.write_table(table, target))
@@ -279,6 +369,12 @@ def _validate(fmt: str, out: Path, options: ExportOptions) -> str:
         raise ExportError(f"The test fraction must be in [0, 1), not {options.test_fraction:g}.")
     if out.exists() and out.is_dir():
         raise ExportError(f"{out} is a directory; give a file name.")
+    for existing in card.card_paths(out.parent):
+        if out.name == existing.name:
+            raise ExportError(f"{out.name} is the name of the export's card; name the training file otherwise.")
+        if existing.exists() and not card.is_card(existing):
+            raise ExportError(f"{existing} is not an export card and would be overwritten by one: export "
+                              f"into a folder of its own (e.g. out/{fmt}/{out.name}).")
     if fmt == "openrlhf":
         keys = (options.input_key, options.label_key)
         if not all(key and key.strip() for key in keys):
@@ -293,7 +389,8 @@ def _validate(fmt: str, out: Path, options: ExportOptions) -> str:
 
 def export(db, *, fmt: str, out: str | Path, options: ExportOptions = ExportOptions()) -> ExportResult:
     """Write the training set for trainer `fmt` (verl, trl or openrlhf) to `out` (and its test
-    split next to it). Raises ExportError on bad options or an empty selection; nothing is written then."""
+    split next to it), and its card (card.json, README.md) in the same folder. Raises ExportError
+    on bad options or an empty selection; nothing is written then."""
     out = Path(out)
     file_type = _validate(fmt, out, options)
     examples, skipped = select_examples(db, include_low_priority=options.include_low_priority,
@@ -319,4 +416,11 @@ def export(db, *, fmt: str, out: str | Path, options: ExportOptions = ExportOpti
     for example in examples:
         sources[example.label_source] = sources.get(example.label_source, 0) + 1
     versions = [e.router_version for e in examples if e.router_version is not None]
-    return ExportResult(fmt, files, rows, sources, skipped, max(versions) if versions else None)
+    warnings = verl_warnings(options.data_source or VERL_DEFAULT_DATA_SOURCE, options.instruction) \
+        if fmt == "verl" else []
+    result = ExportResult(fmt, files, rows, sources, skipped, max(versions) if versions else None, warnings)
+    result.card = card.build_card(db, result, options=options)
+    card_file, readme_file = card.card_paths(out.parent)
+    write_text(card_file, card.card_json(result.card))
+    write_text(readme_file, card.card_readme(result.card))
+    return result

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from pivottrace import pipeline, store
 from pivottrace.cli import app
 from pivottrace.datasets import demo_problems
-from pivottrace.export import (DEFAULT_INSTRUCTION, ExportError, ExportOptions, export,
-                               select_examples, split_of)
+from pivottrace.export import (DEFAULT_INSTRUCTION, VERL_DEFAULT_DATA_SOURCE, ExportError, ExportOptions,
+                               export, select_examples, split_of, verl_warnings)
 from pivottrace.rewards import math_reward
 from pivottrace.synthetic import synthetic_trace
 
@@ -95,7 +95,9 @@ def test_verl_parquet_matches_gsm8k_preprocessing(labelled_db, tmp_path):
 
     wrong = rows[labels["wrong"]]
     text = store.get_problem(db, labels["wrong"])["text"]
-    assert wrong["data_source"] == "demo" and wrong["ability"] == "math"
+    # verl's default_compute_score routes this data_source to its \\boxed{} scorer; the pool's name stays
+    assert wrong["data_source"] == VERL_DEFAULT_DATA_SOURCE and wrong["ability"] == "math"
+    assert wrong["extra_info"]["source"] == "demo"
     assert list(wrong["prompt"]) == [{"role": "user", "content": f"{text} {DEFAULT_INSTRUCTION}"}]
     assert wrong["reward_model"] == {"style": "rule", "ground_truth": "42"}
     info = wrong["extra_info"]
@@ -170,13 +172,16 @@ def test_openrlhf_jsonl_uses_the_named_keys(labelled_db, tmp_path):
     options = ExportOptions(input_key="context", label_key="answer", instruction="")
     export(db, fmt="openrlhf", out=tmp_path / "o.jsonl", options=options)
     table = pa_json.read_json(tmp_path / "o.jsonl")
-    assert table.column_names == ["context", "answer", "label_source", "vote_share", "problem_id"]
+    assert table.column_names == ["context", "answer", "datasource", "label_source", "vote_share", "problem_id"]
     rows = {r["problem_id"]: r for r in table.to_pylist()}
     assert rows[labels["wrong"]]["context"] == store.get_problem(db, labels["wrong"])["text"]
     assert rows[labels["wrong"]]["answer"] == "42"
     assert rows[labels["correct"]]["answer"] == labels["majority"]
     frame = pd.read_json(tmp_path / "o.jsonl", lines=True, dtype={"answer": str})
     assert len(frame) == len(rows) and set(frame["label_source"]) == {"human", "majority_vote"}
+    assert set(frame["datasource"]) == {"demo"}  # OpenRLHF's PromptDataset groups metrics by it
+    named = export(db, fmt="openrlhf", out=tmp_path / "n" / "o.jsonl", options=ExportOptions(data_source="pool-a"))
+    assert {r["datasource"] for r in pa_json.read_json(named.files["train"]).to_pylist()} == {"pool-a"}
 
 
 # --------------------------------------------------------------------------- reproducibility
@@ -233,6 +238,8 @@ def test_empty_selection_is_an_error_and_writes_nothing(tmp_path):
     ("verl", "x.parquet", ExportOptions(test_fraction=1.0), "test fraction"),
     ("openrlhf", "x.jsonl", ExportOptions(input_key="q", label_key="q"), "both 'q'"),
     ("openrlhf", "x.jsonl", ExportOptions(label_key="problem_id"), "already a column"),
+    ("openrlhf", "x.jsonl", ExportOptions(input_key="datasource"), "already a column"),
+    ("trl", "card.json", ExportOptions(file_type="jsonl"), "name of the export's card"),
     ("verl", "x.parquet", ExportOptions(test_fraction=1e-9), "test split would be empty"),
 ])
 def test_bad_options_are_clear_errors(labelled_db, tmp_path, fmt, name, options, message):
@@ -263,3 +270,109 @@ def test_cli_export_and_clean_error(labelled_db, tmp_path):
                                  "--db", str(tmp_path / "none.db")])
     assert failed.exit_code == 1
     assert "Error: Nothing to export" in failed.output and "Traceback" not in failed.output
+
+
+# --------------------------------------------------------------------------- verl's scorers and the card
+
+GSM8K_INSTRUCTION = "Let's think step by step and output the final answer after \"####\"."
+
+
+@pytest.mark.parametrize("data_source, instruction, expected", [
+    (VERL_DEFAULT_DATA_SOURCE, DEFAULT_INSTRUCTION, None),  # the default fits verl's own scorer
+    ("HuggingFaceH4/MATH-500", DEFAULT_INSTRUCTION, None),
+    ("openai/gsm8k", DEFAULT_INSTRUCTION, "score right answers 0"),  # wants '#### N'
+    ("openai/gsm8k", GSM8K_INSTRUCTION, None),
+    (VERL_DEFAULT_DATA_SOURCE, GSM8K_INSTRUCTION, "score right answers 0"),  # wants \boxed{}
+    (VERL_DEFAULT_DATA_SOURCE, "", "score right answers 0"),
+    ("math_dapo", DEFAULT_INSTRUCTION, "-1 for a wrong answer"),
+    ("aime2024", DEFAULT_INSTRUCTION, "-1 for a wrong answer"),
+    ("searchR1_nq", DEFAULT_INSTRUCTION, "does not grade"),
+    ("demo", DEFAULT_INSTRUCTION, "NotImplementedError"),
+])
+def test_verl_warnings_follow_verls_dispatch(data_source, instruction, expected):
+    warnings = verl_warnings(data_source, instruction)
+    if expected is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and expected in warnings[0]
+        assert "reward.custom_reward_function.name=verl_compute_score" in warnings[0]
+
+
+def test_verl_export_warns_in_the_result_the_card_and_the_cli(labelled_db, tmp_path):
+    options = ExportOptions(data_source="openai/gsm8k")
+    result = export(labelled_db, fmt="verl", out=tmp_path / "v" / "train.parquet", options=options)
+    assert len(result.warnings) == 1 and "'####'" in result.warnings[0]
+    assert json.loads((tmp_path / "v" / "card.json").read_text())["warnings"] == result.warnings
+    assert "## Warnings" in (tmp_path / "v" / "README.md").read_text()
+    quiet = export(labelled_db, fmt="verl", out=tmp_path / "q" / "train.parquet")
+    assert quiet.warnings == [] and export(labelled_db, fmt="trl", out=tmp_path / "t" / "t.jsonl",
+                                           options=options).warnings == []  # TRL has no data_source
+    path = labelled_db.conn.execute("pragma database_list").fetchone()[2]
+    done = CliRunner().invoke(app, ["export", "--format", "verl", "--out", str(tmp_path / "c" / "train.parquet"),
+                                    "--data-source", "openai/gsm8k", "--db", path])
+    assert done.exit_code == 0 and "Warning: verl scores data_source 'openai/gsm8k'" in done.output
+
+
+def test_card_counts_precision_and_commands(labelled_db, tmp_path):
+    db = labelled_db
+    result = export(db, fmt="verl", out=tmp_path / "v" / "train.parquet",
+                    options=ExportOptions(test_fraction=0.3, seed=5))
+    card = json.loads((tmp_path / "v" / "card.json").read_text())
+    assert card == json.loads(json.dumps(result.card))
+    assert card["files"] == {"train": "train.parquet", "test": "train_test.parquet"}
+    assert card["rows"] == result.rows and sum(card["label_sources"].values()) == sum(result.rows.values())
+    assert card["label_sources"] == result.label_sources == {"human": 2, "majority_vote": card["label_sources"]["majority_vote"]}
+    assert card["left_out"] == {"flagged flawed by an annotator": 1}
+    assert card["router_version"] == result.router_version
+    thresholds = store.latest_router_version(db)["thresholds"]
+    assert card["target_precision"] == pytest.approx(thresholds["target_precision"])
+    # the fixture's verdicts in force: correct, wrong (flawed does not judge the answer; one undone)
+    precision = card["measured_precision"]
+    assert (precision["right"], precision["labelled"], precision["value"]) == (1, 2, 0.5)
+    low, high = precision["interval"]
+    assert low == pytest.approx(0.0126, abs=1e-4) and high == pytest.approx(0.9874, abs=1e-4)  # exact 95 % CP
+    verl = card["commands"]["verl"]
+    train, test = (tmp_path / "v" / "train.parquet").resolve(), (tmp_path / "v" / "train_test.parquet").resolve()
+    assert f"data.train_files={train}" in verl[1] and f"data.val_files={test}" in verl[1]
+    assert "reward.custom_reward_function.name=verl_compute_score" in verl[1]
+    assert "$MODEL" in verl[1] and verl[0].startswith("export PYTHONPATH=")
+    assert card["commands"]["trl"][0].startswith("pivottrace export --format trl")
+    readme = (tmp_path / "v" / "README.md").read_text()
+    assert "| train | `train.parquet` |" in readme and "1 of 2 human verdicts" in readme
+    assert verl[1] in readme
+
+
+def test_card_commands_for_trl_and_openrlhf(labelled_db, tmp_path):
+    export(labelled_db, fmt="openrlhf", out=tmp_path / "o" / "train.jsonl",
+           options=ExportOptions(input_key="question", label_key="answer"))
+    line = json.loads((tmp_path / "o" / "card.json").read_text())["commands"]["openrlhf"][1]
+    for flag in ("--data.input_key question", "--data.label_key answer", "--data.apply_chat_template",
+                 f"--data.prompt_dataset {(tmp_path / 'o' / 'train.jsonl').resolve()}", "--reward.remote_url "):
+        assert flag in line
+    export(labelled_db, fmt="trl", out=tmp_path / "t" / "train.parquet")
+    script = "\n".join(json.loads((tmp_path / "t" / "card.json").read_text())["commands"]["trl"])
+    assert "load_dataset('parquet'" in script and "reward_funcs=math_reward" in script
+    compile(script, "card", "exec")  # the lines are Python
+
+
+def test_an_export_never_overwrites_a_readme_that_is_not_its_card(labelled_db, tmp_path):
+    (tmp_path / "README.md").write_text("# My project\n")
+    with pytest.raises(ExportError, match="not an export card"):
+        export(labelled_db, fmt="trl", out=tmp_path / "t.jsonl")
+    assert (tmp_path / "README.md").read_text() == "# My project\n" and not (tmp_path / "t.jsonl").exists()
+    export(labelled_db, fmt="trl", out=tmp_path / "own" / "t.jsonl")
+    export(labelled_db, fmt="verl", out=tmp_path / "own" / "v.parquet")  # a card replaces a card
+    assert json.loads((tmp_path / "own" / "card.json").read_text())["format"] == "verl"
+
+
+def test_clopper_pearson_matches_known_values():
+    from pivottrace.card import clopper_pearson
+    assert clopper_pearson(0, 0) == (0.0, 1.0)
+    low, high = clopper_pearson(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.3085, abs=1e-4)  # 1 - 0.025 ** (1/10)
+    low, high = clopper_pearson(10, 10)
+    assert low == pytest.approx(0.6915, abs=1e-4) and high == 1.0
+    low, high = clopper_pearson(7, 10)
+    assert (low, high) == (pytest.approx(0.3475, abs=1e-4), pytest.approx(0.9333, abs=1e-4))
+    with pytest.raises(ValueError):
+        clopper_pearson(3, 2)

@@ -82,3 +82,37 @@ def test_verl_loads_the_file_by_path():
 
 def test_fraction_on_an_answer_line():
     assert math_reward(["Answer: \\frac{1}{2}", "Answer: 1/2"], ["0.5", "0.5"]) == [1.0, 1.0]
+
+
+# --------------------------------------------------------------------------- OpenRLHF
+
+CHAT_PROMPT = ("<|im_start|>user\nTom has 3 apples and buys 5. How many now? Let's think step by step and "
+               "put the final answer within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_openrlhf_reward_func_scores_the_response_only():
+    """OpenRLHF passes prompt + response as the query; the prompt's empty \\boxed{} is not the answer."""
+    responses = ["3 + 5 = 8.\nAnswer: 8<|im_end|>", "3 + 5 = 9.\nAnswer: 9<|im_end|>",
+                 "So it is \\boxed{8}.<|im_end|>", "I do not know.<|im_end|>"]
+    queries = [CHAT_PROMPT + response for response in responses]
+    out = rewards.reward_func(queries, [CHAT_PROMPT] * 4, ["8"] * 4)
+    assert list(out["rewards"]) == [1.0, 0.0, 1.0, 0.0]
+    assert list(out["scores"]) == list(out["rewards"])
+    assert set(out["extra_logs"]) == {"answer_correct"}
+
+
+def test_openrlhf_response_part_when_decoding_changes_the_prompt():
+    """A decoded prompt may differ from the prompt string (spaces, normalised characters)."""
+    decoded = CHAT_PROMPT.replace("Tom has", "Tom  has")
+    assert rewards.response_part(decoded + "Answer: 8", CHAT_PROMPT) == "Answer: 8"
+    assert list(rewards.reward_func([decoded + "Answer: 8"], [CHAT_PROMPT], ["8"])["rewards"]) == [1.0]
+    with pytest.raises(ValueError, match="2 queries, 1 prompts"):
+        rewards.reward_func(["a", "b"], ["p"], ["1"])
+
+
+def test_openrlhf_loads_the_file_by_path():
+    """OpenRLHF imports --reward.remote_url *.py with spec_from_file_location and takes `reward_func`."""
+    spec = importlib.util.spec_from_file_location("reward_func", Path(rewards.__file__))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert list(module.reward_func([CHAT_PROMPT + "Answer: 8"], [CHAT_PROMPT], ["8"])["rewards"]) == [1.0]
