@@ -35,6 +35,7 @@ app: setup
 
 test: setup browser
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-trainers
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not real_model and not browser"
