@@ -40,6 +40,24 @@ def undo() -> None:
         st.session_state.pop("shown", None)
 
 
+def mark_step(problem_id: str, step: int) -> None:
+    try:
+        outcome = views.mark_first_wrong_step(db, annotator=user, problem_id=problem_id, step=step)
+    except views.StoreError as err:
+        st.session_state["flash"] = ("error", views.md(err))
+    else:
+        st.session_state["flash"] = ("success", outcome.message)
+
+
+def unmark_step(problem_id: str) -> None:
+    try:
+        outcome = views.undo_step_mark(db, annotator=user, problem_id=problem_id)
+    except views.StoreError as err:
+        st.session_state["flash"] = ("warning", views.md(err))
+    else:
+        st.session_state["flash"] = ("info", outcome.message)
+
+
 item = views.next_item(db, user)
 progress = views.progress(db, user)
 
@@ -57,6 +75,23 @@ if progress.budget_total:
 flash = st.session_state.pop("flash", None)
 if flash:
     getattr(st, flash[0])(flash[1])
+
+# ---------------------------------------------------------------- optional: first wrong step of the last "wrong"
+target = views.step_mark_target(db, user)
+if target is not None:
+    with st.expander(f"Optional · which step of the last problem went wrong first? Keys **1-{target.keyed}**",
+                     expanded=True, icon=":material/footprint:"):
+        marked = "not marked" if target.marked is None else f"marked: step {target.marked + 1}"
+        st.caption(f"Problem `{target.problem_id}` · {marked} · the verdict is already saved; this never blocks the queue.")
+        keys = st.columns(target.keyed + 1)
+        for index in range(target.keyed):
+            keys[index].button(f"{index + 1}", key=f"step-{index + 1}", shortcut=str(index + 1),
+                               type="primary" if target.marked == index else "secondary",
+                               help=target.steps[index], on_click=mark_step, args=(target.problem_id, index))
+        keys[-1].button("Unmark", key="step-unmark", icon=":material/undo:", disabled=target.marked is None,
+                        on_click=unmark_step, args=(target.problem_id,))
+        for index, text in enumerate(target.steps):
+            st.markdown(f"**{index + 1}.** {views.md(text)}")
 
 if item is None:
     st.success("The queue is empty: nothing is routed to annotation right now. "
@@ -105,4 +140,4 @@ with right:
         row[2].button("Undo", key="undo", shortcut="U", icon=":material/undo:", on_click=undo,
                       help="Undo your last label.", width="stretch")
     st.caption("Keys: **A** correct · **W** wrong (type the gold answer first; Enter in the box also saves) · "
-               "**F** flawed · **S** skip · **U** undo")
+               "**F** flawed · **S** skip · **U** undo · after a wrong verdict, **1-9** mark its first wrong step")

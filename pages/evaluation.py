@@ -39,3 +39,10 @@ else:
     st.markdown("##### Every strategy and budget")
     st.dataframe(view.table, hide_index=True)
     st.caption(f"Report folder: `{view.report.folder}` (report.md, report.html, results.json).")
+
+localisation = views.step_localisation_rows(db)
+if localisation:
+    st.markdown("##### Pivots against annotators' first wrong steps")
+    st.caption("From the step labels annotators gave after a wrong verdict: how often the step they marked "
+               "is a pivot, against random steps (as many as the pivots) and the longest step.")
+    st.dataframe(localisation, hide_index=True)

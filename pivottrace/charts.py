@@ -17,6 +17,7 @@ from .pivots import PIVOT_THRESHOLD
 ROUTE_COLOURS = {"annotate": "#2563eb", "self_train": "#16a34a", "low_priority": "#9ca3af",
                  "deferred": "#f59e0b"}
 PIVOT_COLOUR = "#d97706"
+HUMAN_COLOUR = "#dc2626"  # an annotator's first wrong step
 FONT = dict(family="Inter, system-ui, sans-serif", size=12)
 
 
@@ -44,7 +45,8 @@ def trace_figure(view, *, selected: int | None = None) -> go.Figure:
     """Attention entropy heatmap (layers x steps) over four aligned step rows.
 
     Rows, on one shared step axis: the heatmap; temporal change; inter-layer consistency;
-    predictive entropy; pivot score with the threshold and pivot steps marked.
+    predictive entropy; pivot score with the threshold and pivot steps marked. Annotators' first
+    wrong steps (view.human_marks) are red crosses under the heatmap and red lines on the score row.
     """
     n_steps = len(view.steps)
     if n_steps == 0 or view.entropy.size == 0:
@@ -82,6 +84,17 @@ def trace_figure(view, *, selected: int | None = None) -> go.Figure:
             for row in range(2, 6):
                 fig.add_vline(x=p + 1, line=dict(color=PIVOT_COLOUR, width=1, dash="dot"), opacity=0.5,
                               row=row, col=1)
+    marks = [(who, step) for who, step in getattr(view, "human_marks", []) if 0 <= step < n_steps]
+    if marks:  # beside the pivot markers: where people say the chain first went wrong
+        steps = np.array([step for _, step in marks])
+        agree = ["at a pivot" if step in set(pivots.tolist()) else "no pivot here" for step in steps]
+        fig.add_trace(go.Scatter(
+            x=steps + 1, y=np.full(steps.size, -0.5), mode="markers", name="first wrong step (human)",
+            marker=dict(symbol="x", size=12, color=HUMAN_COLOUR, line=dict(color="white", width=1)),
+            customdata=[[escape(who), a] for (who, _), a in zip(marks, agree)],
+            hovertemplate="%{customdata[0]}: first wrong step %{x} (%{customdata[1]})<extra></extra>"), row=1, col=1)
+        for step in sorted(set(steps.tolist())):
+            fig.add_vline(x=step + 1, line=dict(color=HUMAN_COLOUR, width=1.5), opacity=0.6, row=5, col=1)
     if selected is not None and 0 <= selected < n_steps:
         for row in range(1, 6):
             fig.add_vrect(x0=selected + 0.5, x1=selected + 1.5, fillcolor="#2563eb", opacity=0.12,

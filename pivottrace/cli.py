@@ -176,7 +176,8 @@ def _export_help() -> str:
 
 @app.command("export", help=_export_help())
 @clean_errors
-def export_cmd(fmt: str = typer.Option(..., "--format", "-f", help="verl, trl or openrlhf."),
+def export_cmd(fmt: str = typer.Option(..., "--format", "-f",
+                                       help="verl, trl or openrlhf; prm: human step labels for TRL's PRMTrainer."),
                out: Path = typer.Option(..., "--out", "-o",
                                         help="Output file (.parquet or .jsonl); a test split goes "
                                              "next to it as <stem>_test<suffix>, the card in the same folder."),

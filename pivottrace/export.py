@@ -1,5 +1,5 @@
 """Training sets for RLVR trainers: verl (parquet), TRL GRPOTrainer (JSONL or parquet), OpenRLHF
-(JSONL).
+(JSONL); and process-reward rows from human step labels for TRL's PRMTrainer ("prm", see prm.py).
 
 What goes in:
 - label_source "human": problems with a label in force (store.effective_labels). Verdict
@@ -41,8 +41,8 @@ import pyarrow.parquet as pq
 
 from . import card, store, trainers
 
-FORMATS = ("verl", "trl", "openrlhf")
-FILE_TYPES = {"verl": ("parquet",), "trl": ("jsonl", "parquet"), "openrlhf": ("jsonl",)}
+FORMATS = ("verl", "trl", "openrlhf", "prm")
+FILE_TYPES = {"verl": ("parquet",), "trl": ("jsonl", "parquet"), "openrlhf": ("jsonl",), "prm": ("jsonl", "parquet")}
 SUFFIX_TYPES = {".parquet": "parquet", ".jsonl": "jsonl"}
 # asks for the final answer in the form answers.extract_answer (and so rewards.py) reads first,
 # and the form verl's MATH scorer reads (the only one it reads)
@@ -393,6 +393,8 @@ def export(db, *, fmt: str, out: str | Path, options: ExportOptions = ExportOpti
     on bad options or an empty selection; nothing is written then."""
     out = Path(out)
     file_type = _validate(fmt, out, options)
+    if fmt == "prm":
+        return _export_prm(db, out, file_type, options)
     examples, skipped = select_examples(db, include_low_priority=options.include_low_priority,
                                         include_deferred=options.include_deferred)
     if not examples:
@@ -424,3 +426,31 @@ def export(db, *, fmt: str, out: str | Path, options: ExportOptions = ExportOpti
     write_text(card_file, card.card_json(result.card))
     write_text(readme_file, card.card_readme(result.card))
     return result
+
+
+def _export_prm(db, out: Path, file_type: str, options: ExportOptions) -> ExportResult:
+    """The "prm" format: human step labels only (prm.prm_rows), split like the other formats."""
+    from .prm import PRM_SCHEMA, prm_rows
+
+    records, skipped = prm_rows(db)
+    if not records:
+        raise ExportError("Nothing to export: no problem has a human step label. Mark the first wrong step "
+                          "on the Annotate page after a 'wrong' verdict.")
+    splits: dict[str, list[dict]] = {"train": []}
+    if options.test_fraction > 0:
+        splits["test"] = []
+    for record in records:
+        splits[split_of(record["problem_id"], test_fraction=options.test_fraction, seed=options.seed)].append(record)
+    empty = [name for name, rows in splits.items() if not rows]
+    if empty:
+        raise ExportError(f"The {' and '.join(empty)} split would be empty ({len(records)} problems); "
+                          "change --test-fraction or --seed.")
+    files, rows = {}, {}
+    for split, chosen in splits.items():
+        path = split_path(out, split)
+        if file_type == "parquet":
+            write_parquet(path, chosen, PRM_SCHEMA)
+        else:
+            write_jsonl(path, chosen)
+        files[split], rows[split] = path, len(chosen)
+    return ExportResult("prm", files, rows, {"human": len(records)}, skipped)

@@ -14,14 +14,25 @@ import json
 import numpy as np
 
 from .answers import canonical, majority_vote
-from .pivots import PoolStats, pool_stats, score_trace
-from .records import NUMERIC_FEATURES, ROUTING_COLUMNS, FeatureTable  # noqa: F401 (re-exported)
+from .pivot_weights import PivotWeights, apply_weights, fit_pivot_weights, labelled_chains
+from .pivots import PoolStats, TokenNull, analyse_trace, pool_stats, token_null
+from .records import NUMERIC_FEATURES, PIVOT_FEATURES, ROUTING_COLUMNS, FeatureTable  # noqa: F401 (re-exported)
 
 
-def feature_row(trace: dict, answers: list[str | None], stats: PoolStats) -> dict:
-    """One features row from a trace dict (as from store.iter_trace_arrays) and its samples."""
+def feature_row(trace: dict, answers: list[str | None], stats: PoolStats, null: TokenNull | None = None, *,
+                pivot_weights: PivotWeights | None = None) -> dict:
+    """One features row from a trace dict (as from store.iter_trace_arrays) and its samples.
+    With `pivot_weights` (fitted from step labels), pivots are scored with them instead of the hand-set rule."""
     arrays = trace["arrays"]
-    pivots = score_trace(arrays, stats, trace["n_completion_tokens"] or 0)
+    texts = trace.get("tokens")
+    null = null if null is not None else token_null([arrays], [texts])
+    steps = trace.get("steps") or []
+    pivots, tokens = analyse_trace(arrays, steps, stats, null, trace["n_completion_tokens"] or 0, tokens=texts)
+    if pivot_weights is not None and pivot_weights.n_steps and len(tokens.step_scores) == len(pivots.scores):
+        pivots = apply_weights(pivot_weights, pivots, tokens, trace["n_completion_tokens"] or 0)
+    n_tokens = len(tokens.token_q)
+    forking = np.asarray(arrays.get("token_entropy", np.zeros(0)), dtype=np.float64)
+    token_max = {name: float(values.max()) if values.size else 0.0 for name, values in tokens.step_max.items()}
     greedy = canonical(trace["answer"])
     vote = majority_vote([trace["answer"]] + list(answers))  # the greedy chain votes too
     majority = vote.majority
@@ -44,11 +55,30 @@ def feature_row(trace: dict, answers: list[str | None], stats: PoolStats) -> dic
         "n_cues": int(cues.sum()) if cues.size else 0,
         "pivot_scores": json.dumps([round(float(x), 4) for x in pivots.scores]),
         "pivot_signals": json.dumps(pivots.fired),
+        "max_token_score": float(tokens.step_scores.max()) if tokens.step_scores.size else 0.0,
+        "n_pivot_tokens": len(tokens.pivot_tokens),
+        "forking_share": float((forking > null.forking_cut).mean()) if forking.size and n_tokens else 0.0,
+        "max_surprisal": token_max.get("surprisal", 0.0),
+        "max_attention_shift": token_max.get("attention_shift", 0.0),
+        "max_received": token_max.get("received", 0.0),
     }
 
 
-def build_features(traces: list[dict], answers: dict) -> tuple[list[dict], PoolStats]:
-    """Feature rows for a pool of traces; `answers` maps (problem_id, model_id) -> sample answers."""
+def build_features(traces: list[dict], answers: dict, *,
+                   pivot_weights: PivotWeights | None = None) -> tuple[list[dict], PoolStats]:
+    """Feature rows for a pool of traces; `answers` maps (problem_id, model_id) -> sample answers.
+    `pivot_weights`: fitted from step labels (fit_pool_pivot_weights); None = the hand-set rule."""
     stats = pool_stats([t["arrays"] for t in traces])
-    rows = [feature_row(t, answers.get((t["problem_id"], t["model_id"]), []), stats) for t in traces]
+    null = token_null([t["arrays"] for t in traces], [t.get("tokens") for t in traces])
+    rows = [feature_row(t, answers.get((t["problem_id"], t["model_id"]), []), stats, null,
+                        pivot_weights=pivot_weights) for t in traces]
     return rows, stats
+
+
+def fit_pool_pivot_weights(traces: list[dict], step_labels: list[dict], accepted: set[str]) -> PivotWeights | None:
+    """Pivot weights fitted on the pool's labelled traces (pivot_weights.py); None without step labels."""
+    if not step_labels:
+        return None
+    stats = pool_stats([t["arrays"] for t in traces])
+    null = token_null([t["arrays"] for t in traces], [t.get("tokens") for t in traces])
+    return fit_pivot_weights(labelled_chains(traces, stats, null, step_labels, accepted))

@@ -6,6 +6,7 @@ of its own (see pivots.py, uncertainty.py, route.py) and no torch: a `Tracer` is
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 from . import store
 from .answers import answers_match, canonical
 from .datasets import LoadResult, RejectedRow, demo_problems, read_pool, spread_by_steps
-from .features import FeatureTable, build_features
+from .features import FeatureTable, build_features, fit_pool_pivot_weights
 from .route import RouterConfig, route_pool
 from .uncertainty import EstimatorConfig
 from .uncertainty import choose_estimator as _choose_estimator
@@ -85,13 +86,43 @@ def trace_pool(db, tracer, *, limit: int | None = None, source: str | None = Non
 
 def score_pool(db, model_id: str | None = None) -> list[dict]:
     """Recompute pivots and features for every trace of the model (pool statistics included)."""
+    return score_pool_with_weights(db, model_id)[0]
+
+
+def score_pool_with_weights(db, model_id: str | None = None):
+    """score_pool, plus the pivot weights fitted from the step labels (None without any)."""
     model_id = model_id or store.latest_model_id(db)
     if model_id is None:
-        return []
+        return [], None
     traces = list(store.iter_trace_arrays(db, model_id))
-    rows, _ = build_features(traces, store.all_sample_answers(db, model_id))
+    accepted = {r["problem_id"] for r in store.effective_labels(db) if r["verdict"] == "correct"}
+    fitted = fit_pool_pivot_weights(traces, store.effective_step_labels(db), accepted)
+    rows, _ = build_features(traces, store.all_sample_answers(db, model_id), pivot_weights=fitted)
     store.save_features(db, rows)
-    return rows
+    return rows, fitted
+
+
+def step_label_localisation(db, model_id: str | None = None):
+    """localisation.LocalisationReport of the stored pivots against annotators' first wrong steps
+    (newest step label per problem, on this model's traces with the same steps); None without any.
+    A stored pivot is a step whose pivot score exceeds PIVOT_THRESHOLD (features.pivot_scores)."""
+    from .localisation import LocalisationCase, localisation_report
+    from .pivots import PIVOT_THRESHOLD
+
+    model_id = model_id or store.latest_model_id(db)
+    marks = {row["problem_id"]: row for row in store.effective_step_labels(db) if row["model_id"] == model_id}
+    cases = []
+    for problem_id, mark in sorted(marks.items()):
+        trace, features = store.load_trace(db, problem_id, model_id), store.get_features(db, problem_id, model_id)
+        if not trace or not features or len(trace["steps"]) != mark["n_steps"]:
+            continue
+        scores = json.loads(features["pivot_scores"] or "[]")
+        if len(scores) != len(trace["steps"]):
+            continue
+        cases.append(LocalisationCase([s for s, x in enumerate(scores) if x > PIVOT_THRESHOLD], scores,
+                                      [s["tok_end"] - s["tok_start"] for s in trace["steps"]],
+                                      int(mark["first_wrong_step"])))
+    return localisation_report(cases) if cases else None
 
 
 def label_outcomes(db, rows=None, *, labels: list[dict] | None = None) -> dict[str, int]:
@@ -147,7 +178,12 @@ def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfi
     start = time.perf_counter()
     model_id = model_id or store.latest_model_id(db)
     # columns, converted once for the fit, the prediction and the routing
-    table = FeatureTable.from_rows(score_pool(db, model_id)) if rescore else store.load_feature_table(db, model_id)
+    pivot_weights = None
+    if rescore:
+        rows, pivot_weights = score_pool_with_weights(db, model_id)
+        table = FeatureTable.from_rows(rows)
+    else:
+        table = store.load_feature_table(db, model_id)
     labels = store.effective_labels(db)
     outcomes = label_outcomes(db, table, labels=labels)
     estimator = choose_estimator(table, outcomes, config=estimator_config)
@@ -157,8 +193,11 @@ def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfi
     routing = route_pool(table, uncertainty, budget_remaining=budget["remaining"], config=config,
                          exclude=labelled)
     metrics = dict(getattr(estimator, "metrics", {}) or {})
+    thresholds = dict(routing.thresholds)
+    if pivot_weights is not None:  # fitted from step labels when the pool was rescored
+        thresholds["pivot_weights"] = pivot_weights.to_dict()
     version = store.new_router_version(db, kind=estimator.kind, model_id=model_id,
-                                       n_labels=len(labelled), thresholds=routing.thresholds,
+                                       n_labels=len(labelled), thresholds=thresholds,
                                        metrics=metrics, note=note)
     changed = store.save_route_columns(db, routing.problem_ids, routing.model_ids, routing.routes,
                                        routing.uncertainty, routing.value, version)

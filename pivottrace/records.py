@@ -31,6 +31,14 @@ class TraceResult:
         cue [S]: Q, reflection markers in the step's text.
         token_entropy [Tc]: predictive entropy (nats) of each completion token.
         token_logprob [Tc]: log p of each completion token under the model.
+        token_attention_entropy [Tc]: normalised attention entropy of each completion query
+            (heads averaged), mean over layers.
+        token_shift [Tc]: Jensen-Shannon divergence (bits) of each query's attention over key
+            positions from the previous query's, mean over layers; 0 for the first token.
+        token_received [Tc]: vertical attention each completion token receives from queries at
+            least RECEIVER_MIN_DISTANCE later, averaged over the trace's receiver heads.
+        head_kurtosis [L, H]: kurtosis of each head's vertical attention over completion tokens
+            (receiver heads are the highest).
     """
 
     prompt: str
@@ -64,6 +72,11 @@ NUMERIC_FEATURES = (
 )
 
 
+# Token-level pivot columns (pivots.score_tokens), per problem: strongest pivot-token evidence
+# (-log10 q), share of forking tokens, and each token signal's largest value. Kept out of
+# NUMERIC_FEATURES so the cold-start prior is unchanged; the estimators can add them by name.
+PIVOT_FEATURES = ("max_token_score", "n_pivot_tokens", "forking_share", "max_surprisal", "max_attention_shift",
+                  "max_received")
 # Columns besides NUMERIC_FEATURES that routing reads from every row.
 ROUTING_COLUMNS = ("pivot_density", "vote_share")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from .records import NUMERIC_FEATURES, ROUTING_COLUMNS, FeatureTable
+from .records import NUMERIC_FEATURES, PIVOT_FEATURES, ROUTING_COLUMNS, FeatureTable
 
 DEFAULT_DB = "pivottrace.db"
 ROLES = ("annotator", "researcher", "lead")
@@ -172,7 +172,26 @@ def _migration_4(db: sqlite_utils.Database) -> None:
                    f"delete from feature_columns where model_id in ({models}); end")
 
 
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4]  # index i upgrades user_version i -> i+1; append, never edit
+def _migration_5(db: sqlite_utils.Database) -> None:
+    """Token-level pivot feature columns, and step labels (process supervision, PRM800K style):
+    an annotator's first wrong step of the shown chain (or "no wrong step", -1) and optional
+    per-step ratings +1 / 0 / -1. Append-only like labels: an undo is a row whose `undoes` names
+    the row it takes back."""
+    for name in PIVOT_FEATURES:
+        db["features"].add_column(name, float)
+    db["step_labels"].create({
+        "id": int, "problem_id": str, "model_id": str, "annotator": str,
+        "first_wrong_step": int,  # 0-based step of the stored trace; -1 = every step is right; NULL on undo rows
+        "ratings": str,  # JSON [S] of +1 / 0 / -1 / null, or NULL
+        "n_steps": int,  # steps of the trace the label was given on (a re-trace changes them)
+        "label_id": int,  # the verdict label it goes with, when there is one
+        "created_at": float, "undoes": int,
+    }, pk="id")
+    db["step_labels"].create_index(["problem_id"])
+    db["step_labels"].create_index(["annotator", "id"])
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]  # index i upgrades user_version i -> i+1; append, never edit
 
 
 def open_db(path: str | Path | None = None) -> sqlite_utils.Database:
@@ -333,7 +352,7 @@ def load_trace(db: sqlite_utils.Database, problem_id: str, model_id: str | None 
 
 def iter_trace_arrays(db: sqlite_utils.Database, model_id: str | None = None):
     """Yield (problem_id, model_id, row) for every trace, arrays decoded; for pool-level scoring."""
-    sql = "select problem_id, model_id, completion, answer, steps, arrays, n_completion_tokens, " \
+    sql = "select problem_id, model_id, completion, answer, steps, tokens, arrays, n_completion_tokens, " \
           "mean_logprob, min_logprob, answer_prob from traces"
     params = []
     if model_id:
@@ -341,6 +360,7 @@ def iter_trace_arrays(db: sqlite_utils.Database, model_id: str | None = None):
         params.append(model_id)
     for row in db.query(sql, params):
         row["steps"] = json.loads(row["steps"] or "[]")
+        row["tokens"] = json.loads(row["tokens"] or "[]")
         row["arrays"] = decode_arrays(row["arrays"])
         yield row
 
@@ -396,7 +416,8 @@ def load_features(db: sqlite_utils.Database, model_id: str | None = None, *,
     return list(db.query(sql + " order by problem_id, model_id", params))
 
 
-FEATURE_TABLE_COLUMNS = NUMERIC_FEATURES + tuple(c for c in ROUTING_COLUMNS if c not in NUMERIC_FEATURES)
+FEATURE_TABLE_COLUMNS = NUMERIC_FEATURES + tuple(c for c in ROUTING_COLUMNS + PIVOT_FEATURES
+                                                  if c not in NUMERIC_FEATURES)
 
 
 def load_feature_table(db: sqlite_utils.Database, model_id: str | None = None) -> FeatureTable:
@@ -726,6 +747,89 @@ def effective_labels(db: sqlite_utils.Database) -> list[dict]:
         "and l.id = (select max(l2.id) from labels l2 where l2.problem_id = l.problem_id "
         "and l2.verdict in ('correct', 'wrong', 'flawed') "
         "and not exists (select 1 from labels u2 where u2.undoes = l2.id)) order by l.id"))
+
+
+# --------------------------------------------------------------------------- step labels
+
+STEP_RATINGS = (1, 0, -1)  # PRM800K: good, neutral (okay but not progress), bad
+
+
+def save_step_label(db: sqlite_utils.Database, *, problem_id: str, annotator: str, first_wrong_step: int,
+                    model_id: str | None = None, ratings: list | None = None) -> int:
+    """Append an annotator's first-wrong-step label on the stored trace of `problem_id`.
+
+    `first_wrong_step`: 0-based step index, or -1 for "every step is right". `ratings`: optional
+    per-step +1 / 0 / -1 (None for unrated steps). Checked against the trace's steps; a later label
+    of the same annotator on the same problem supersedes the earlier one (nothing is overwritten).
+    """
+    stamp = now()
+    with immediate(db):
+        sql = "select model_id, steps from traces where problem_id = ?"
+        params = [problem_id]
+        if model_id:
+            sql += " and model_id = ?"
+            params.append(model_id)
+        row = db.execute(sql + " order by created_at desc limit 1", params).fetchone()
+        if row is None:
+            raise StoreError("No trace of this problem to label steps on.")
+        model_id, n_steps = row[0], len(json.loads(row[1] or "[]"))
+        if not isinstance(first_wrong_step, int) or not -1 <= first_wrong_step < n_steps:
+            raise StoreError(f"First wrong step must be a step number 1-{n_steps} (or none); got {first_wrong_step!r}.")
+        if ratings is not None:
+            if len(ratings) != n_steps or any(r not in STEP_RATINGS + (None,) for r in ratings):
+                raise StoreError(f"Step ratings must be {n_steps} values of +1, 0, -1 or none.")
+            ratings = json.dumps(list(ratings))
+        label = db.execute("select id from labels l where problem_id = ? and annotator = ? "
+                           "and verdict in ('correct', 'wrong', 'flawed') "
+                           "and not exists (select 1 from labels u where u.undoes = l.id) "
+                           "order by id desc limit 1", [problem_id, annotator]).fetchone()
+        return db["step_labels"].insert({
+            "problem_id": problem_id, "model_id": model_id, "annotator": annotator,
+            "first_wrong_step": first_wrong_step, "ratings": ratings, "n_steps": n_steps,
+            "label_id": label[0] if label else None, "created_at": stamp, "undoes": None}).last_pk
+
+
+def undo_last_step_label(db: sqlite_utils.Database, annotator: str, *, problem_id: str | None = None) -> dict:
+    """Append an undo row for the annotator's latest step label in force (on `problem_id` if given)."""
+    with immediate(db):
+        sql = ("select id, problem_id, first_wrong_step from step_labels s where annotator = ? "
+               "and undoes is null and not exists (select 1 from step_labels u where u.undoes = s.id)")
+        params = [annotator]
+        if problem_id:
+            sql += " and problem_id = ?"
+            params.append(problem_id)
+        row = db.execute(sql + " order by id desc limit 1", params).fetchone()
+        if not row:
+            raise NothingToUndo("No step label to undo.")
+        db["step_labels"].insert({"problem_id": row[1], "model_id": None, "annotator": annotator,
+                                  "first_wrong_step": None, "ratings": None, "n_steps": None,
+                                  "label_id": None, "created_at": now(), "undoes": row[0]})
+    return {"step_label_id": row[0], "problem_id": row[1], "first_wrong_step": row[2]}
+
+
+def latest_label_in_force(db: sqlite_utils.Database, annotator: str) -> dict | None:
+    """The annotator's newest verdict label (correct/wrong/flawed) that is not undone, or None."""
+    rows = list(db.query(
+        "select l.* from labels l where l.annotator = ? and l.verdict in ('correct', 'wrong', 'flawed') "
+        "and not exists (select 1 from labels u where u.undoes = l.id) order by l.id desc limit 1", [annotator]))
+    return rows[0] if rows else None
+
+
+def effective_step_labels(db: sqlite_utils.Database, *, problem_id: str | None = None) -> list[dict]:
+    """Step labels in force: not undone, the newest per (problem, annotator); ratings decoded."""
+    sql = ("select s.* from step_labels s where s.undoes is null "
+           "and not exists (select 1 from step_labels u where u.undoes = s.id) "
+           "and s.id = (select max(s2.id) from step_labels s2 where s2.problem_id = s.problem_id "
+           "and s2.annotator = s.annotator and s2.undoes is null "
+           "and not exists (select 1 from step_labels u2 where u2.undoes = s2.id))")
+    params = []
+    if problem_id:
+        sql += " and s.problem_id = ?"
+        params.append(problem_id)
+    rows = list(db.query(sql + " order by s.id", params))
+    for row in rows:
+        row["ratings"] = json.loads(row["ratings"]) if row["ratings"] else None
+    return rows
 
 
 # --------------------------------------------------------------------------- labels for analytics and export

@@ -65,6 +65,10 @@ def synthetic_trace(problem, rng: np.random.Generator, *, n_layers: int = N_LAYE
         "cue": (rng.random(n_steps) < 0.05 * difficulty).astype(float),
         "token_entropy": np.abs(rng.normal(1.0 + difficulty, 0.3, n_tokens)),
         "token_logprob": token_logprob,
+        "token_attention_entropy": np.clip(rng.normal(0.5 + 0.1 * difficulty, 0.05, n_tokens), 0, 1),
+        "token_shift": np.abs(rng.normal(0.05 + 0.05 * difficulty, 0.02, n_tokens)),
+        "token_received": np.abs(rng.normal(0.01, 0.005, n_tokens)),
+        "head_kurtosis": rng.normal(3.0, 1.0, (n_layers, 9)),
     }
     result = TraceResult(
         prompt=problem.text, completion="".join(texts), steps=steps,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import math
 import os
 import re
 import shutil
@@ -51,7 +52,13 @@ PROMPT_EXAMPLES = (
 )
 ATTN_IMPL = "pivottrace"  # SDPA, plus streamed statistics while a collector is active
 ARRAY_KEYS = ("entropy", "segment_attention", "temporal_change", "consistency", "pred_entropy_mean",
-              "pred_entropy_max", "cue", "token_entropy", "token_logprob")
+              "pred_entropy_max", "cue", "token_entropy", "token_logprob", "token_attention_entropy",
+              "token_shift", "token_received", "head_kurtosis")
+# Receiver heads (Thought Anchors, Bogdan et al. 2025): heads whose vertical attention (attention a
+# key token receives from later queries) is concentrated on a few tokens, i.e. has a high kurtosis.
+RECEIVER_HEADS = 16  # heads averaged into token_received: 16 of SmolLM2's 270 (~6 %) ...
+RECEIVER_HEAD_SHARE = 0.25  # ... but never more than a quarter of a small model's heads
+RECEIVER_MIN_DISTANCE = 4  # queries this close to a key are left out: local attention is not "receiving"
 _ANSWER_LINE_RE = re.compile(r"answer\s*(?:is|:|=)[^\n]*\d[^\n]*\n", re.I)  # a finished answer line
 _STOP_TAIL_TOKENS = 48  # tokens decoded to look for the answer line when a newline is generated
 _NUCLEUS_CANDIDATES = 512  # top-k pre-selection for top-p sampling; exact whenever it holds top_p of the mass
@@ -102,6 +109,9 @@ class _Collector:
     query_chunk: int
     entropy_sum: torch.Tensor  # [L, S] sum of normalised entropies
     mass_sum: torch.Tensor  # [L, S, S+1] sum of segment masses
+    token_entropy_sum: torch.Tensor  # [Tc] normalised attention entropy of each query, summed over layers
+    token_shift_sum: torch.Tensor  # [Tc] JS shift from the previous query's attention, summed over layers
+    received: torch.Tensor  # [L, H, Tc] attention each completion key receives from queries >= key + distance
     layers_seen: set = field(default_factory=set)
 
     def add_layer(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -127,6 +137,7 @@ class _Collector:
         future = torch.ones(self.query_chunk, self.query_chunk, dtype=torch.bool,
                             device=query.device).triu_(1)  # [chunk, chunk] keys after the query
         positions = torch.arange(seq, device=query.device)  # [T]
+        previous_row = None  # [a] heads-averaged attention of the query before the chunk
         for a in range(self.q_start, seq, self.query_chunk):
             b = min(a + self.query_chunk, seq)  # rows a..b-1 see keys 0..b-1 at most
             c = b - a
@@ -143,8 +154,15 @@ class _Collector:
             del scores
             out[:, :, a - self.q_start:b - self.q_start] = torch.bmm(
                 probs.view(n_kv, groups * c, b), v[:, :b]).view(n_kv, groups, c, head_dim)  # [KVH, G, c, d]
+            far = (positions[None, self.q_start:b] <= positions[a:b, None] - RECEIVER_MIN_DISTANCE).float()  # [c, b-P]
+            self.received[layer, :, :b - self.q_start] += torch.einsum(
+                "hck,ck->hk", probs.view(n_heads, c, b)[..., self.q_start:], far)  # [H, b-P] vertical attention
             mean_probs = (head_mean @ probs.view(n_heads, c * b)).view(c, b)  # [c, b] heads averaged
             del probs
+            rows = slice(a - self.q_start, b - self.q_start)
+            shift = _row_shift(mean_probs, previous_row)  # [c] bits; 0 for the first completion query
+            previous_row = mean_probs[-1]
+            self.token_shift_sum[rows] += shift
             entropy = -torch.linalg.vecdot(mean_probs, mean_probs.clamp_min(1e-30).log())  # [c] nats (0 log 0 = 0)
             log_n = n_visible.to(entropy.dtype).log()  # [c]
             norm_entropy = torch.where(n_visible > 1, entropy / log_n.clamp_min(1e-12), 0.0).clamp_(0.0, 1.0)  # [c]
@@ -152,8 +170,29 @@ class _Collector:
             steps = self.query_step[a - self.q_start:b - self.q_start]  # [c]
             self.entropy_sum[layer].index_add_(0, steps, norm_entropy)
             self.mass_sum[layer].index_add_(0, steps, mass)
+            self.token_entropy_sum[rows] += norm_entropy
         self.layers_seen.add(layer)
         return out.reshape(n_heads, seq - self.q_start, head_dim).transpose(0, 1)[None].to(query.dtype)
+
+
+def _row_shift(rows: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """Jensen-Shannon divergence (bits) of each attention row from the row before it. rows [c, b].
+
+    Row i covers keys 0..b-1 (zeros past what it can see); the row before row 0 is `previous`
+    [a <= b] (zero-padded), or, when None, row 0 gets 0: the first completion query has no
+    analysed predecessor. JS = H(mid) - (H(p) + H(q)) / 2, in float64 (small differences of entropies).
+    """
+    p = rows.double()  # [c, b]
+    q = torch.zeros_like(p)  # [c, b]
+    q[1:] = p[:-1]
+    if previous is not None:
+        q[0, :previous.shape[0]] = previous.double()
+    mid = 0.5 * (p + q)
+    neg_h = lambda x: torch.xlogy(x, x).sum(-1)  # noqa: E731  [c] -H in nats
+    shift = ((0.5 * (neg_h(p) + neg_h(q)) - neg_h(mid)) / math.log(2)).clamp_(0.0, 1.0)  # [c]
+    if previous is None:
+        shift[0] = 0.0
+    return shift.float()
 
 
 def _pivottrace_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
@@ -212,6 +251,34 @@ def layer_consistency(mass: np.ndarray) -> np.ndarray:
     return off_diagonal / (n_layers * (n_layers - 1))
 
 
+def vertical_attention(received: np.ndarray, seq: int) -> dict[str, np.ndarray]:
+    """Receiver heads and the attention each completion token receives from them.
+
+    received [L, H, Tc]: per head, the attention completion key k got, summed over the queries at
+    least RECEIVER_MIN_DISTANCE after it; seq = prompt + completion length. Each sum becomes a
+    mean over those queries (the vertical attention v[l, h, k]); a head's kurtosis is the Fisher
+    kurtosis of v over the keys that have such queries (needs 4). The RECEIVER_HEADS heads with
+    the highest kurtosis are the receiver heads; token_received [Tc] is their mean v (0 for the
+    last keys, which no query is far enough from). Returns head_kurtosis [L, H] (0 where
+    undefined) and token_received [Tc].
+    """
+    n_layers, n_heads, n_tokens = received.shape
+    key_pos = seq - n_tokens + np.arange(n_tokens)  # [Tc] absolute positions
+    n_far = seq - key_pos - RECEIVER_MIN_DISTANCE  # [Tc] queries far enough after each key
+    valid = n_far > 0  # [Tc]
+    if valid.sum() < 4:
+        return {"head_kurtosis": np.zeros((n_layers, n_heads)), "token_received": np.zeros(n_tokens)}
+    vertical = received[..., valid] / n_far[valid]  # [L, H, V]
+    centred = vertical - vertical.mean(-1, keepdims=True)
+    variance = (centred ** 2).mean(-1)  # [L, H]
+    kurtosis = np.where(variance > 1e-20, (centred ** 4).mean(-1) / np.maximum(variance, 1e-20) ** 2 - 3.0, 0.0)
+    n_pick = max(1, min(RECEIVER_HEADS, int(RECEIVER_HEAD_SHARE * n_layers * n_heads)))
+    picked = np.argsort(-kurtosis.ravel(), kind="stable")[:n_pick]  # flat (layer * H + head) indexes
+    token_received = np.zeros(n_tokens)
+    token_received[valid] = vertical.reshape(n_layers * n_heads, -1)[picked].mean(0)
+    return {"head_kurtosis": kurtosis, "token_received": token_received}
+
+
 @torch.inference_mode()
 def analyse_ids(model, prompt_ids: list[int], completion_ids: list[int], token_step: np.ndarray, *,
                 n_steps: int, query_chunk: int = 128) -> dict[str, np.ndarray]:
@@ -247,6 +314,9 @@ def analyse_ids(model, prompt_ids: list[int], completion_ids: list[int], token_s
         query_chunk=query_chunk,
         entropy_sum=torch.zeros(n_layers, n_steps, device=device),  # [L, S]
         mass_sum=torch.zeros(n_layers, n_steps, n_steps + 1, device=device),  # [L, S, S+1]
+        token_entropy_sum=torch.zeros(n_tokens, device=device),  # [Tc]
+        token_shift_sum=torch.zeros(n_tokens, device=device),  # [Tc]
+        received=torch.zeros(n_layers, model.config.num_attention_heads, n_tokens, device=device),  # [L, H, Tc]
     )
     token = _COLLECTOR.set(collector)
     try:
@@ -260,6 +330,7 @@ def analyse_ids(model, prompt_ids: list[int], completion_ids: list[int], token_s
     counts = torch.bincount(step_t, minlength=n_steps).float()  # [S]
     mass = (collector.mass_sum / counts[None, :, None]).cpu().double().numpy()  # [L, S, S+1]
     ent = token_entropy.cpu().double().numpy()  # [Tc]
+    receivers = vertical_attention(collector.received.cpu().double().numpy(), prompt_len + n_tokens)
     return {
         "entropy": (collector.entropy_sum / counts[None, :]).cpu().double().numpy(),  # [L, S]
         "segment_attention": mass,
@@ -269,6 +340,9 @@ def analyse_ids(model, prompt_ids: list[int], completion_ids: list[int], token_s
         "pred_entropy_max": np.array([ent[token_step == s].max() for s in range(n_steps)]),
         "token_entropy": ent,
         "token_logprob": token_logprob.cpu().double().numpy(),
+        "token_attention_entropy": collector.token_entropy_sum.cpu().double().numpy() / n_layers,  # [Tc]
+        "token_shift": collector.token_shift_sum.cpu().double().numpy() / n_layers,  # [Tc]
+        **receivers,
     }
 
 
@@ -294,7 +368,8 @@ def _empty_arrays(n_layers: int) -> dict[str, np.ndarray]:
     return {"entropy": np.zeros((n_layers, 0)), "segment_attention": np.zeros((n_layers, 0, 1)),
             "temporal_change": np.zeros((n_layers, 0)), "consistency": np.zeros(0),
             "pred_entropy_mean": np.zeros(0), "pred_entropy_max": np.zeros(0),
-            "token_entropy": np.zeros(0), "token_logprob": np.zeros(0)}
+            "token_entropy": np.zeros(0), "token_logprob": np.zeros(0), "token_attention_entropy": np.zeros(0),
+            "token_shift": np.zeros(0), "token_received": np.zeros(0), "head_kurtosis": np.zeros((n_layers, 0))}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The trace statistics the slow, obvious way, from full attention maps: the tests' reference.
 
 `reference_stats` recomputes what trace.analyse_ids streams (entropy, segment attention, temporal
-change, consistency, predictive entropy) with plain loops over materialised [T, T] maps, so the
+change, consistency, predictive entropy, and the per-token attention entropy, attention shift and
+receiver-head attention) with plain loops over materialised [T, T] maps, so the
 tests can check the fast path against it. Test-only: nothing in the package imports it.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from pivottrace.trace import RECEIVER_MIN_DISTANCE, vertical_attention
 
 
 def normalised_entropy(p: np.ndarray) -> float:
@@ -40,6 +43,8 @@ def reference_stats(attentions, *, q_start: int, token_step: np.ndarray, n_steps
     attentions: per layer [H, T, T] (or [1, H, T, T]) probabilities, e.g. eager + output_attentions.
     token_step [Tc]: step of each completion token. logits [T, V] and token_ids [T], when given,
     add the predictive-entropy arrays. Returns the arrays of TraceResult except "cue".
+    The token arrays too; receiver heads are picked from the full maps by trace.vertical_attention,
+    as in the streamed path.
     """
     token_step = np.asarray(token_step)
     n_layers, seq = len(attentions), np.shape(attentions[0])[-1]
@@ -67,6 +72,20 @@ def reference_stats(attentions, *, q_start: int, token_step: np.ndarray, n_steps
                     for i in range(n_layers) for j in range(i + 1, n_layers)]
             consistency[s] = np.mean(sims)
     out = {"entropy": entropy, "segment_attention": mass, "temporal_change": change, "consistency": consistency}
+    n_tokens = seq - q_start
+    token_entropy_attn, token_shift = np.zeros(n_tokens), np.zeros(n_tokens)
+    received = np.zeros((n_layers, np.shape(attentions[0])[-3], n_tokens))  # [L, H, Tc]
+    for layer, attention in enumerate(attentions):
+        heads = np.asarray(attention, dtype=np.float64).reshape(-1, seq, seq)  # [H, T, T]
+        mean = heads.mean(0)  # [T, T]
+        for t in range(q_start, seq):
+            token_entropy_attn[t - q_start] += normalised_entropy(mean[t, :t + 1]) / n_layers
+            if t > q_start:
+                token_shift[t - q_start] += js_divergence(mean[t, :t + 1], np.append(mean[t - 1, :t], 0.0)) / n_layers
+        for k in range(q_start, seq):
+            received[layer, :, k - q_start] = heads[:, k + RECEIVER_MIN_DISTANCE:, k].sum(-1)
+    out.update(token_attention_entropy=token_entropy_attn, token_shift=token_shift,
+               **vertical_attention(received, seq))
     if logits is not None:
         logits = np.asarray(logits, dtype=np.float64)
         logp = logits - logits.max(-1, keepdims=True)

@@ -128,6 +128,32 @@ def test_annotate_accept_wrong_undo(db):
     assert at.text_input(key=f"gold-{second}")  # the undone item is back on screen
 
 
+def test_annotate_marks_the_first_wrong_step_after_a_wrong_verdict(db):
+    at = ok(page("pages/annotate.py", "ann"))
+    assert not [b for b in at.button if b.key and b.key.startswith("step-")]  # nothing to mark yet
+    wrong = store.next_item(db, "ann")["problem_id"]
+    at.text_input(key=f"gold-{wrong}").input("12345")
+    at.button(key="wrong").click().run()
+    ok(at)
+    assert labels(db)[-1]["verdict"] == "wrong"  # the verdict is saved at once; the step mark is optional
+    assert store.next_item(db, "ann")["problem_id"] != wrong  # and the queue moved on
+    n_steps = len(store.load_trace(db, wrong)["steps"])
+    assert at.button(key="step-1") and at.button(key="step-1").proto.shortcut == "1"
+    assert len([b for b in at.button if b.key and b.key.startswith("step-") and b.key != "step-unmark"]) == min(n_steps, 9)
+    at.button(key="step-2").click().run()
+    ok(at)
+    [mark] = store.effective_step_labels(db, problem_id=wrong)
+    assert (mark["annotator"], mark["first_wrong_step"], mark["n_steps"]) == ("ann", 1, n_steps)
+    assert at.success and "step 2" in at.success[0].value
+    at.button(key="step-unmark").click().run()
+    ok(at)
+    assert store.effective_step_labels(db, problem_id=wrong) == []
+    assert db.execute("select count(*) from step_labels").fetchone()[0] == 2  # append-only: the undo is a row
+    at.button(key="accept").click().run()  # the next verdict is not "wrong": the step panel goes away
+    ok(at)
+    assert not [b for b in at.button if b.key == "step-1"]
+
+
 def test_annotate_shows_hostile_problem_text_as_text(db):
     version = store.router_versions(db)[-1]["id"]
     store.save_routes(db, [{"problem_id": problem_id(XSS), "model_id": "synth", "route": "annotate",

@@ -150,3 +150,37 @@ def test_label_with_keyboard_shortcuts_then_undo(server):
             screenshot(page, name)
         browser.close()
     assert all((ASSETS / f"{n}.png").stat().st_size > 20_000 for n in ("annotate", "inspect", "budget", "pool"))
+
+
+def test_mark_the_first_wrong_step_with_a_number_key(server):
+    """After a wrong verdict the queue moves on; pressing 2 marks step 2 of that problem."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    base, db = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+        page.goto(base)
+        idle(page)
+        page.locator(".st-key-user_pick [data-testid=stSelectbox]").click()
+        page.get_by_role("option", name="ann", exact=True).click()
+        page.locator(".st-key-accept").first.wait_for()
+        idle(page)
+        heading = page.get_by_test_id("stMainBlockContainer").get_by_role("heading", name="Annotate")
+
+        page.locator('[class*="st-key-gold-"] input').fill(GOLD)
+        heading.click()  # focus off the input, so the keys reach the page
+        page.keyboard.press("w")
+        wrong = wait_until(lambda: ann_labels(db), what="the wrong label")[0]
+        assert wrong["verdict"] == "wrong"
+        page.locator(".st-key-step-2").wait_for()
+        idle(page)
+        heading.click()
+        page.keyboard.press("2")
+        mark = wait_until(lambda: store.effective_step_labels(db, problem_id=wrong["problem_id"]),
+                          what="the step label")[0]
+        assert (mark["annotator"], mark["first_wrong_step"], mark["label_id"]) == ("ann", 1, wrong["id"])
+        idle(page)
+        page.get_by_text("Marked step 2 as the first wrong step").wait_for()
+        assert len(ann_labels(db)) == 1  # the key marked a step; it labelled nothing else
+        assert not page.get_by_test_id("stException").count()
+        browser.close()

@@ -104,3 +104,19 @@ def test_model_text_in_chart_labels_is_escaped(view):
                                                              for i in range(len(view.steps))]})
     lines = [t for t in charts.trace_figure(hostile).data if t.customdata is not None]
     assert lines and all("<b>" not in text and "&lt;b&gt;" in text for t in lines for text in t.customdata)
+
+
+def test_trace_figure_draws_human_first_wrong_steps_beside_the_pivots(tmp_path):
+    from pivottrace import store
+    from tests.conftest import build_app_db
+
+    db = build_app_db(tmp_path / "marks.db", n_problems=8)
+    problem_id = db.execute("select problem_id from traces order by problem_id limit 1").fetchone()[0]
+    store.save_step_label(db, problem_id=problem_id, annotator="ann <b>", first_wrong_step=1)
+    store.save_step_label(db, problem_id=problem_id, annotator="bob", first_wrong_step=-1)  # "all right": no cross
+    view = views.trace_view(db, problem_id, "synth")
+    assert view.human_marks == [("ann <b>", 1), ("bob", -1)]
+    fig = charts.trace_figure(view)
+    [human] = [t for t in fig.data if t.name == "first wrong step (human)"]
+    assert list(human.x) == [2] and human.customdata[0][0] == "ann &lt;b&gt;"  # escaped
+    assert human.customdata[0][1] == ("at a pivot" if 1 in view.pivots else "no pivot here")

@@ -23,8 +23,17 @@ def test_open_is_idempotent_and_versioned(tmp_path):
     assert first.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def as_version_4(db) -> None:
+    """Take a database back to the schema before migration 5 (step labels, token pivot columns)."""
+    db.execute("drop table step_labels")
+    for name in store.PIVOT_FEATURES:
+        db.execute(f"alter table features drop column {name}")
+    db.execute("PRAGMA user_version = 4")
+
+
 def as_version_3(db) -> None:
     """Take a database back to the schema the last release wrote (before migration 4)."""
+    as_version_4(db)
     for name, kind in db.execute("select name, type from sqlite_master where sql is not null").fetchall():
         if name.startswith("features_") and kind == "trigger":
             db.execute(f"drop trigger {name}")

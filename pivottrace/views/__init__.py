@@ -16,6 +16,7 @@ from .common import (  # noqa: F401
 from .annotate import (  # noqa: F401
     ACTIONS, Candidate, QueueItemView, candidates_from, item_view, next_item, LabelOutcome,
     submit_label, undo_last, Progress, progress, seconds_since,
+    STEP_KEYS, StepMarkView, step_mark_target, mark_first_wrong_step, undo_step_mark,
 )
 from .inspect import (  # noqa: F401
     TOKEN_ENTROPY_SPAN, ROUTE_CHOICES, SORT_CHOICES, trace_models, ROUTE_LABELS, INSPECT_LIMIT,
@@ -30,5 +31,5 @@ from .pool import (  # noqa: F401
     ingest_upload, rejected_rows, pool_summary,
 )
 from .evaluation import (  # noqa: F401
-    evaluation_folder, EvaluationView, evaluation_view,
+    evaluation_folder, EvaluationView, evaluation_view, step_localisation_rows,
 )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .. import pipeline, store
 from ..answers import canonical, majority_vote, parse_gold_input
-from .common import InvalidInput, StepView, build_steps, md, problem_html, steps_html
+from .common import InvalidInput, StepView, build_steps, md, preview, problem_html, steps_html
 
 # Label actions an annotator can take -> the verdict stored.
 ACTIONS = {"accept": "correct", "wrong": "wrong", "flawed": "flawed", "skip": "skip"}
@@ -124,6 +124,50 @@ def undo_last(db, annotator: str) -> LabelOutcome:
     report = None if undone["verdict"] == "skip" else pipeline.recalibrate_if_due(db)
     return LabelOutcome(f"Undid '{undone['verdict']}' on problem {undone['problem_id']}",
                         report.router_version if report else None)
+
+
+# Step labels after a "wrong" verdict (PRM800K's first wrong step), optional and after the fact.
+
+STEP_KEYS = 9  # steps 1-9 get a number key; longer chains' later steps are marked by clicking
+
+
+@dataclass
+class StepMarkView:
+    """The annotator's last problem, answered "wrong", offered for an optional first-wrong-step mark."""
+
+    problem_id: str
+    steps: list[str]  # step texts as shown (previews)
+    marked: int | None  # 0-based first wrong step in force from this annotator; None = not marked
+
+    @property
+    def keyed(self) -> int:
+        return min(len(self.steps), STEP_KEYS)
+
+
+def step_mark_target(db, annotator: str) -> StepMarkView | None:
+    """The annotator's latest label in force when it is a "wrong" verdict on a traced problem."""
+    last = store.latest_label_in_force(db, annotator)
+    if last is None or last["verdict"] != "wrong":
+        return None
+    problem_id = last["problem_id"]
+    trace = store.load_trace(db, problem_id)
+    if not trace or not trace["steps"]:
+        return None
+    marks = [row for row in store.effective_step_labels(db, problem_id=problem_id) if row["annotator"] == annotator]
+    return StepMarkView(problem_id, [preview(step.get("text", ""), 80) for step in trace["steps"]],
+                        marks[-1]["first_wrong_step"] if marks else None)
+
+
+def mark_first_wrong_step(db, *, annotator: str, problem_id: str, step: int) -> LabelOutcome:
+    """Save the annotator's first wrong step (0-based) on the problem's trace; the verdict is untouched."""
+    store.save_step_label(db, problem_id=problem_id, annotator=annotator, first_wrong_step=int(step))
+    return LabelOutcome(f"Marked step {int(step) + 1} as the first wrong step of problem {problem_id}")
+
+
+def undo_step_mark(db, *, annotator: str, problem_id: str) -> LabelOutcome:
+    """Take back the annotator's step mark on the problem (a new row)."""
+    undone = store.undo_last_step_label(db, annotator, problem_id=problem_id)
+    return LabelOutcome(f"Took back the step mark on problem {undone['problem_id']}")
 
 
 @dataclass

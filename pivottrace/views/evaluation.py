@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import store
+from .. import pipeline, store
 
 
 def evaluation_folder(db_file: str | None = None) -> Path:
@@ -22,6 +22,31 @@ class EvaluationView:
     message: str  # what to do next when there is no report
     table: list[dict] = field(default_factory=list)  # one row per (budget, strategy), display-ready
     summary: list[str] = field(default_factory=list)
+
+
+def step_localisation_rows(db) -> list[dict]:
+    """Pivots against annotators' first wrong steps (pipeline.step_label_localisation), as table rows;
+    [] when no step label is stored yet."""
+    report = pipeline.step_label_localisation(db)
+    if report is None:
+        return []
+
+    def pct(x):
+        return "-" if x != x else f"{x:.0%}"  # NaN (no pivots / no clean chains) -> "-"
+
+    return [
+        {"measure": "first wrong step is a pivot", "pivots": pct(report.recall),
+         "random steps, as many": pct(report.random_same_size), "longest step": pct(report.longest_step),
+         "one random step": pct(report.random_step)},
+        {"measure": "... or within ±1 step of one", "pivots": pct(report.recall_near),
+         "random steps, as many": pct(report.random_same_size_near), "longest step": pct(report.longest_step_near),
+         "one random step": pct(report.random_step_near)},
+        {"measure": "top-scoring step is the first wrong step", "pivots": pct(report.top_step),
+         "random steps, as many": "", "longest step": pct(report.longest_step),
+         "one random step": pct(report.random_step)},
+        {"measure": f"precision of 'pivot' ({report.n_chains} chains marked wrong, {report.n_clean} all right)",
+         "pivots": pct(report.precision), "random steps, as many": "", "longest step": "", "one random step": ""},
+    ]
 
 
 def evaluation_view(folder: str | Path) -> EvaluationView:

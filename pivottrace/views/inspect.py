@@ -6,7 +6,7 @@ It never calls Streamlit, never builds figures (charts.py) and runs no SQL (stor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -80,6 +80,7 @@ class TraceView:
     n_samples: int
     pivot_density: float
     scored: bool  # False when the trace has no features row yet (pivot scores then read 0)
+    human_marks: list = field(default_factory=list)  # [(annotator, first wrong step)] step labels on this trace
 
     @property
     def pivots(self) -> list[int]:
@@ -118,12 +119,16 @@ def trace_view(db, problem_id: str, model_id: str | None = None) -> TraceView | 
     model_id = trace["model_id"]
     problem = store.get_problem(db, problem_id)
     features = store.get_features(db, problem_id, model_id)
-    return _trace_view(
+    view = _trace_view(
         problem_id=problem_id, model_id=model_id, problem_text=problem["text"] if problem else trace["prompt"],
         completion=trace["completion"], answer=trace["answer"], steps=build_steps(trace, features),
         tokens=trace["tokens"], arrays=trace["arrays"],
         answers=[trace["answer"]] + store.sample_answers(db, problem_id, model_id),
         pivot_density=float((features or {}).get("pivot_density") or 0.0), scored=features is not None)
+    view.human_marks = [(row["annotator"], int(row["first_wrong_step"]))
+                        for row in store.effective_step_labels(db, problem_id=problem_id)
+                        if row["model_id"] == model_id and row["n_steps"] == len(view.steps)]
+    return view
 
 
 def trace_live(tracer, problem_id: str, problem_text: str) -> TraceView:
