@@ -11,6 +11,9 @@ from pivottrace.answers import answers_match
 from pivottrace.datasets import demo_problems
 from pivottrace.route import RouterConfig, probe_key, route_pool
 from pivottrace.synthetic import synthetic_trace
+from pivottrace.uncertainty import AUROC_TOLERANCE
+
+CANDIDATE_KINDS = {"prior": "cold_start", "prior_rescaled": "calibrated_prior", "all_signals": "calibrated"}
 
 
 def pool(n: int = 400, seed: int = 0) -> tuple[list[dict], np.ndarray]:
@@ -169,7 +172,15 @@ def test_recalibration_writes_a_router_version_and_changes_the_routes(tmp_path):
     assert {"self_train_max", "low_priority_max", "annotate_capacity"} <= set(latest["thresholds"])
     # enough of both outcomes by now: the candidates were fitted and scored, whichever won
     assert set(latest["metrics"]["candidates"]) >= {"prior", "prior_rescaled"}
-    assert latest["kind"] in ("cold_start", "calibrated_prior", "calibrated")
+    # the recorded kind is the candidate the recorded scores say won: the best Brier among those that
+    # rank the labels about as well as the prior, the simpler one winning ties
+    scores = latest["metrics"]["candidates"]
+    floor = (scores["prior"]["auroc"] or 0.0) - AUROC_TOLERANCE
+    order = ["prior", "prior_rescaled", "all_signals"]
+    eligible = [n for n, s in scores.items() if s["brier"] is not None
+                and (n == "prior" or s["auroc"] is None or s["auroc"] >= floor)]
+    winner = min(eligible, key=lambda n: (scores[n]["brier"], order.index(n)))
+    assert latest["kind"] == CANDIDATE_KINDS[winner] == made[-1].kind
     after = {r["problem_id"]: r["route"] for r in db.query("select problem_id, route from routes")}
     assert sum(before[p] != after[p] for p in before) > 0 and sum(r.changed for r in made) > 0
     labelled = {r["problem_id"] for r in store.effective_labels(db)}

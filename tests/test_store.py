@@ -143,3 +143,16 @@ def test_pending_lists_only_untraced(tmp_path):
     pending = store.pending_problems(db, "m")
     assert [p["id"] for p in pending] == [p.id for p in problems[1:]]
     assert len(store.pending_problems(db, "other")) == 5
+
+
+def test_the_store_refuses_an_unknown_verdict_and_a_wrong_without_gold_and_saves_nothing(routed_db):
+    item = store.next_item(routed_db, "ann")
+    with pytest.raises(store.StoreError, match="Unknown verdict"):
+        store.save_label(routed_db, problem_id=item["problem_id"], annotator="ann", verdict="approve")
+    for gold in (None, ""):
+        with pytest.raises(store.StoreError, match="gold"):
+            store.save_label(routed_db, problem_id=item["problem_id"], annotator="ann", verdict="wrong",
+                             gold_answer=gold)
+    assert routed_db["labels"].count == 0
+    assert store.get_problem(routed_db, item["problem_id"])["verdict"] is None
+    assert store.budget_status(routed_db)["spent"] == 0

@@ -178,3 +178,16 @@ def test_estimator_config_without_attention_drops_those_signals_everywhere():
     config = EstimatorConfig.without(("pivot_density", "mean_entropy"))
     assert "pivot_density" not in config.columns and "pivot_density" not in config.prior_weights
     assert "mean_logprob" in config.columns and "mean_logprob" in config.prior_weights
+
+
+def test_priors_with_different_settings_do_not_share_a_cached_prediction():
+    """The prior caches its prediction on the feature table; the key must hold every setting."""
+    rows = typical_pool(80, seed=3)
+    variants = [ColdStartPrior(), ColdStartPrior(adjust_logits=0.0), ColdStartPrior(anchor=None),
+                ColdStartPrior(weights={"mean_logprob": (-1, 1.0)}),
+                ColdStartPrior(weights={"mean_logprob": (1, 1.0)})]
+    shared = FeatureTable.from_rows(rows)
+    for prior in variants:
+        fresh = prior.predict(FeatureTable.from_rows(rows))  # [N] on a table with an empty cache
+        assert np.allclose(prior.predict(shared), fresh)
+    assert len({tuple(np.round(p.predict(shared), 9)) for p in variants}) == len(variants)

@@ -232,6 +232,16 @@ def test_only_a_lead_changes_the_target_and_it_sticks(db):
     assert store.router_versions(db)[-1]["thresholds"]["target_precision"] == 0.95  # kept on recalibration
 
 
+
+def test_a_precision_target_below_one_half_is_refused_and_routes_nothing(db):
+    """Below 0.5 the self-train band could hold majorities likelier wrong than right."""
+    versions = len(store.router_versions(db))
+    for target in (0.3, 0.49):
+        with pytest.raises(views.InvalidInput, match="at least 0.5"):
+            views.set_target_precision(db, user="lee", target=target)
+    assert len(store.router_versions(db)) == versions
+    assert views.set_target_precision(db, user="lee", target=0.5).thresholds["target_precision"] == 0.5
+
 def test_budget_view_after_labels(db):
     for name in ("ann", "bob", "ann"):
         item = views.next_item(db, name)
