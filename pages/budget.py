@@ -78,7 +78,7 @@ with b:
     st.plotly_chart(charts.calibration_figure(history), config={"displayModeBar": False})
 
 with st.form("target", border=True):
-    target = st.slider("Self-train precision target", 0.5, 0.99, views.current_target_precision(db), 0.01,
+    target = st.slider("Self-train precision target", views.MIN_TARGET_PRECISION, 0.99, views.current_target_precision(db), 0.01,
                        disabled=not is_lead,
                        help="The self-train band keeps the largest set of problems whose estimated "
                             "pseudo-label precision stays at or above this.")
@@ -88,8 +88,8 @@ with st.form("target", border=True):
         except (views.StoreError, views.InvalidInput) as err:
             st.session_state["budget_flash"] = ("error", views.md(err))
         else:
-            st.session_state["budget_flash"] = ("success", f"Router v{report.router_version}: " + ", ".join(
-                f"{k.replace('_', ' ')} {v}" for k, v in report.counts.items()))
+            st.session_state["budget_flash"] = ("success", f"Router v{report.router_version}: " +
+                                                views.route_summary(report.counts, readable=True))
         st.rerun()
 
 st.markdown("##### Router versions")

@@ -19,7 +19,7 @@ with st.container(border=True):
     f1, f2, f3, f4 = st.columns([2, 3, 2, 2])
     search = f1.text_input("Search", placeholder="words or problem id", key="inspect_search")
     routes = f2.multiselect("Route", views.ROUTE_CHOICES,
-                            format_func=lambda r: r.replace("_", " "), key="inspect_routes")
+                            format_func=views.route_name, key="inspect_routes")
     min_density = f3.slider("Min pivot density", 0.0, 10.0, 0.0, 0.25, key="inspect_density",
                             help="Pivots per 100 completion tokens.")
     low, high = f4.slider("Uncertainty", 0.0, 1.0, (0.0, 1.0), 0.05, key="inspect_uncertainty")
@@ -103,7 +103,7 @@ with st.expander("Trace this problem live with another model"):
     st.caption("Loads the model once for the whole app and traces this one problem now (greedy chain, "
                "4 samples, attention statistics) to show it beside the stored trace. Nothing is stored: "
                "to add a model to the pool, trace it on the Pool page.")
-    spec = st.text_input("Model", value="default", help="'default', a Hugging Face id, a local folder or a .gguf file.",
+    spec = st.text_input("Model", value=views.DEFAULT_SPEC, help="'default', a Hugging Face id, a local folder or a .gguf file.",
                          key="inspect_spec")
     if st.button("Trace now", icon=":material/play_arrow:"):
         try:

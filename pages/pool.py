@@ -20,7 +20,7 @@ c[2].metric("Routed", summary["routed"])
 c[3].metric("Labelled", summary["labelled"])
 c[4].metric("Router", f"v{summary['router_version']}" if summary["router_version"] else "-")
 if summary["routed"]:
-    st.caption(" · ".join(f"{name.replace('_', ' ')} **{n}**" for name, n in summary["routes"].items()))
+    st.caption(" · ".join(f"{views.route_name(name)} **{n}**" for name, n in summary["routes"].items()))
 
 
 def show_jobs() -> None:
@@ -78,7 +78,7 @@ with left:
 with right:
     st.markdown("##### Trace and route")
     with st.form("trace", border=True):
-        model = st.text_input("Model", value="default",
+        model = st.text_input("Model", value=views.DEFAULT_SPEC,
                               help="'default' (embedded SmolLM2-135M-Instruct), a Hugging Face id, a local folder or a .gguf file.")
         x, y, z = st.columns(3)
         limit = x.number_input("Problems", min_value=1, value=20)

@@ -13,9 +13,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .pivots import PIVOT_THRESHOLD
+from .vocab import ROUTES, route_name
 
-ROUTE_COLOURS = {"annotate": "#2563eb", "self_train": "#16a34a", "low_priority": "#9ca3af",
-                 "deferred": "#f59e0b"}
+ROUTE_COLOURS = dict(zip(ROUTES, ("#2563eb", "#16a34a", "#9ca3af", "#f59e0b"), strict=True))  # in ROUTES order
 PIVOT_COLOUR = "#d97706"
 HUMAN_COLOUR = "#dc2626"  # an annotator's first wrong step
 FONT = dict(family="Inter, system-ui, sans-serif", size=12)
@@ -177,7 +177,7 @@ def route_mix_figure(rows: list[dict]) -> go.Figure:
     for route, colour in ROUTE_COLOURS.items():
         part = [r for r in rows if r["route"] == route]
         fig.add_trace(go.Bar(x=[f"v{r['router_version']}" for r in part], y=[r["count"] for r in part],
-                             name=route.replace("_", " "), marker_color=colour,
+                             name=route_name(route), marker_color=colour,
                              customdata=[r["time"].strftime("%Y-%m-%d %H:%M") for r in part],
                              hovertemplate="%{x} (%{customdata}): %{y}<extra>" + route + "</extra>"))
     fig.update_layout(barmode="stack", legend=LEGEND_ON_TOP)

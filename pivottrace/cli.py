@@ -19,7 +19,9 @@ import typer
 from . import pipeline, store
 from .datasets import PoolFormatError
 from .evaluate import DEFAULT_REPORT_DIR
-from .models import ModelNotFoundError
+from .models import DEFAULT_SPEC, ModelNotFoundError
+from .route import DEFAULT_TARGET_PRECISION
+from .vocab import route_summary
 
 app = typer.Typer(help="PivotTrace: route unlabeled RLVR problems by metacognitive pivots.",
                   no_args_is_help=True, add_completion=False)
@@ -29,7 +31,7 @@ app.add_typer(users_app, name="users")
 app.add_typer(budget_app, name="budget")
 
 DbOption = typer.Option(None, "--db", help="SQLite database (default: $PIVOTTRACE_DB or ./pivottrace.db).")
-ModelOption = typer.Option("default", "--model", "-m",
+ModelOption = typer.Option(DEFAULT_SPEC, "--model", "-m",
                            help="'default' (embedded SmolLM2-135M-Instruct), a Hugging Face id, "
                                 "a local HF folder or a .gguf file.")
 
@@ -100,21 +102,20 @@ def trace(model: str = ModelOption,
     routed = pipeline.recalibrate_if_due(database, every=0)  # traces of a new checkpoint: re-route
     if routed is not None:
         typer.echo(f"New model checkpoint: router version {routed.router_version} ({routed.kind}): " +
-                   ", ".join(f"{k} {v}" for k, v in routed.counts.items()))
+                   route_summary(routed.counts))
 
 
 @app.command("route")
 @clean_errors
 def route_cmd(model: Optional[str] = typer.Option(None, "--model-id", help="Model id to route (default: latest traced)."),
-              target_precision: float = typer.Option(0.85, "--target-precision"),
+              target_precision: float = typer.Option(DEFAULT_TARGET_PRECISION, "--target-precision"),
               db: Optional[str] = DbOption):
     """Score pivots and features, estimate uncertainty and route every traced problem."""
     from .route import RouterConfig
 
     report = pipeline.route(_db(db), model_id=model, config=RouterConfig(target_precision=target_precision),
                             note="cli")
-    typer.echo(f"Router version {report.router_version} ({report.kind}): " +
-               ", ".join(f"{k} {v}" for k, v in report.counts.items()))
+    typer.echo(f"Router version {report.router_version} ({report.kind}): " + route_summary(report.counts))
 
 
 @app.command()
@@ -153,7 +154,7 @@ def demo(model: str = ModelOption,
     report, run, routed = pipeline.run_demo(database, tracer, n_problems=problems, n_trace=traced, seed=seed)
     typer.echo(f"Demo: {report.added} new problems, traced {run.traced} "
                f"({run.tokens_per_second:.1f} tok/s), router version {routed.router_version}: " +
-               ", ".join(f"{k} {v}" for k, v in routed.counts.items()))
+               route_summary(routed.counts))
 
 
 def _export_help() -> str:
@@ -224,7 +225,7 @@ def eval_cmd(out: Path = typer.Option(Path(DEFAULT_REPORT_DIR), "--out", "-o", h
              budgets: str = typer.Option("5,10,20,30,50", "--budgets",
                                          help="Label budgets in % of the pool, comma-separated."),
              rounds: int = typer.Option(5, "--rounds", help="Labelling rounds per budget (recalibrate after each)."),
-             target_precision: float = typer.Option(0.85, "--target-precision"),
+             target_precision: float = typer.Option(DEFAULT_TARGET_PRECISION, "--target-precision"),
              strategies: Optional[str] = typer.Option(None, "--strategies",
                                                       help="Comma-separated subset (default: all baselines and ablations)."),
              model: Optional[str] = typer.Option(None, "--model-id", help="Model id (default: latest traced)."),

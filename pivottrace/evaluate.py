@@ -24,7 +24,7 @@ import numpy as np
 from . import store
 from .answers import answers_match
 from .features import NUMERIC_FEATURES, build_features
-from .route import FIXED_THRESHOLDS, RouterConfig, route_pool
+from .route import DEFAULT_TARGET_PRECISION, FIXED_THRESHOLDS, RouterConfig, route_pool
 from .uncertainty import (ATTENTION_FEATURES, CalibratedModel, EstimatorConfig, FeatureTable,
                           can_calibrate, choose_estimator)
 from .metrics import calibration_metrics, reliability_bins
@@ -98,7 +98,7 @@ class Strategy:
     select: str = "value"  # "value": the router's annotate picks; "random": uniform among the unlabelled
 
 
-def strategies(*, target_precision: float = 0.85) -> list[Strategy]:
+def strategies(*, target_precision: float = DEFAULT_TARGET_PRECISION) -> list[Strategy]:
     """PivotTrace, the three baselines and the seed's three ablations, on the same traces."""
     router = RouterConfig(target_precision=target_precision)
     flat = RouterConfig(target_precision=target_precision, pivot_value_weight=0.0)
@@ -289,7 +289,7 @@ def signal_aurocs(pool: EvalPool) -> list[dict]:
 class EvalConfig:
     budgets: tuple = BUDGET_SHARES  # shares of the pool in (0, 1]; 0 (cold start) is always added
     rounds: int = ROUNDS
-    target_precision: float = 0.85
+    target_precision: float = DEFAULT_TARGET_PRECISION
     seed: int = 0
     strategies: tuple | None = None  # names to run; None = all
     png: bool = True  # also export PNGs through kaleido (needs a Chrome/Chromium)

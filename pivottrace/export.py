@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import card, store, trainers
+from .vocab import route_summary
 
 FORMATS = ("verl", "trl", "openrlhf", "prm")
 FILE_TYPES = {"verl": ("parquet",), "trl": ("jsonl", "parquet"), "openrlhf": ("jsonl",), "prm": ("jsonl", "parquet")}
@@ -401,7 +402,7 @@ def export(db, *, fmt: str, out: str | Path, options: ExportOptions = ExportOpti
         counts = store.route_counts(db)
         raise ExportError(
             "Nothing to export: no problem has a human label (correct/wrong) or the self_train "
-            f"route (routes now: {', '.join(f'{k} {v}' for k, v in counts.items())}). Route the "
+            f"route (routes now: {route_summary(counts)}). Route the "
             "pool and label some problems, or add --include-low-priority / --include-deferred.")
     splits = assign_splits(examples, test_fraction=options.test_fraction, seed=options.seed)
     build = ROW_BUILDERS[fmt]

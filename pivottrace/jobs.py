@@ -20,6 +20,8 @@ import traceback
 from pathlib import Path
 
 from . import pipeline, store
+from .models import DEFAULT_SPEC
+from .vocab import route_summary
 
 KINDS = ("trace", "demo", "route", "eval")
 ACTIVE = ("queued", "running")
@@ -63,7 +65,7 @@ def start(db, kind: str, args: dict, *, total: int = 0) -> int:
     return job_id
 
 
-def start_trace(db, *, model: str = "default", limit: int | None = None, samples: int = 4,
+def start_trace(db, *, model: str = DEFAULT_SPEC, limit: int | None = None, samples: int = 4,
                 max_new_tokens: int = 256, batch_size: int = 4, source: str | None = None,
                 route_after: bool = True) -> int:
     """Trace up to `limit` untraced problems with `model` (then route) in the background."""
@@ -77,7 +79,7 @@ def start_trace(db, *, model: str = "default", limit: int | None = None, samples
     return start(db, "trace", args, total=int(limit or 0))
 
 
-def start_demo(db, *, model: str = "default", problems: int = 40, traced: int = 6, samples: int = 4,
+def start_demo(db, *, model: str = DEFAULT_SPEC, problems: int = 40, traced: int = 6, samples: int = 4,
                max_new_tokens: int = 256) -> int:
     """Generate demo problems, trace `traced` of them and route, in the background."""
     from .models import resolve_model
@@ -188,14 +190,12 @@ def run(job_id: int, db=None) -> None:
             if args.get("route_after") and run_.traced:
                 routed = pipeline.route(db, model_id=tracer.model_id, config=pipeline.current_router_config(db),
                                         note=job["kind"])
-                message += f"; router v{routed.router_version}: " + ", ".join(
-                    f"{k} {v}" for k, v in routed.counts.items())
+                message += f"; router v{routed.router_version}: " + route_summary(routed.counts)
             store.update_job(db, job_id, status="done", done=run_.traced, message=message)
         elif job["kind"] == "route":
             routed = pipeline.route(db, config=pipeline.current_router_config(db), note="on demand")
             store.update_job(db, job_id, status="done", done=1, total=1,
-                             message=f"router v{routed.router_version} ({routed.kind}): " + ", ".join(
-                                 f"{k} {v}" for k, v in routed.counts.items()))
+                             message=f"router v{routed.router_version} ({routed.kind}): " + route_summary(routed.counts))
         elif job["kind"] == "eval":
             from .evaluate import evaluate_db
 

@@ -31,17 +31,21 @@ import numpy as np
 
 from .records import ROUTING_COLUMNS, FeatureTable
 from .uncertainty import pool_percentiles
+from .vocab import ROUTES
 
 PIVOT_VALUE_WEIGHT = 0.25  # how much pivot richness lifts an uncertain problem's value (rank tiebreak-ish)
 MAX_PSEUDO_LABEL_ERROR = 0.5  # never self-train on a majority answer we think is likelier wrong than right
 EXPLORE_SHARE = 0.2  # share of the annotate capacity spent on calibration probes (see the docstring)
+DEFAULT_TARGET_PRECISION = 0.85  # the self_train band's precision target unless a lead sets another
+MIN_TARGET_PRECISION = 1.0 - MAX_PSEUDO_LABEL_ERROR  # a lead's target below this would admit majorities
+# likelier wrong than right (the router never self-trains on those anyway, so such a target means nothing)
 FIXED_THRESHOLDS = (0.2, 0.5)  # (low_priority_max, self_train_max) of the fixed-threshold ablation:
 # a hand-set pair (unanimous and under 0.2 is easy; under 0.5 the majority is likelier right than wrong)
 
 
 @dataclass
 class RouterConfig:
-    target_precision: float = 0.85  # estimated pseudo-label precision the self_train band must keep
+    target_precision: float = DEFAULT_TARGET_PRECISION  # estimated pseudo-label precision the self_train band must keep
     pivot_value_weight: float = PIVOT_VALUE_WEIGHT  # 0: rank the annotate candidates by u alone
     three_way: bool = True  # False: annotate vs everything else (an ablation)
     fixed_thresholds: tuple | None = None  # (low_priority_max, self_train_max): an ablation, not the default
@@ -81,7 +85,7 @@ class Routing:
                                                   self.uncertainty.tolist(), self.value.tolist())]
 
     def counts(self) -> dict[str, int]:
-        out = {"annotate": 0, "self_train": 0, "low_priority": 0, "deferred": 0}
+        out = {route: 0 for route in ROUTES}
         names, counts = np.unique(self.routes.astype(str), return_counts=True)
         out.update({str(name): int(count) for name, count in zip(names, counts)})
         return out

@@ -22,11 +22,10 @@ import numpy as np
 import sqlite_utils
 
 from .records import NUMERIC_FEATURES, PIVOT_FEATURES, ROUTING_COLUMNS, FeatureTable
+from .vocab import ROUTES, SKIP, UNDO, VERDICTS
 
 DEFAULT_DB = "pivottrace.db"
 ROLES = ("annotator", "researcher", "lead")
-ROUTES = ("annotate", "self_train", "low_priority", "deferred")
-VERDICTS = ("correct", "wrong", "flawed")  # a verdict spends budget; "skip" and "undo" do not
 LEASE_MINUTES = 15  # default lease on a queue item; an abandoned item returns to the queue after it
 
 
@@ -40,6 +39,10 @@ class PermissionDenied(StoreError):
 
 class LeaseError(StoreError):
     """The item is leased to another annotator, or no longer in the queue."""
+
+
+class InvalidLabel(StoreError):
+    """A label the store refuses: an unknown verdict, or `wrong` without the gold answer."""
 
 
 class NothingToUndo(StoreError):
@@ -687,10 +690,10 @@ def save_label(db: sqlite_utils.Database, *, problem_id: str, annotator: str, ve
 
     `verdict`: correct (the majority answer is right), wrong (with `gold_answer`), flawed, skip.
     """
-    if verdict not in VERDICTS + ("skip",):
-        raise StoreError(f"Unknown verdict {verdict!r}.")
+    if verdict not in VERDICTS + (SKIP,):
+        raise InvalidLabel(f"Unknown verdict {verdict!r}.")
     if verdict == "wrong" and not gold_answer:
-        raise StoreError("A 'wrong' label needs the gold answer.")
+        raise InvalidLabel("A 'wrong' label needs the gold answer.")
     stamp = now()
     with immediate(db):
         holder = _lease_holder(db, problem_id, stamp)
@@ -699,7 +702,7 @@ def save_label(db: sqlite_utils.Database, *, problem_id: str, annotator: str, ve
         current = db.execute("select verdict from problems where id = ?", [problem_id]).fetchone()
         if current is None:
             raise LeaseError("No such problem.")
-        if current[0] is not None and verdict != "skip":
+        if current[0] is not None and verdict != SKIP:
             raise LeaseError("This problem already has a label; undo it first to change it.")
         version = db.execute("select router_version from routes where problem_id = ?",
                              [problem_id]).fetchone()
@@ -708,7 +711,7 @@ def save_label(db: sqlite_utils.Database, *, problem_id: str, annotator: str, ve
             "gold_answer": gold_answer, "shown_answer": shown_answer, "seconds": seconds,
             "created_at": stamp, "undoes": None, "router_version": version[0] if version else None,
         }).last_pk
-        if verdict == "skip":
+        if verdict == SKIP:
             db.execute("insert or replace into skips values (?, ?, ?)", [problem_id, annotator, stamp])
         else:
             db.execute("update problems set verdict = ? where id = ?", [verdict, problem_id])
@@ -727,10 +730,10 @@ def undo_last_label(db: sqlite_utils.Database, annotator: str) -> dict:
         if not row:
             raise NothingToUndo("Nothing to undo.")
         label_id, problem_id, verdict = row
-        db["labels"].insert({"problem_id": problem_id, "annotator": annotator, "verdict": "undo",
+        db["labels"].insert({"problem_id": problem_id, "annotator": annotator, "verdict": UNDO,
                              "gold_answer": None, "shown_answer": None, "seconds": None,
                              "created_at": stamp, "undoes": label_id, "router_version": None})
-        if verdict == "skip":
+        if verdict == SKIP:
             db.execute("delete from skips where problem_id = ? and annotator = ?", [problem_id, annotator])
         else:
             db.execute("update problems set verdict = null where id = ?", [problem_id])
@@ -739,14 +742,19 @@ def undo_last_label(db: sqlite_utils.Database, annotator: str) -> dict:
     return {"label_id": label_id, "problem_id": problem_id, "verdict": verdict}
 
 
+def labels_not_undone_sql(verdicts: tuple[str, ...]) -> str:
+    """The one SQL definition of a label row in force: its verdict is one of `verdicts` and no undo
+    row undoes it. `verdicts` come from the vocabulary (VERDICTS, SKIP, UNDO), never from users."""
+    listed = ", ".join(f"'{v}'" for v in verdicts)
+    return (f"select * from labels l where l.verdict in ({listed}) "
+            "and not exists (select 1 from labels u where u.undoes = l.id)")
+
+
 def effective_labels(db: sqlite_utils.Database) -> list[dict]:
     """Labels in force (not undone, verdict correct/wrong/flawed), newest per problem."""
     return list(db.query(
-        "select l.* from labels l where l.verdict in ('correct', 'wrong', 'flawed') "
-        "and not exists (select 1 from labels u where u.undoes = l.id) "
-        "and l.id = (select max(l2.id) from labels l2 where l2.problem_id = l.problem_id "
-        "and l2.verdict in ('correct', 'wrong', 'flawed') "
-        "and not exists (select 1 from labels u2 where u2.undoes = l2.id)) order by l.id"))
+        f"with in_force as ({labels_not_undone_sql(VERDICTS)}) select * from in_force "
+        "where id in (select max(id) from in_force group by problem_id) order by id"))
 
 
 # --------------------------------------------------------------------------- step labels
@@ -838,16 +846,14 @@ def verdicts_in_force_by_annotator(db: sqlite_utils.Database) -> list[tuple[str,
     """(annotator, problem_id, verdict) of every verdict not undone, oldest first (analytics keeps
     the latest per annotator and problem)."""
     return db.execute(
-        "select annotator, problem_id, verdict from labels l "
-        "where verdict in ('correct', 'wrong', 'flawed') "
-        "and not exists (select 1 from labels u where u.undoes = l.id) order by id").fetchall()
+        f"select annotator, problem_id, verdict from ({labels_not_undone_sql(VERDICTS)}) order by id").fetchall()
 
 
 def skip_undo_counts(db: sqlite_utils.Database) -> list[tuple[str, str, int]]:
     """(annotator, "skip" or "undo", count) over the skip and undo rows not themselves undone."""
     return db.execute(
-        "select annotator, verdict, count(*) from labels l where verdict in ('skip', 'undo') "
-        "and not exists (select 1 from labels u where u.undoes = l.id) group by annotator, verdict").fetchall()
+        f"select annotator, verdict, count(*) from ({labels_not_undone_sql((SKIP, UNDO))}) "
+        "group by annotator, verdict").fetchall()
 
 
 def export_rows(db: sqlite_utils.Database, routes: tuple[str, ...]) -> list[dict]:

@@ -29,7 +29,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .answers import extract_answer
-from .models import ModelNotFoundError, ModelSource, resolve_model
+from .models import DEFAULT_SPEC, ModelNotFoundError, ModelSource, resolve_model
 from .records import ProblemTrace, TraceResult
 from .steps import cue_counts, segment_steps
 
@@ -450,7 +450,7 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return torch.bfloat16 if native else torch.float32
 
 
-def load_model(spec_or_source: str | ModelSource = "default", *, device: str = "cpu", dtype: str = "float32"):
+def load_model(spec_or_source: str | ModelSource = DEFAULT_SPEC, *, device: str = "cpu", dtype: str = "float32"):
     """Load (model, tokenizer) with the pivottrace attention; GGUF models convert once to a cached folder.
 
     The cache keeps float32 weights; `dtype` (see resolve_dtype) is applied on load.
@@ -537,7 +537,7 @@ def _next_tokens(logits: torch.Tensor, greedy: torch.Tensor, *, temperature: flo
 class Tracer:
     """A loaded model plus a TraceConfig: generate, analyse, or both (trace_batch)."""
 
-    def __init__(self, spec: str | ModelSource = "default", *, config: TraceConfig | None = None,
+    def __init__(self, spec: str | ModelSource = DEFAULT_SPEC, *, config: TraceConfig | None = None,
                  device: str = "cpu"):
         self.source = resolve_model(spec) if isinstance(spec, str) else spec
         self.config = config or TraceConfig()

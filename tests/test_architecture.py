@@ -18,7 +18,7 @@ Rules, each checked over every module of `pivottrace/` (views/ included), `pages
    `ALLOWED_TRACE_IMPORTS`; a subprocess check confirms that importing views and charts loads
    no torch.
 4. `store.py` imports no pipeline stage: from the package it may import only `records` (plain
-   data: result records, FeatureTable, column names).
+   data: result records, FeatureTable, column names) and `vocab` (the route and verdict names).
 
 Each checker is also run on a small bad example, so the test can fail.
 """
@@ -47,7 +47,7 @@ SQL_LITERAL = re.compile(
     r"\b(?:from|into|set|table|index|view|where|values|select|transaction|immediate|deferred|exclusive)\b"
     r"|pragma\s+\w+)", re.IGNORECASE | re.DOTALL)
 TORCH_MODULES = {"torch", "transformers"}
-STORE_MAY_IMPORT = {"pivottrace.records"}
+STORE_MAY_IMPORT = {"pivottrace.records", "pivottrace.vocab"}
 # The single place the Streamlit process may import trace.py (and so torch): the Inspect page's
 # live side-by-side trace runs in the app process, with the model cached by st.cache_resource.
 # Moving it into a worker job like tracing is issue 9's phase B.

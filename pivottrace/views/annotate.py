@@ -16,6 +16,7 @@ from .common import InvalidInput, StepView, build_steps, md, preview, problem_ht
 
 # Label actions an annotator can take -> the verdict stored.
 ACTIONS = {"accept": "correct", "wrong": "wrong", "flawed": "flawed", "skip": "skip"}
+GOLD_HINT = "Type the correct final answer, e.g. 42, 3/4 or \\\\frac{1}{2}."  # markdown: the backslash escaped
 
 
 @dataclass
@@ -94,23 +95,28 @@ class LabelOutcome:
 
 def submit_label(db, *, annotator: str, problem_id: str, action: str, gold_text: str | None = None,
                  shown_answer: str | None = None, seconds: float | None = None) -> LabelOutcome:
-    """Validate and save one action (accept, wrong + gold, flawed, skip), then recalibrate.
+    """Translate one action (accept, wrong + gold, flawed, skip) into a verdict, save it, then recalibrate.
 
-    A gold answer that cannot be parsed raises InvalidInput and nothing is saved.
+    The store keeps the label invariants (a known verdict; `wrong` needs the gold answer); here its
+    refusal, an unknown action or a gold answer that cannot be parsed raises InvalidInput, and
+    nothing is saved.
     """
     if action not in ACTIONS:
         raise InvalidInput(f"Unknown action {action!r}.")
     gold = None
-    if action == "wrong":
+    if action == "wrong" and gold_text:
         try:
-            gold = parse_gold_input(gold_text or "")
+            gold = parse_gold_input(gold_text)
         except ValueError as err:
-            raise InvalidInput(f"{md(err)} Type the correct final answer, e.g. 42, 3/4 or \\\\frac{{1}}{{2}}.") from None
+            raise InvalidInput(f"{md(err)} {GOLD_HINT}") from None
         if shown_answer is not None and canonical(gold) == canonical(shown_answer):
             raise InvalidInput(f"The gold answer {md(gold)} is the model's own answer: press Accept instead.")
-    report = pipeline.label(db, problem_id=problem_id, annotator=annotator, verdict=ACTIONS[action],
-                            gold_answer=gold, shown_answer=shown_answer,
-                            seconds=None if seconds is None else round(float(seconds), 2))
+    try:
+        report = pipeline.label(db, problem_id=problem_id, annotator=annotator, verdict=ACTIONS[action],
+                                gold_answer=gold, shown_answer=shown_answer,
+                                seconds=None if seconds is None else round(float(seconds), 2))
+    except store.InvalidLabel as err:
+        raise InvalidInput(f"{md(err)} {GOLD_HINT}" if action == "wrong" else md(err)) from None
     words = {"accept": "Accepted the majority answer", "wrong": f"Saved gold answer {md(gold)}",
              "flawed": "Flagged the problem as flawed", "skip": "Skipped"}[action]
     if report is not None:

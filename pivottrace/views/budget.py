@@ -11,7 +11,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from .. import analytics, pipeline, store
-from ..route import RouterConfig
+from ..route import MIN_TARGET_PRECISION, RouterConfig
+from ..vocab import ROUTES
 from .common import InvalidInput
 
 
@@ -68,7 +69,7 @@ def route_mix_series(db) -> list[dict]:
         while i < len(log) and log[i]["router_version"] <= version["id"]:
             state[log[i]["problem_id"]] = log[i]["route"]
             i += 1
-        counts = {route: 0 for route in store.ROUTES}
+        counts = {route: 0 for route in ROUTES}
         if version["counts"] is not None:
             counts.update(version["counts"])
         else:
@@ -121,9 +122,13 @@ def set_budget(db, *, user: str, total: int, cost_per_label: float = 0.0):
 def set_target_precision(db, *, user: str, target: float):
     """A lead changes the self-train precision target and re-routes. Others are refused."""
     store.require_role(db, user, "lead")
-    if not 0.5 <= float(target) < 1.0:
-        raise InvalidInput("The precision target must be at least 0.5 and below 1.")
+    refusal = f"The precision target must be at least {MIN_TARGET_PRECISION:g} and below 1."
+    if float(target) < MIN_TARGET_PRECISION:  # the lead's floor; RouterConfig keeps the (0, 1) range
+        raise InvalidInput(refusal)
+    try:
+        config = RouterConfig(target_precision=float(target))
+    except ValueError:
+        raise InvalidInput(refusal) from None
     if store.latest_model_id(db) is None:
         raise InvalidInput("Nothing is traced yet, so there is nothing to route.")
-    return pipeline.route(db, rescore=False, config=RouterConfig(target_precision=float(target)),
-                          note=f"target precision set to {float(target):.2f} by {user}")
+    return pipeline.route(db, rescore=False, config=config, note=f"target precision set to {float(target):.2f} by {user}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import jobs, store
+from ..models import DEFAULT_SPEC
 from ..pivots import PIVOT_THRESHOLD
 
 # Plain-words names of the pivot signals, for tooltips and expanders.
@@ -168,9 +169,9 @@ start_eval_job = jobs.start_eval
 
 # --------------------------------------------------------------------------- model loading
 
-def load_tracer(spec: str = "default", *, samples: int = 4, max_new_tokens: int = 256):
+def load_tracer(spec: str = DEFAULT_SPEC, *, samples: int = 4, max_new_tokens: int = 256):
     """A Tracer for `spec` (imports torch); the app keeps one per spec in st.cache_resource."""
     from ..trace import TraceConfig, Tracer
 
-    return Tracer(spec or "default", config=TraceConfig(n_samples=samples, max_new_tokens=max_new_tokens,
+    return Tracer(spec or DEFAULT_SPEC, config=TraceConfig(n_samples=samples, max_new_tokens=max_new_tokens,
                                                         batch_size=1 + samples))

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import store
+from ..vocab import ROUTE_NAMES, ROUTES
 from ..answers import majority_vote
 from ..pivots import pool_stats, score_trace
 from .common import StepView, build_steps, esc, preview
 
 TOKEN_ENTROPY_SPAN = 4.0  # nats; at ~4 nats the model is spread over dozens of tokens: full colour
-ROUTE_CHOICES = store.ROUTES  # the Route filter's options, in the store's order
+ROUTE_CHOICES = ROUTES  # the Route filter's options, in the store's order
 SORT_CHOICES = tuple(store.PROBLEM_SORTS)  # the orders find_problems accepts
 
 
@@ -25,8 +26,7 @@ def trace_models(db, problem_id: str) -> list[str]:
     return store.trace_models(db, problem_id)
 
 
-ROUTE_LABELS = {"annotate": "annotate", "self_train": "self-train", "low_priority": "low priority",
-                "deferred": "deferred", None: "not routed"}
+ROUTE_LABELS = {**ROUTE_NAMES, None: "not routed"}  # the Route column: screen names
 
 
 INSPECT_LIMIT = 500  # matches the Inspect page lists (the count covers all of them)
