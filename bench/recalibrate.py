@@ -34,7 +34,7 @@ from pivottrace.datasets import demo_problems  # noqa: E402
 from pivottrace.features import NUMERIC_FEATURES, build_features  # noqa: E402
 from pivottrace.route import route_pool  # noqa: E402
 from pivottrace.synthetic import synthetic_trace  # noqa: E402
-from pivottrace.uncertainty import FeatureTable  # noqa: E402
+from pivottrace.uncertainty import FeatureTable, choose_estimator  # noqa: E402
 
 TARGET_MS = 200.0  # the budget for one recalibration
 MODEL_ID = "bench-synthetic"
@@ -142,7 +142,7 @@ def main() -> None:
         feats = store.load_features(db, MODEL_ID)  # dict rows, for the first version's estimator
         table, t_load = timed(store.load_feature_table, db, MODEL_ID)
         outs, t_outcomes = timed(pipeline.label_outcomes, db, table)
-        estimator, t_fit = timed(pipeline.choose_estimator, table, outs)
+        estimator, t_fit = timed(choose_estimator, table, outs)
         u, t_predict = timed(estimator.predict, table)
         labelled = {r["problem_id"] for r in store.effective_labels(db)}
         routing, t_route = timed(route_pool, table, u, budget_remaining=store.budget_status(db)["remaining"],

@@ -34,6 +34,7 @@ from pivottrace.answers import canonical  # noqa: E402
 from pivottrace.datasets import Problem, demo_problems, problem_id  # noqa: E402
 from pivottrace.features import FeatureTable, build_features  # noqa: E402
 from pivottrace.route import route_pool  # noqa: E402
+from pivottrace.uncertainty import choose_estimator  # noqa: E402
 from pivottrace.synthetic import synthetic_trace  # noqa: E402
 
 MODEL_ID = "bench-model"
@@ -388,7 +389,7 @@ def main() -> None:
     table = store.load_feature_table(db, MODEL_ID)
     labels_in_force = store.effective_labels(db)
     outcomes, _, t_outcomes = measure(lambda: pipeline.label_outcomes(db, table, labels=labels_in_force))
-    estimator, _, t_fit = measure(lambda: pipeline.choose_estimator(table, outcomes))
+    estimator, _, t_fit = measure(lambda: choose_estimator(table, outcomes))
     uncertainty, _, t_predict = measure(lambda: estimator.predict(table))
     labelled = {r["problem_id"] for r in labels_in_force}
     budget = store.budget_status(db)

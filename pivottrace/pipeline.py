@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 from . import store
@@ -16,8 +17,7 @@ from .answers import answers_match, canonical
 from .datasets import LoadResult, RejectedRow, demo_problems, read_pool, spread_by_steps
 from .features import FeatureTable, build_features, fit_pool_pivot_weights
 from .route import RouterConfig, route_pool
-from .uncertainty import EstimatorConfig
-from .uncertainty import choose_estimator as _choose_estimator
+from .uncertainty import EstimatorConfig, choose_estimator
 
 RECALIBRATE_EVERY = 1  # labels between two recalibrations in the app (1 = after every label)
 
@@ -151,12 +151,6 @@ def label_outcomes(db, rows=None, *, labels: list[dict] | None = None) -> dict[s
     return outcomes
 
 
-def choose_estimator(rows, outcomes: dict[str, int], *, config: EstimatorConfig | None = None):
-    """The calibrated model when labels hold enough of both outcomes (and it beats the prior on
-    them, see uncertainty.choose_estimator), else the cold-start prior."""
-    return _choose_estimator(rows, outcomes, config=config)
-
-
 @dataclass
 class RouteReport:
     router_version: int
@@ -206,7 +200,31 @@ def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfi
                        time.perf_counter() - start)
 
 
-def recalibration_due(db, *, every: int = RECALIBRATE_EVERY) -> str | None:
+@dataclass(frozen=True)
+class RecalibrationDue:
+    """Why the router should recalibrate now: traces of a checkpoint no router version has seen
+    (`NEW_CHECKPOINT`: its features are computed first), or enough new labels (`NEW_LABELS`)."""
+
+    NEW_CHECKPOINT: ClassVar[str] = "new_checkpoint"
+    NEW_LABELS: ClassVar[str] = "new_labels"
+    cause: str  # NEW_CHECKPOINT or NEW_LABELS
+    model_id: str  # the checkpoint the recalibration routes
+    labels: int = 0  # labels in force (NEW_LABELS)
+
+    @property
+    def rescore(self) -> bool:
+        """Whether the pool's features must be computed from the traces first."""
+        return self.cause == self.NEW_CHECKPOINT
+
+    @property
+    def note(self) -> str:
+        """The router version's note."""
+        if self.rescore:
+            return f"traces of a new model checkpoint ({self.model_id})"
+        return f"after {self.labels} labels"
+
+
+def recalibration_due(db, *, every: int = RECALIBRATE_EVERY) -> RecalibrationDue | None:
     """Why the router should recalibrate now, or None.
 
     Due when traces of a model checkpoint that no router version has seen arrive, or when at
@@ -216,11 +234,11 @@ def recalibration_due(db, *, every: int = RECALIBRATE_EVERY) -> str | None:
     if model_id is None:
         return None
     if store.latest_router_version(db, model_id=model_id) is None:
-        return f"traces of a new model checkpoint ({model_id})"
+        return RecalibrationDue(RecalibrationDue.NEW_CHECKPOINT, model_id)
     labelled = len(store.effective_labels(db))
     last = store.latest_router_version(db)
     if every and abs(labelled - (last["n_labels"] or 0)) >= every:
-        return f"after {labelled} labels"
+        return RecalibrationDue(RecalibrationDue.NEW_LABELS, model_id, labels=labelled)
     return None
 
 
@@ -230,10 +248,10 @@ def recalibrate_if_due(db, *, every: int = RECALIBRATE_EVERY,
 
     Without `config`, the last router version's precision target is kept (a lead may have set it).
     """
-    reason = recalibration_due(db, every=every)
-    if reason is None:
+    due = recalibration_due(db, every=every)
+    if due is None:
         return None
-    return route(db, config=config or current_router_config(db), rescore=reason.startswith("traces"), note=reason)
+    return route(db, config=config or current_router_config(db), rescore=due.rescore, note=due.note)
 
 
 def current_router_config(db) -> RouterConfig:

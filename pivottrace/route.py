@@ -192,11 +192,6 @@ def probe_keys(problem_ids) -> np.ndarray:
     return np.array([crc(str(pid).encode("utf-8")) for pid in problem_ids], dtype=np.float64) / 2.0 ** 32
 
 
-def probe_key(problem_id: str) -> float:
-    """probe_keys for one id."""
-    return float(probe_keys([problem_id])[0])
-
-
 def _probes(problem_ids: list, open_: np.ndarray, taken: np.ndarray, k: int) -> np.ndarray:
     """Indexes of `k` open problems not yet taken, by smallest probe key (a uniform sample)."""
     free = open_.copy()

@@ -450,7 +450,8 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return torch.bfloat16 if native else torch.float32
 
 
-def load_model(spec_or_source: str | ModelSource = DEFAULT_SPEC, *, device: str = "cpu", dtype: str = "float32"):
+def load_model(spec_or_source: str | ModelSource = DEFAULT_SPEC, *, device: str = "cpu",
+               dtype: str = TraceConfig.dtype):
     """Load (model, tokenizer) with the pivottrace attention; GGUF models convert once to a cached folder.
 
     The cache keeps float32 weights; `dtype` (see resolve_dtype) is applied on load.

@@ -9,7 +9,7 @@ import pytest
 from pivottrace import pipeline, store
 from pivottrace.answers import answers_match
 from pivottrace.datasets import demo_problems
-from pivottrace.route import RouterConfig, probe_key, route_pool
+from pivottrace.route import RouterConfig, probe_keys, route_pool
 from pivottrace.synthetic import synthetic_trace
 from pivottrace.uncertainty import AUROC_TOLERANCE
 
@@ -96,7 +96,7 @@ def test_probes_are_a_stable_share_of_the_capacity_and_interleave_in_the_queue()
     def probes(routing):  # annotate picks below the uncertain band: the probes
         cut = routing.thresholds["annotate_min"]
         return {d["problem_id"] for d in routing.decisions if d["route"] == "annotate"
-                and probe_key(d["problem_id"]) < 0.1 and d["uncertainty"] <= cut + 1e-12}
+                and probe_keys([d["problem_id"]])[0] < 0.1 and d["uncertainty"] <= cut + 1e-12}
 
     assert probes(first) and len(probes(first) & probes(shifted)) >= len(probes(first)) // 2
     queue = sorted((d for d in first.decisions if d["route"] == "annotate"), key=lambda d: -d["value"])
@@ -199,14 +199,15 @@ def test_recalibration_keeps_the_leads_precision_target(tmp_path):
 
 def test_traces_of_a_new_checkpoint_trigger_a_recalibration(tmp_path):
     db = synthetic_db(tmp_path / "c.db", n=40, budget=10)
-    assert pipeline.recalibration_due(db).startswith("traces of a new model checkpoint")
+    assert pipeline.recalibration_due(db).cause == pipeline.RecalibrationDue.NEW_CHECKPOINT
     pipeline.route(db)
     assert pipeline.recalibration_due(db) is None
     store.upsert_model(db, "synth-v2", spec="synthetic", n_layers=6)
     rng = np.random.default_rng(7)
     for p in demo_problems(40, seed=0)[:15]:
         store.save_trace(db, p.id, "synth-v2", synthetic_trace(p, rng, n_layers=6))
-    assert "synth-v2" in pipeline.recalibration_due(db)
+    due = pipeline.recalibration_due(db)
+    assert (due.cause, due.model_id, due.rescore) == (pipeline.RecalibrationDue.NEW_CHECKPOINT, "synth-v2", True)
     report = pipeline.recalibrate_if_due(db)
     assert report is not None and store.router_versions(db)[-1]["model_id"] == "synth-v2"
     assert db.execute("select count(*) from features where model_id = 'synth-v2'").fetchone()[0] == 15
