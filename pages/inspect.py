@@ -6,12 +6,6 @@ from pivottrace import charts, views
 
 db = views.open_db()
 
-
-@st.cache_resource(show_spinner="Loading the model (once per app)...")
-def tracer_for(spec: str):
-    return views.load_tracer(spec)
-
-
 st.title("Inspect", anchor=False)
 
 # ---------------------------------------------------------------- choose a problem
@@ -100,7 +94,7 @@ else:
                 st.html(views.steps_html(shown.steps))
 
 with st.expander("Trace this problem live with another model"):
-    st.caption("Loads the model once for the whole app and traces this one problem now (greedy chain, "
+    st.caption("Loads the model in a background worker and traces this one problem now (greedy chain, "
                "4 samples, attention statistics) to show it beside the stored trace. Nothing is stored: "
                "to add a model to the pool, trace it on the Pool page.")
     spec = st.text_input("Model", value=views.DEFAULT_SPEC, help="'default', a Hugging Face id, a local folder or a .gguf file.",
@@ -108,7 +102,7 @@ with st.expander("Trace this problem live with another model"):
     if st.button("Trace now", icon=":material/play_arrow:"):
         try:
             with st.spinner("Tracing..."):
-                st.session_state["live"] = views.trace_live(tracer_for(spec), problem_id, view.problem_text)
+                st.session_state["live"] = views.trace_live(db, spec, problem_id, view.problem_text)
         except Exception as err:  # model errors are shown, not raised into the page
             st.error(views.md(f"{type(err).__name__}: {err}"))
         else:

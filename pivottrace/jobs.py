@@ -1,11 +1,13 @@
-"""Background jobs (trace, demo, route, eval) that run in their own process, apart from the app.
+"""Background jobs (trace, demo, route, eval, live) that run in their own process, apart from the app.
 
 `start_*` records a job in the store's `jobs` table and launches `python -m pivottrace.jobs <id>`
 as a detached process. The worker writes its progress (done / total / message / status) to
 that row, so a page reload, or another user, sees the same progress bar, and the app stays
 responsive while the model works. `refresh` marks jobs whose process died as failed; `cancel`
-stops one. It holds no pipeline logic of its own (the worker calls pipeline.py) and runs no SQL
-(store.py).
+stops one. A `live` job traces one problem without storing it (the Inspect page's comparison)
+and leaves the result in a file beside its log (`live_result_path`), so torch is only ever
+imported in a worker. It holds no pipeline logic of its own (the worker calls pipeline.py) and
+runs no SQL (store.py).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import threading
 import traceback
 from pathlib import Path
 
+import numpy as np
+
 from . import pipeline, store
 from .models import DEFAULT_SPEC
 from .vocab import route_summary
 
-KINDS = ("trace", "demo", "route", "eval")
+KINDS = ("trace", "demo", "route", "eval", "live")
 ACTIVE = ("queued", "running")
 STARTUP_GRACE_SECONDS = 30  # a queued job whose worker has not reported by then is marked failed
 
@@ -42,6 +46,37 @@ def _db_file(db) -> str:
 def log_path(db_file: str, job_id: int) -> Path:
     """Where a job's output goes: <db>.jobs/<id>.log beside the database."""
     return Path(f"{db_file}.jobs") / f"{job_id}.log"
+
+
+def live_result_path(db, job_id: int) -> Path:
+    """Where a live job leaves its trace: <db>.jobs/<id>.live.npz beside the database."""
+    return Path(f"{_db_file(db)}.jobs") / f"{job_id}.live.npz"
+
+
+LIVE_META = "meta"  # the npz entry holding the trace's text fields as JSON; the others are its arrays
+
+
+def _plain(value):
+    """JSON for numpy scalars in step dicts (e.g. an int64 token index)."""
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
+def write_live_result(path: Path, model_id: str, result) -> None:
+    """Save one ProblemTrace for the app: its arrays, and its text fields as JSON (no pickle)."""
+    trace = result.trace
+    meta = {"model_id": model_id, "completion": trace.completion, "answer": trace.answer,
+            "steps": trace.steps, "tokens": list(trace.tokens), "n_completion_tokens": trace.n_completion_tokens,
+            "sample_answers": list(result.sample_answers)}
+    partial = path.with_name(path.name + ".part")
+    with partial.open("wb") as out:
+        np.savez(out, **{LIVE_META: np.array(json.dumps(meta, default=_plain))}, **trace.arrays)
+    partial.replace(path)  # the app never reads half a file
+
+
+def read_live_result(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(text fields, arrays) of a live job's trace, as write_live_result saved them."""
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data[LIVE_META])), {k: data[k] for k in data.files if k != LIVE_META}
 
 
 def start(db, kind: str, args: dict, *, total: int = 0) -> int:
@@ -88,6 +123,19 @@ def start_demo(db, *, model: str = DEFAULT_SPEC, problems: int = 40, traced: int
     args = {"model": model, "problems": int(problems), "limit": int(traced), "samples": int(samples),
             "max_new_tokens": int(max_new_tokens), "batch_size": 4, "source": "demo", "route_after": True}
     return start(db, "demo", args, total=int(traced))
+
+
+def start_live(db, *, model: str = DEFAULT_SPEC, problem_id: str, samples: int = 4,
+               max_new_tokens: int = 256) -> int:
+    """Trace one problem with `model` in the background without storing it (live_result_path)."""
+    from .models import resolve_model
+
+    resolve_model(model)
+    if store.get_problem(db, problem_id) is None:
+        raise JobError(f"No problem {problem_id!r}.")
+    args = {"model": model, "problem_id": problem_id, "samples": int(samples),
+            "max_new_tokens": int(max_new_tokens), "batch_size": 1 + int(samples)}
+    return start(db, "live", args, total=1)
 
 
 def start_route(db) -> int:
@@ -192,6 +240,14 @@ def run(job_id: int, db=None) -> None:
                                         note=job["kind"])
                 message += f"; router v{routed.router_version}: " + route_summary(routed.counts)
             store.update_job(db, job_id, status="done", done=run_.traced, message=message)
+        elif job["kind"] == "live":
+            store.update_job(db, job_id, message="loading the model")
+            tracer = _tracer(args)
+            store.update_job(db, job_id, message=f"tracing problem {args['problem_id']}")
+            result = tracer.trace_batch([store.get_problem(db, args["problem_id"])["text"]])[0]
+            write_live_result(live_result_path(db, job_id), tracer.model_id, result)
+            store.update_job(db, job_id, status="done", done=1, total=1,
+                             message=f"traced problem {args['problem_id']} live (not stored)")
         elif job["kind"] == "route":
             routed = pipeline.route(db, config=pipeline.current_router_config(db), note="on demand")
             store.update_job(db, job_id, status="done", done=1, total=1,

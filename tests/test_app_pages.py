@@ -298,6 +298,36 @@ def test_demo_job_ingests_traces_and_routes(tmp_path, tiny_model_dir):
     assert store.route_counts(db) and db["routes"].count == 2 and "router v1" in finished["message"]
 
 
+def test_a_live_result_round_trips_through_its_file_without_pickle(tmp_path):
+    import numpy as np
+
+    from pivottrace.datasets import demo_problems
+    from pivottrace.synthetic import synthetic_trace
+
+    result = synthetic_trace(demo_problems(1, seed=0)[0], np.random.default_rng(0), n_layers=3)
+    result.trace.steps[0]["tok_end"] = np.int64(result.trace.steps[0]["tok_end"])  # numpy ints become JSON
+    path = tmp_path / "1.live.npz"
+    jobs.write_live_result(path, "m", result)
+    meta, arrays = jobs.read_live_result(path)  # np.load with allow_pickle=False
+    assert (meta["model_id"], meta["completion"], meta["answer"]) == ("m", result.trace.completion, result.trace.answer)
+    assert meta["steps"] == [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in step.items()}
+                             for step in result.trace.steps]
+    assert meta["sample_answers"] == list(result.sample_answers) and meta["tokens"] == list(result.trace.tokens)
+    assert set(arrays) == set(result.trace.arrays)
+    assert all(np.array_equal(arrays[k], result.trace.arrays[k]) for k in arrays)
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_live_trace_of_an_unknown_problem_or_model_starts_no_job(db, tiny_model_dir):
+    from pivottrace.models import ModelNotFoundError
+
+    with pytest.raises(jobs.JobError, match="No problem"):
+        jobs.start_live(db, model=str(tiny_model_dir), problem_id="no-such-problem")
+    with pytest.raises(ModelNotFoundError):
+        jobs.start_live(db, model="/no/such/model/folder", problem_id=problem_id(XSS))
+    assert store.jobs(db) == []
+
+
 def test_a_job_whose_worker_died_is_marked_failed(db):
     import subprocess
 

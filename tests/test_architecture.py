@@ -14,9 +14,9 @@ Rules, each checked over every module of `pivottrace/` (views/ included), `pages
      keyword (from, into, set, table, index, view, where, values, select, transaction, ...), or
      it is a `pragma <name>`. Plain messages such as "Update the budget" do not count.
 3. Only `trace.py` imports torch or transformers. And the Streamlit process (`app.py`, pages,
-   `views/`, `charts.py`) does not import `trace` either, with one stated exception,
-   `ALLOWED_TRACE_IMPORTS`; a subprocess check confirms that importing views and charts loads
-   no torch.
+   `views/`, `charts.py`) does not import `trace` either, not even inside a function (the
+   Inspect page's live trace runs in a worker job); a subprocess check confirms that importing
+   views and charts loads no torch.
 4. `store.py` imports no pipeline stage: from the package it may import only `records` (plain
    data: result records, FeatureTable, column names) and `vocab` (the route and verdict names).
 
@@ -48,11 +48,6 @@ SQL_LITERAL = re.compile(
     r"|pragma\s+\w+)", re.IGNORECASE | re.DOTALL)
 TORCH_MODULES = {"torch", "transformers"}
 STORE_MAY_IMPORT = {"pivottrace.records", "pivottrace.vocab"}
-# The single place the Streamlit process may import trace.py (and so torch): the Inspect page's
-# live side-by-side trace runs in the app process, with the model cached by st.cache_resource.
-# Moving it into a worker job like tracing is issue 9's phase B.
-ALLOWED_TRACE_IMPORTS = {("pivottrace/views/common.py", "load_tracer"):
-                         "the Inspect page's live trace: an in-memory comparison that is never stored"}
 
 
 def _rel(path: Path) -> str:
@@ -143,10 +138,9 @@ def torch_violations(tree: ast.AST, module: str) -> list[str]:
     return [f"line {line}: imports {name}" for name, _, line in imports(tree, module) if _is(name, TORCH_MODULES)]
 
 
-def trace_violations(tree: ast.AST, module: str, path: str) -> list[str]:
+def trace_violations(tree: ast.AST, module: str) -> list[str]:
     return [f"line {line}: imports {name} in {function or 'module scope'}"
-            for name, function, line in imports(tree, module)
-            if _is(name, {"pivottrace.trace"}) and (path, function) not in ALLOWED_TRACE_IMPORTS]
+            for name, function, line in imports(tree, module) if _is(name, {"pivottrace.trace"})]
 
 
 def store_violations(tree: ast.AST) -> list[str]:
@@ -173,14 +167,10 @@ def test_only_trace_imports_torch_or_transformers():
     assert not bad, f"torch/transformers imported outside trace.py: {bad}"
 
 
-def test_the_streamlit_process_imports_trace_only_where_stated():
+def test_the_streamlit_process_never_imports_trace():
     streamlit_side = app_modules() + sorted((PACKAGE / "views").glob("*.py")) + [PACKAGE / "charts.py"]
-    bad = {_rel(p): v for p in streamlit_side
-           if (v := trace_violations(_parse(p), _module_name(p), _rel(p)))}
-    assert not bad, f"the app process imports trace.py (torch) outside ALLOWED_TRACE_IMPORTS: {bad}"
-    for path, function in ALLOWED_TRACE_IMPORTS:  # the exception still exists, or it goes from the list
-        names = {f.name for f in ast.walk(_parse(ROOT / path)) if isinstance(f, ast.FunctionDef)}
-        assert function in names, f"{path}:{function} is gone: drop it from ALLOWED_TRACE_IMPORTS"
+    bad = {_rel(p): v for p in streamlit_side if (v := trace_violations(_parse(p), _module_name(p)))}
+    assert not bad, f"the app process imports trace.py (torch); run the model in a jobs.py worker: {bad}"
 
 
 def test_importing_views_and_charts_loads_no_torch():
@@ -232,9 +222,8 @@ def test_torch_and_trace_checkers():
     assert torch_violations(ast.parse("import torch.nn as nn"), "pivottrace.x")
     assert torch_violations(ast.parse("from transformers import AutoModel"), "pivottrace.x")
     relative = ast.parse("def f():\n    from ..trace import Tracer\n")
-    assert trace_violations(relative, "pivottrace.views.inspect", "pivottrace/views/inspect.py")
-    allowed = ast.parse("def load_tracer():\n    from ..trace import Tracer\n")
-    assert not trace_violations(allowed, "pivottrace.views.common", "pivottrace/views/common.py")
+    assert trace_violations(relative, "pivottrace.views.inspect")
+    assert not trace_violations(ast.parse("from .. import jobs\n"), "pivottrace.views.inspect")
 
 
 def test_store_checker():

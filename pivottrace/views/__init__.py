@@ -7,13 +7,14 @@ snippets and guarded actions; it never calls Streamlit, never builds figures and
 
 from __future__ import annotations
 
-from ..vocab import ROUTES, VERDICTS, Route, Verdict, route_name, route_summary  # noqa: F401
 from .common import (  # noqa: F401
     SIGNAL_NAMES, SCORE_COLOUR_SPAN, PREVIEW_CHARS, InvalidInput, esc, md, preview, db_path,
     StepView, build_steps, score_colour, steps_html, problem_html, open_db, StoreError, ROLES,
     add_user, user_role, user_rows, is_empty, JobError, JOB_ACTIVE, active_jobs, refresh_jobs,
-    cancel_job, start_demo_job, start_trace_job, start_route_job, start_eval_job, load_tracer, DEFAULT_SPEC,
+    cancel_job, start_demo_job, start_trace_job, start_route_job, start_eval_job,
 )
+from ..models import DEFAULT_SPEC  # noqa: F401
+from ..vocab import ROUTES, VERDICTS, Route, Verdict, route_name, route_summary  # noqa: F401
 from .annotate import (  # noqa: F401
     ACTIONS, Candidate, QueueItemView, candidates_from, item_view, next_item, LabelOutcome,
     submit_label, undo_last, Progress, progress, seconds_since,

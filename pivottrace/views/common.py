@@ -1,8 +1,6 @@
-"""Shared by the view modules and the app's sidebar: escaping, previews, steps HTML, errors, model
-loading, and the store and job calls the pages make, re-exported so pages import only views.
-
-`load_tracer` is the one place the app process imports trace.py (and so torch): the Inspect
-page's live trace (tests/test_architecture.py states this exception).
+"""Shared by the view modules and the app's sidebar: escaping, previews, steps HTML, errors, and
+the store and job calls the pages make, re-exported so pages import only views. No model is
+loaded in the app process: models run in jobs.py workers.
 
 `esc` (HTML) and `md` (Markdown) escape every piece of problem text, model output and user
 input. It never calls Streamlit, never builds figures (charts.py) and runs no SQL (store.py).
@@ -18,7 +16,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import jobs, store
-from ..models import DEFAULT_SPEC
 from ..pivots import PIVOT_THRESHOLD
 
 # Plain-words names of the pivot signals, for tooltips and expanders.
@@ -165,13 +162,3 @@ start_demo_job = jobs.start_demo
 start_trace_job = jobs.start_trace
 start_route_job = jobs.start_route
 start_eval_job = jobs.start_eval
-
-
-# --------------------------------------------------------------------------- model loading
-
-def load_tracer(spec: str = DEFAULT_SPEC, *, samples: int = 4, max_new_tokens: int = 256):
-    """A Tracer for `spec` (imports torch); the app keeps one per spec in st.cache_resource."""
-    from ..trace import TraceConfig, Tracer
-
-    return Tracer(spec or DEFAULT_SPEC, config=TraceConfig(n_samples=samples, max_new_tokens=max_new_tokens,
-                                                        batch_size=1 + samples))

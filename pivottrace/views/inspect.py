@@ -1,19 +1,22 @@
 """The Inspect page's view-models: problem search, one stored (or live) trace ready to draw, the
 step's tokens and attention, and two traces side by side.
 
-It never calls Streamlit, never builds figures (charts.py) and runs no SQL (store.py).
+It never calls Streamlit, never builds figures (charts.py), runs no SQL (store.py) and loads no
+model: a live trace runs in a worker job (jobs.py), as tracing does.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import store
-from ..vocab import ROUTE_NAMES, ROUTES
+from .. import jobs, store
 from ..answers import majority_vote
+from ..models import DEFAULT_SPEC
 from ..pivots import pool_stats, score_trace
+from ..vocab import ROUTE_NAMES, ROUTES
 from .common import StepView, build_steps, esc, preview
 
 TOKEN_ENTROPY_SPAN = 4.0  # nats; at ~4 nats the model is spread over dozens of tokens: full colour
@@ -131,22 +134,43 @@ def trace_view(db, problem_id: str, model_id: str | None = None) -> TraceView | 
     return view
 
 
-def trace_live(tracer, problem_id: str, problem_text: str) -> TraceView:
-    """Trace one problem now with `tracer`, in memory only, for a side-by-side comparison.
+LIVE_POLL_SECONDS = 0.5  # how often the waiting page reads the live job's row
+LIVE_TIMEOUT_SECONDS = 900  # a first download of a hub model plus one trace; past it the job is cancelled
 
-    Nothing is stored: a stored trace of another model would become the newest checkpoint the
-    router follows. With no pool to compare against, its pivot scores use the trace's own steps
-    as the baseline (pool statistics of one trace), so read them within the trace, not across.
+
+def trace_live(db, spec: str, problem_id: str, problem_text: str) -> TraceView:
+    """Trace one problem now with the model `spec`, for a side-by-side comparison, and wait for it.
+
+    The trace runs in a worker job (jobs.start_live), so the app process never imports torch; the
+    model is loaded for each live trace. Nothing is stored: a stored trace of another model would
+    become the newest checkpoint the router follows. With no pool to compare against, its pivot
+    scores use the trace's own steps as the baseline (pool statistics of one trace), so read them
+    within the trace, not across. Raises JobError when the job fails.
     """
-    result = tracer.trace_batch([problem_text])[0]
-    trace = result.trace
-    pivots = score_trace(trace.arrays, pool_stats([trace.arrays]), trace.n_completion_tokens)
+    job_id = jobs.start_live(db, model=spec or DEFAULT_SPEC, problem_id=problem_id)
+    deadline = time.monotonic() + LIVE_TIMEOUT_SECONDS
+    job = None
+    try:
+        while time.monotonic() < deadline:
+            job = next((j for j in jobs.refresh(db) if j["id"] == job_id), None) or store.get_job(db, job_id)
+            if job["status"] not in jobs.ACTIVE:
+                break
+            time.sleep(LIVE_POLL_SECONDS)
+    finally:
+        if job is None or job["status"] in jobs.ACTIVE:  # timed out or interrupted: stop the worker
+            jobs.cancel(db, job_id)
+    if job["status"] != "done":
+        raise jobs.JobError(f"The live trace {job['status']}: {job['message'] or 'timed out'}")
+    path = jobs.live_result_path(db, job_id)
+    meta, arrays = jobs.read_live_result(path)
+    path.unlink(missing_ok=True)
+    pivots = score_trace(arrays, pool_stats([arrays]), meta["n_completion_tokens"])
     steps = [StepView(i, step.get("text", ""), float(pivots.scores[i]), i in pivots.pivots, list(pivots.fired[i]),
                       int(step.get("tok_start", 0)), int(step.get("tok_end", 0)))
-             for i, step in enumerate(trace.steps)]
-    return _trace_view(problem_id=problem_id, model_id=f"{tracer.model_id} (live)", problem_text=problem_text,
-                       completion=trace.completion, answer=trace.answer, steps=steps, tokens=list(trace.tokens),
-                       arrays=trace.arrays, answers=[trace.answer] + list(result.sample_answers),
+             for i, step in enumerate(meta["steps"])]
+    return _trace_view(problem_id=problem_id, model_id=f"{meta['model_id']} (live)", problem_text=problem_text,
+                       completion=meta["completion"], answer=meta["answer"], steps=steps, tokens=meta["tokens"],
+                       arrays=arrays, answers=[meta["answer"]] + meta["sample_answers"],
                        pivot_density=pivots.density, scored=True)
 
 
