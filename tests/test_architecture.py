@@ -230,3 +230,29 @@ def test_store_checker():
     assert store_violations(ast.parse("from .features import FeatureTable"))
     assert store_violations(ast.parse("from . import pipeline"))
     assert not store_violations(ast.parse("from .records import FeatureTable\nimport numpy as np"))
+
+
+# ------------------------------------------------------------------ one source for the route names
+
+def route_list_violations(tree: ast.AST) -> list[str]:
+    """Collection literals (tuple, list, set, dict keys) naming two or more routes: a copy of
+    vocab.ROUTES that would drift from it."""
+    from pivottrace.vocab import ROUTES
+
+    bad = []
+    for node in ast.walk(tree):
+        items = node.keys if isinstance(node, ast.Dict) else node.elts if isinstance(
+            node, (ast.Tuple, ast.List, ast.Set)) else []
+        named = [i.value for i in items if isinstance(i, ast.Constant) and i.value in ROUTES]
+        if len(named) >= 2:
+            bad.append(f"line {node.lineno}: {named}")
+    return bad
+
+
+def test_pages_views_and_charts_take_the_routes_from_vocab():
+    modules = app_modules() + sorted((PACKAGE / "views").glob("*.py")) + [PACKAGE / "charts.py"]
+    bad = {_rel(p): v for p in modules if (v := route_list_violations(_parse(p)))}
+    assert not bad, f"hard-coded route lists (use vocab.ROUTES / views.ROUTE_CHOICES): {bad}"
+    assert route_list_violations(ast.parse('ROUTES = ("annotate", "self_train")'))
+    assert route_list_violations(ast.parse('COLOURS = {"low_priority": 1, "deferred": 2}'))
+    assert not route_list_violations(ast.parse('x = ("annotate", "accept")'))
