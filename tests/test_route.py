@@ -244,3 +244,12 @@ def test_a_feature_table_routes_exactly_as_its_rows():
     with pytest.raises(ValueError, match="model_id and majority_answer"):
         route_pool(FeatureTable(["a"], {"pivot_density": np.ones(1), "vote_share": np.ones(1)}),
                    np.array([0.5]), budget_remaining=1)
+
+
+def test_the_route_summary_line_follows_the_route_order_and_reads_on_screen():
+    from pivottrace import vocab
+
+    assert store.ROUTES is vocab.ROUTES and store.VERDICTS is vocab.VERDICTS  # aliases, not copies
+    counts = {"self_train": 5, "deferred": 0, "annotate": 3}
+    assert vocab.route_summary(counts) == "annotate 3, self_train 5, deferred 0"
+    assert vocab.route_summary(counts, readable=True) == "annotate 3, self train 5, deferred 0"
