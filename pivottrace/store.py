@@ -787,10 +787,8 @@ def save_step_label(db: sqlite_utils.Database, *, problem_id: str, annotator: st
             if len(ratings) != n_steps or any(r not in STEP_RATINGS + (None,) for r in ratings):
                 raise StoreError(f"Step ratings must be {n_steps} values of +1, 0, -1 or none.")
             ratings = json.dumps(list(ratings))
-        label = db.execute("select id from labels l where problem_id = ? and annotator = ? "
-                           "and verdict in ('correct', 'wrong', 'flawed') "
-                           "and not exists (select 1 from labels u where u.undoes = l.id) "
-                           "order by id desc limit 1", [problem_id, annotator]).fetchone()
+        label = db.execute(f"select id from ({labels_not_undone_sql(VERDICTS)}) where problem_id = ? "
+                           "and annotator = ? order by id desc limit 1", [problem_id, annotator]).fetchone()
         return db["step_labels"].insert({
             "problem_id": problem_id, "model_id": model_id, "annotator": annotator,
             "first_wrong_step": first_wrong_step, "ratings": ratings, "n_steps": n_steps,
@@ -818,8 +816,8 @@ def undo_last_step_label(db: sqlite_utils.Database, annotator: str, *, problem_i
 def latest_label_in_force(db: sqlite_utils.Database, annotator: str) -> dict | None:
     """The annotator's newest verdict label (correct/wrong/flawed) that is not undone, or None."""
     rows = list(db.query(
-        "select l.* from labels l where l.annotator = ? and l.verdict in ('correct', 'wrong', 'flawed') "
-        "and not exists (select 1 from labels u where u.undoes = l.id) order by l.id desc limit 1", [annotator]))
+        f"select * from ({labels_not_undone_sql(VERDICTS)}) where annotator = ? order by id desc limit 1",
+        [annotator]))
     return rows[0] if rows else None
 
 
