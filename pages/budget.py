@@ -80,17 +80,31 @@ with b:
 with st.form("target", border=True):
     target = st.slider("Self-train precision target", views.MIN_TARGET_PRECISION, 0.99, views.current_target_precision(db), 0.01,
                        disabled=not is_lead,
-                       help="The self-train band keeps the largest set of problems whose estimated "
-                            "pseudo-label precision stays at or above this.")
+                       help="The self-train band opens only where labels show a precision at or above this "
+                            "(lower confidence bound).")
+    delta = st.number_input("Risk delta", min_value=0.001, max_value=0.5, value=views.current_delta(db),
+                            step=0.01, format="%.3f", disabled=not is_lead,
+                            help="Chance that a band opened by the bound is below the target after all.")
     if st.form_submit_button("Re-route with this target", disabled=not is_lead):
         try:
-            report = views.set_target_precision(db, user=user, target=target)
+            report = views.set_target_precision(db, user=user, target=target, delta=float(delta))
         except (views.StoreError, views.InvalidInput) as err:
             st.session_state["budget_flash"] = ("error", views.md(err))
         else:
             st.session_state["budget_flash"] = ("success", f"Router v{report.router_version}: " +
                                                 views.route_summary(report.counts, readable=True))
         st.rerun()
+
+st.markdown("##### Bands: estimated against measured precision")
+bands = views.band_rows(db)
+if bands:
+    st.dataframe(bands, hide_index=True, column_config={
+        "interval": st.column_config.TextColumn(
+            "interval", help="One-sided Clopper-Pearson bounds at delta / 4 (four nested band edges are tried)."),
+        "labels behind it": st.column_config.NumberColumn(
+            "labels behind it", help="Random calibration probes drawn from the band plus labels that fell in it.")})
+    st.caption("A band opens only when its measured precision's lower bound reaches the target; until then "
+               "its problems wait (self-train pending) and probe labels are queued for annotators.")
 
 st.markdown("##### Router versions")
 if history:

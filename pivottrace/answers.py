@@ -69,6 +69,10 @@ def extract_answer(completion: str | None) -> str | None:
     """The model's final answer, or None when it gave none.
 
     Order: the last `\\boxed{}`; the last "Answer: x" / "The answer is x" line; `#### x`.
+    On that line the answer is the result of its equation: the first fraction or number to the
+    right of the last `=` (or `=>`, `→`), so "Answer: 8 + 3 = 11 stickers." reads 11 and
+    "2 * $6 = $12 - $2 = $10" reads 10; GSM8K calculator marks `<<9*2=18>>` are dropped first.
+    A line without `=` gives its first fraction or number ("The answer is 15 because ..." -> 15).
     A completion with none of these has no answer: we do not guess from stray numbers, since
     "no answer found" is itself a useful signal.
     """
@@ -86,15 +90,41 @@ def extract_answer(completion: str | None) -> str | None:
     if match:
         candidates.append(match.group(1).splitlines()[0])
     for candidate in reversed(candidates):
-        candidate = candidate.strip().rstrip(".").strip()
-        fraction = _FRACTION_RE.search(candidate)
-        if fraction:
-            return fraction.group(0).replace(" ", "")
-        number = _NUMBER_RE.search(candidate)
-        if number:
-            return _clean_number(number.group(0))
-        if candidate:
-            return candidate[:64]
+        answer = _answer_on_line(candidate)
+        if answer:
+            return answer
+    return None
+
+
+_CALCULATOR_MARK = re.compile(r"<<[^<>]*>>")  # GSM8K's "<<9*2=18>>" annotations
+_EQUALS = re.compile(r"=>|→|⇒|(?<![<>!=])=(?!=)")  # the result sign of an equation ("==", "<=" are not)
+
+
+def _answer_on_line(text: str) -> str | None:
+    """The answer on one answer line: the result of its last equation, else its first number."""
+    text = _CALCULATOR_MARK.sub("", text).strip()
+    parts = _EQUALS.split(text)
+    # the right-hand side of the last `=` that has something readable after it
+    for side in reversed(parts[1:]) if len(parts) > 1 else ():
+        found = _first_number(side)
+        if found:
+            return found
+    found = _first_number(parts[0])
+    if found:
+        return found
+    text = text.rstrip(".").strip()
+    return text[:64] or None
+
+
+def _first_number(text: str) -> str | None:
+    """The first fraction or number in `text` (commas and `$` dropped), or None."""
+    text = text.strip().rstrip(".").strip()
+    fraction = _FRACTION_RE.search(text)
+    number = _NUMBER_RE.search(text)
+    if fraction and (number is None or fraction.start() <= number.start()):
+        return fraction.group(0).replace(" ", "")
+    if number:
+        return _clean_number(number.group(0))
     return None
 
 

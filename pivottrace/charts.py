@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 from .pivots import PIVOT_THRESHOLD
 from .vocab import ROUTES, route_name
 
-ROUTE_COLOURS = dict(zip(ROUTES, ("#2563eb", "#16a34a", "#9ca3af", "#f59e0b"), strict=True))  # in ROUTES order
+ROUTE_COLOURS = dict(zip(ROUTES, ("#2563eb", "#16a34a", "#86efac", "#9ca3af", "#f59e0b"), strict=True))  # in ROUTES order
 PIVOT_COLOUR = "#d97706"
 HUMAN_COLOUR = "#dc2626"  # an annotator's first wrong step
 FONT = dict(family="Inter, system-ui, sans-serif", size=12)

@@ -116,6 +116,8 @@ def route_cmd(model: Optional[str] = typer.Option(None, "--model-id", help="Mode
     report = pipeline.route(_db(db), model_id=model, config=RouterConfig(target_precision=target_precision),
                             note="cli")
     typer.echo(f"Router version {report.router_version} ({report.kind}): " + route_summary(report.counts))
+    for line in pipeline.explain(report):
+        typer.echo(f"  {line}")
 
 
 @app.command()
@@ -155,6 +157,8 @@ def demo(model: str = ModelOption,
     typer.echo(f"Demo: {report.added} new problems, traced {run.traced} "
                f"({run.tokens_per_second:.1f} tok/s), router version {routed.router_version}: " +
                route_summary(routed.counts))
+    for line in pipeline.explain(routed):
+        typer.echo(f"  {line}")
 
 
 def _export_help() -> str:

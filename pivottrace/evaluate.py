@@ -24,9 +24,9 @@ import numpy as np
 from . import store
 from .answers import answers_match
 from .features import NUMERIC_FEATURES, build_features
+from .posterior import PosteriorModel, estimator_for
 from .route import DEFAULT_TARGET_PRECISION, FIXED_THRESHOLDS, RouterConfig, route_pool
-from .uncertainty import (ATTENTION_FEATURES, CalibratedModel, EstimatorConfig, FeatureTable,
-                          can_calibrate, choose_estimator)
+from .uncertainty import ATTENTION_FEATURES, EstimatorConfig, FeatureTable
 from .metrics import calibration_metrics, reliability_bins
 from .report import MAIN, build_figures, render_html, render_markdown, write_pngs
 
@@ -34,6 +34,7 @@ BUDGET_SHARES = (0.05, 0.10, 0.20, 0.30, 0.50)  # label budgets as shares of the
 ROUNDS = 5  # labels arrive in this many rounds per budget; the router recalibrates after each
 CROSS_FIT_FOLDS = 5  # labelled problems get out-of-fold uncertainty, so every problem is scored unseen
 MIN_POOL = 10  # fewer traced problems with gold than this cannot say anything about selection
+RANDOM_SEEDS = 10  # random selection is run with this many seeds; the report gives mean and range
 DEFAULT_REPORT_DIR = "out/eval"  # `pivottrace eval` writes here unless told otherwise (out/ is git-ignored)
 REPORT_FILES = ("report.md", "report.html", "results.json", "figures.json")
 SIGNAL_GROUPS = {**{name: "attention / pivots" for name in ATTENTION_FEATURES},
@@ -96,6 +97,7 @@ class Strategy:
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
     select: str = "value"  # "value": the router's annotate picks; "random": uniform among the unlabelled
+    learn: bool = True  # False: the estimator ignores the labels (they still certify the bands)
 
 
 def strategies(*, target_precision: float = DEFAULT_TARGET_PRECISION) -> list[Strategy]:
@@ -103,7 +105,8 @@ def strategies(*, target_precision: float = DEFAULT_TARGET_PRECISION) -> list[St
     router = RouterConfig(target_precision=target_precision)
     flat = RouterConfig(target_precision=target_precision, pivot_value_weight=0.0)
     return [
-        Strategy(MAIN, "all signals, calibrated from labels, derived three-way thresholds", router=router),
+        Strategy(MAIN, "all signals, Bayesian update of the cold-start prior from the first label, "
+                 "certified self-train band", router=router),
         Strategy("random", "random annotate picks; the rest routed like PivotTrace", router=router,
                  select="random"),
         Strategy("confidence_only", "mean token log-prob only (rank prior, then calibrated)",
@@ -113,6 +116,10 @@ def strategies(*, target_precision: float = DEFAULT_TARGET_PRECISION) -> list[St
                  EstimatorConfig(columns=("vote_share",), prior_weights={}), flat),
         Strategy("no_attention", "ablation: no attention or pivot signals",
                  EstimatorConfig.without(ATTENTION_FEATURES), flat),
+        Strategy("labels_ignored", "ablation: the cold-start prior throughout (labels never update it)",
+                 select="value", learn=False, router=router),
+        Strategy("uncertified", "ablation: self-train on the estimated band alone (no probe labels, no bound)",
+                 router=RouterConfig(target_precision=target_precision, certify=False)),
         Strategy("two_way", "ablation: annotate vs everything else (no low_priority, no precision band)",
                  router=RouterConfig(target_precision=target_precision, three_way=False)),
         Strategy("fixed_thresholds", f"ablation: fixed thresholds (low <= {FIXED_THRESHOLDS[0]}, "
@@ -149,7 +156,14 @@ class BudgetResult:
     wrong_total: int
     caught: int  # wrong majorities labelled by the oracle (corrected)
     leaked: int  # wrong majorities in self_train (trained on as if right)
-    missed: int  # wrong majorities left in low_priority or deferred
+    missed: int  # wrong majorities left in low_priority, deferred or self_train_pending
+    pending: int = 0  # problems waiting in self_train_pending
+    self_train_open: bool | None = None  # the certificate held (None: the strategy does not certify)
+    self_train_lower_bound: float | None = None  # the certificate's lower bound on self-train precision
+    below_target: bool = False  # self_train non-empty and its realised precision < target
+    seeds: int = 1  # runs averaged into this row (random selection)
+    caught_range: list | None = None  # [min, max] over the seeds
+    auroc_range: list | None = None
     reliability: list = field(default_factory=list)
 
 
@@ -183,11 +197,13 @@ def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUND
 
     estimator, routing = _route(rows, table, outcomes, strategy, budget - len(outcomes))
     u = _out_of_sample(table, outcomes, strategy, estimator)  # [N]
+    certificate = routing.thresholds.get("self_train_certificate") if routing.thresholds.get("certified") else None
     route = np.array([d["route"] for d in routing.decisions], dtype=object)  # [N]
     labelled = np.array([pid in outcomes for pid in ids], bool)  # [N]
     self_train = (route == "self_train") & ~labelled
     low = (route == "low_priority") & ~labelled
     deferred = ((route == "deferred") | (route == "annotate")) & ~labelled  # unspent picks wait too
+    pending = (route == "self_train_pending") & ~labelled
     right = 1 - wrong
     train_size = int(labelled.sum() + self_train.sum())
     metrics = calibration_metrics(u, wrong)
@@ -203,42 +219,46 @@ def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUND
         train_precision=(float(labelled.sum() + right[self_train].sum()) / train_size) if train_size else None,
         wrong_total=int(wrong.sum()), caught=int((wrong & labelled).sum()),
         leaked=int((wrong.astype(bool) & self_train).sum()),
-        missed=int((wrong.astype(bool) & (low | deferred)).sum()),
+        missed=int((wrong.astype(bool) & (low | deferred | pending)).sum()),
+        pending=int(pending.sum()),
+        self_train_open=None if certificate is None else bool(certificate["open"]),
+        self_train_lower_bound=None if certificate is None else certificate["lower_bound"],
+        below_target=bool(self_train.any() and right[self_train].mean() < strategy.router.target_precision),
         reliability=reliability_bins(u, wrong),
     )
 
 
+def _estimator(table, outcomes, strategy: Strategy):
+    return estimator_for(table, outcomes if strategy.learn else {}, config=strategy.estimator, with_metrics=False)
+
+
 def _route(rows, table, outcomes, strategy: Strategy, budget_left: int):
-    estimator = choose_estimator(table, outcomes, config=strategy.estimator)
+    estimator = _estimator(table, outcomes, strategy)
     routing = route_pool(rows, estimator.predict(table), budget_remaining=max(budget_left, 0),
-                         config=strategy.router, exclude=set(outcomes))
+                         config=strategy.router, exclude=set(outcomes), outcomes=outcomes)
     return estimator, routing
 
 
 def _out_of_sample(table: FeatureTable, outcomes, strategy: Strategy, estimator) -> np.ndarray:
     """[N] uncertainty of every problem from an estimator that did not see its label.
 
-    A fitted estimator scores the labelled problems by cross-fitting: a model of the same form
-    fitted without each fold (the prior where a fold leaves too few of one outcome).
+    A posterior scores the labelled problems by cross-fitting: the prior updated with the labels
+    of the other folds only (the prior itself when a fold leaves none).
     """
     u = np.asarray(estimator.predict(table), dtype=float)  # [N]
-    if not isinstance(estimator, CalibratedModel):
+    if not isinstance(estimator, PosteriorModel):
         return u  # the prior never saw a label
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import KFold
 
     labelled = np.array([i for i, pid in enumerate(table.ids) if pid in outcomes], dtype=np.int64)  # [M]
     y = np.array([outcomes[table.ids[i]] for i in labelled], dtype=int)  # [M]
-    folds = int(min(CROSS_FIT_FOLDS, np.bincount(y, minlength=2).min()))
+    folds = int(min(CROSS_FIT_FOLDS, labelled.size))
     if folds < 2:
-        return u
-    prior = strategy.estimator.prior().predict(table)  # [N]
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=0).split(labelled, y):
+        return strategy.estimator.prior().predict(table) if labelled.size else u
+    for train, test in KFold(folds, shuffle=True, random_state=0).split(labelled):
+        fold = {table.ids[labelled[i]]: int(y[i]) for i in train}
+        fold_model = _estimator(table, fold, strategy)
         held = labelled[test]
-        if not can_calibrate(y[train]):
-            u[held] = prior[held]
-            continue
-        fold_model = estimator.unfitted().fit(table.take(labelled[train]), y[train], pool=table,
-                                              with_metrics=False)
         u[held] = fold_model.predict(table)[held]  # the prior's ranks need the whole pool
     return u
 
@@ -292,6 +312,7 @@ class EvalConfig:
     target_precision: float = DEFAULT_TARGET_PRECISION
     seed: int = 0
     strategies: tuple | None = None  # names to run; None = all
+    random_seeds: int = RANDOM_SEEDS  # seeds of random selection (mean and range reported)
     png: bool = True  # also export PNGs through kaleido (needs a Chrome/Chromium)
 
     def __post_init__(self):
@@ -327,8 +348,33 @@ def run(pool: EvalPool, *, config: EvalConfig = EvalConfig()) -> list[BudgetResu
     for strategy in chosen:
         for share in (0.0,) + tuple(config.budgets):
             budget = int(round(share * pool.size))
-            results.append(play(pool, strategy, budget, rounds=config.rounds, seed=config.seed))
+            if strategy.select == "random" and budget > 0:
+                runs = [play(pool, strategy, budget, rounds=config.rounds, seed=config.seed + k)
+                        for k in range(config.random_seeds)]
+                results.append(_averaged(runs))
+            else:
+                results.append(play(pool, strategy, budget, rounds=config.rounds, seed=config.seed))
     return results
+
+
+def _averaged(runs: list[BudgetResult]) -> BudgetResult:
+    """One row for several seeds: numeric fields averaged, with the range of caught and AUROC."""
+    first = asdict(runs[0])
+    out = dict(first)
+    for key, value in first.items():
+        values = [getattr(r, key) for r in runs]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("budget", "budget_share"):
+            present = [v for v in values if v is not None]
+            out[key] = float(np.mean(present)) if present else None
+        elif value is None and key.endswith("precision"):
+            present = [v for v in values if v is not None]
+            out[key] = float(np.mean(present)) if present else None
+    out["below_target"] = any(r.below_target for r in runs)
+    out["seeds"] = len(runs)
+    out["caught_range"] = [min(r.caught for r in runs), max(r.caught for r in runs)]
+    aurocs = [r.auroc for r in runs if r.auroc is not None]
+    out["auroc_range"] = [min(aurocs), max(aurocs)] if aurocs else None
+    return BudgetResult(**out)
 
 
 def evaluate_db(db, folder: str | Path, *, config: EvalConfig = EvalConfig(),

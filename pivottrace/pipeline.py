@@ -7,17 +7,19 @@ of its own (see pivots.py, uncertainty.py, route.py) and no torch: a `Tracer` is
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 from pathlib import Path
 
 from . import store
-from .answers import answers_match, canonical
+from .answers import answers_match, canonical, extract_answer
 from .datasets import LoadResult, RejectedRow, demo_problems, read_pool, spread_by_steps
 from .features import FeatureTable, build_features, fit_pool_pivot_weights
 from .route import RouterConfig, route_pool
-from .uncertainty import EstimatorConfig, choose_estimator
+from .posterior import estimator_for
+from .uncertainty import EstimatorConfig
 
 RECALIBRATE_EVERY = 1  # labels between two recalibrations in the app (1 = after every label)
 
@@ -85,7 +87,10 @@ def trace_pool(db, tracer, *, limit: int | None = None, source: str | None = Non
 
 
 def score_pool(db, model_id: str | None = None) -> list[dict]:
-    """Recompute pivots and features for every trace of the model (pool statistics included)."""
+    """Recompute pivots and features for every trace of the model (pool statistics included).
+
+    The answers are first re-read from the stored completions, so a pool traced before a fix to
+    `answers.extract_answer` votes with the fixed reading."""
     return score_pool_with_weights(db, model_id)[0]
 
 
@@ -94,6 +99,7 @@ def score_pool_with_weights(db, model_id: str | None = None):
     model_id = model_id or store.latest_model_id(db)
     if model_id is None:
         return [], None
+    store.reextract_answers(db, extract_answer, model_id)  # answers read by an older extraction
     traces = list(store.iter_trace_arrays(db, model_id))
     accepted = {r["problem_id"] for r in store.effective_labels(db) if r["verdict"] == "correct"}
     fitted = fit_pool_pivot_weights(traces, store.effective_step_labels(db), accepted)
@@ -180,12 +186,14 @@ def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfi
         table = store.load_feature_table(db, model_id)
     labels = store.effective_labels(db)
     outcomes = label_outcomes(db, table, labels=labels)
-    estimator = choose_estimator(table, outcomes, config=estimator_config)
+    estimator = estimator_for(table, outcomes, config=estimator_config)
     uncertainty = estimator.predict(table)
     labelled = {r["problem_id"] for r in labels}
     budget = store.budget_status(db)
+    last = store.latest_router_version(db, model_id=model_id)
     routing = route_pool(table, uncertainty, budget_remaining=budget["remaining"], config=config,
-                         exclude=labelled)
+                         exclude=labelled, outcomes=outcomes, previous=last["thresholds"] if last else None,
+                         previous_routes=store.current_routes(db) if last else None)
     metrics = dict(getattr(estimator, "metrics", {}) or {})
     thresholds = dict(routing.thresholds)
     if pivot_weights is not None:  # fitted from step labels when the pool was rescored
@@ -198,6 +206,42 @@ def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfi
     store.record_route_counts(db, version)
     return RouteReport(version, estimator.kind, routing.counts(), changed, routing.thresholds, metrics,
                        time.perf_counter() - start)
+
+
+def explain(report: RouteReport) -> list[str]:
+    """What a routing did, in plain lines: the budget, the self-train band's certificate, low
+    priority's, and the estimator."""
+    t = report.thresholds
+    lines = []
+    if t.get("budget_note"):
+        lines.append(t["budget_note"].capitalize() + ".")
+    cert = t.get("self_train_certificate")
+    if cert:
+        target, delta = t["target_precision"], t["delta"]
+        if cert["candidates"] == 0:
+            lines.append("Self-train: no candidates (no split vote is estimated above the precision target).")
+        elif cert["open"]:
+            lines.append(f"Self-train: open for {cert['certified']} of {cert['candidates']} candidates; measured "
+                         f"precision {cert['precision']:.3f} on {cert['labels']} labels, lower bound "
+                         f"{cert['lower_bound']:.3f} >= target {target} (delta {delta}).")
+        else:
+            more = cert["probes_to_go"]
+            waiting = report.counts.get("self_train_pending", 0)
+            lines.append(f"Self-train: closed, {waiting} problems wait as self_train_pending"
+                         + (f" ({cert['candidates'] - waiting} of the band are probes or labelled)"
+                            if cert["candidates"] > waiting else "") + "; "
+                         + (f"{more} probe labels to go" if more is not None
+                            else "the labels so far say it would not reach the target")
+                         + f" (target {target}, delta {delta}).")
+    low = t.get("low_priority_certificate")
+    if low and low["candidates"]:
+        lines.append(f"Low priority: {'verified' if t.get('low_priority_verified') else 'unverified'} "
+                     f"({low['labels']} labels among {low['candidates']} unanimous, likely right problems).")
+    if t.get("calibration_probes"):
+        lines.append(f"{t['calibration_probes']} calibration probes are in the annotate queue.")
+    lines.append(f"Estimator: {report.kind}" + (f", {report.metrics.get('n')} labels" if report.metrics.get("n") else
+                                                " (cold-start prior, no labels yet)") + ".")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -255,22 +299,117 @@ def recalibrate_if_due(db, *, every: int = RECALIBRATE_EVERY,
 
 
 def current_router_config(db) -> RouterConfig:
-    """The router settings in force: the last router version's precision target (a lead may have set it)."""
+    """The router settings in force: the last router version's precision target and risk delta
+    (a lead may have set them)."""
     last = store.latest_router_version(db)
+    settings = {}
     if last and last["thresholds"].get("target_precision") is not None:
-        return RouterConfig(target_precision=float(last["thresholds"]["target_precision"]))
-    return RouterConfig()
+        settings["target_precision"] = float(last["thresholds"]["target_precision"])
+    if last and last["thresholds"].get("delta") is not None:
+        settings["delta"] = float(last["thresholds"]["delta"])
+    return RouterConfig(**settings)
 
 
 def label(db, *, problem_id: str, annotator: str, verdict: str, gold_answer: str | None = None,
           shown_answer: str | None = None, seconds: float | None = None,
-          recalibrate_every: int = RECALIBRATE_EVERY) -> RouteReport | None:
-    """Save a label, then recalibrate and re-route when `recalibrate_every` labels have arrived."""
+          recalibrate_every: int = RECALIBRATE_EVERY, wait: bool = True) -> RouteReport | None:
+    """Save a label, then recalibrate and re-route when `recalibrate_every` labels have arrived.
+
+    `wait=False` (the app): return as soon as the label is written, and let the recalibration run
+    right behind it on a background thread (`recalibrate_in_background`); returns None then.
+    """
     store.save_label(db, problem_id=problem_id, annotator=annotator, verdict=verdict,
                      gold_answer=gold_answer, shown_answer=shown_answer, seconds=seconds)
     if verdict == "skip":
         return None
+    if not wait:
+        recalibrate_in_background(db, every=recalibrate_every)
+        return None
     return recalibrate_if_due(db, every=recalibrate_every)
+
+
+class _Recalibrator:
+    """One background thread per database file that recalibrates while labels keep arriving.
+
+    Requests while it runs set `dirty`, so it runs once more after the current pass (never two at
+    once, never one per label in a burst). Labels are written before a request, so a crash loses
+    no label: the next request (or `recalibration_due` on the next page load) catches up.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.dirty = False
+        self.thread: threading.Thread | None = None
+        self.error: str | None = None
+        self.last: RouteReport | None = None
+
+    def request(self, every: int) -> None:
+        with _RECALIBRATORS_LOCK:
+            self.dirty = True
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, args=(every,), daemon=True,
+                                               name="pivottrace-recalibrate")
+                self.thread.start()
+
+    def _run(self, every: int) -> None:
+        db = store.open_db(self.path)
+        try:
+            while True:
+                with _RECALIBRATORS_LOCK:
+                    if not self.dirty:
+                        self.thread = None
+                        return
+                    self.dirty = False
+                try:
+                    self.last = recalibrate_if_due(db, every=every) or self.last
+                    self.error = None
+                except Exception as err:  # kept for the app to show; the labels are safe
+                    self.error = f"{type(err).__name__}: {err}"
+        finally:
+            db.conn.close()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until idle (True) or `timeout` seconds pass (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with _RECALIBRATORS_LOCK:
+                thread = self.thread
+            if thread is None:
+                return True
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            thread.join(left)
+            if deadline is not None and time.monotonic() >= deadline and thread.is_alive():
+                return False
+
+
+_RECALIBRATORS: dict[str, _Recalibrator] = {}
+_RECALIBRATORS_LOCK = threading.Lock()
+
+
+def _database_file(db) -> str:
+    path = store.db_file(db)
+    if not path:
+        raise ValueError("Background recalibration needs a database file, not an in-memory database.")
+    return path
+
+
+def background_recalibrator(db) -> _Recalibrator:
+    """The background recalibrator of this database file (created on first use)."""
+    path = _database_file(db)
+    with _RECALIBRATORS_LOCK:
+        return _RECALIBRATORS.setdefault(path, _Recalibrator(path))
+
+
+def wait_for_background(timeout: float | None = None) -> bool:
+    """Block until every background recalibration in this process is idle (True) or `timeout` passes."""
+    with _RECALIBRATORS_LOCK:
+        workers = list(_RECALIBRATORS.values())
+    return all(worker.wait(timeout) for worker in workers)
+
+
+def recalibrate_in_background(db, *, every: int = RECALIBRATE_EVERY) -> None:
+    """Ask for a recalibration on a background thread (it runs `recalibrate_if_due`)."""
+    background_recalibrator(db).request(every)
 
 
 def run_demo(db, tracer, *, n_problems: int = 40, n_trace: int = 6, seed: int = 0,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 MAIN = "pivottrace"  # the strategy under test; the report lists and colours it first
+MIN_OUTCOMES = 20  # fewer right (or wrong) majorities than this: AUROC, ECE and precisions are noise
 FIGURE_TITLES = {
     "auroc": "AUROC of uncertainty for 'majority answer wrong' (whole pool, out-of-sample)",
     "ece": "Expected calibration error of uncertainty (whole pool, out-of-sample)",
@@ -33,10 +34,14 @@ TABLE_COLUMNS = (  # (header, key or function of a result row)
     ("self_train", "self_train"),
     ("self_train precision", "self_train_precision"),
     ("(estimated)", "estimated_self_train_precision"),
+    ("band open", "self_train_open"),
+    ("lower bound", "self_train_lower_bound"),
+    ("waiting", "pending"),
     ("to humans", "human_share"),
     ("train set", "train_size"),
     ("train precision", "train_precision"),
     ("wrong caught", "caught"),
+    ("caught range", "caught_range"),
     ("wrong leaked", "leaked"),
     ("wrong missed", "missed"),
     ("low_priority", "low_priority"),
@@ -47,6 +52,10 @@ TABLE_COLUMNS = (  # (header, key or function of a result row)
 def _cell(value) -> str:
     if value is None:
         return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return "–".join(_cell(v) for v in value)
     if isinstance(value, float):
         return f"{value:.3f}"
     return html.escape(str(value))
@@ -91,7 +100,11 @@ def render_markdown(info: dict, rows: list[dict], settings: dict, *, strategies:
     for name, description in strategies:  # (name, description) in the order evaluate.strategies gives
         if any(r["strategy"] == name for r in rows):
             out.append(f"- `{name}`: {html.escape(description)}")
-    out += ["", "## Summary", ""] + summary_lines(rows) + [""]
+    out += ["", "## Summary", ""] + summary_lines(rows, target=settings["target_precision"]) + [""]
+    out += warning_lines(info)
+    out += ["## AUROC by labels spent", "",
+            "Whole pool, each problem scored by an estimator that did not see its label. `random`: mean over "
+            f"{settings.get('random_seeds', 1)} seeds (range in brackets).", ""] + auroc_table(rows) + [""]
     if info.get("signals"):
         n_unanimous = info["signals"][0]["n_unanimous"]
         out += ["## Single signals (no labels)", "",
@@ -114,12 +127,49 @@ def render_markdown(info: dict, rows: list[dict], settings: dict, *, strategies:
     return "\n".join(out) + "\n"
 
 
-def summary_lines(rows: list[dict]) -> list[str]:
+def warning_lines(info: dict) -> list[str]:
+    """Loud warnings when the pool has too few right or wrong majorities for the metrics to mean much."""
+    wrong, size = info["wrong"], info["size"]
+    right = size - wrong
+    lines = []
+    for count, what in ((right, "right"), (wrong, "wrong")):
+        if count < MIN_OUTCOMES:
+            lines.append(f"> **WARNING: only {count} of {size} majority answers are {what}.** AUROC, ECE and "
+                         f"every precision below rest on {count} cases: treat them as noise, not as evidence.")
+    return lines + [""] if lines else []
+
+
+def auroc_table(rows: list[dict]) -> list[str]:
+    """Markdown: one line per strategy, AUROC at each budget (labels spent in the header)."""
+    groups = _by_share(rows)
+    head = [f"{share:.0%} ({g[0]['budget']})" for share, g in groups.items()]
+    lines = ["| strategy | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+    for name in dict.fromkeys(r["strategy"] for r in rows):
+        cells = []
+        for g in groups.values():
+            hit = next((r for r in g if r["strategy"] == name), None)
+            cell = _cell(hit["auroc"]) if hit else "–"
+            if hit and hit.get("auroc_range"):
+                cell += f" ({_cell(hit['auroc_range'])})"
+            cells.append(cell)
+        lines.append(f"| {html.escape(name)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def summary_lines(rows: list[dict], *, target: float | None = None) -> list[str]:
     """Plain comparisons of PivotTrace against each baseline, budget by budget (facts, no spin)."""
     groups = {k: {r["strategy"]: r for r in g} for k, g in _by_share(rows).items() if k > 0}
     if not groups or not any(MAIN in g for g in groups.values()):
         return ["(PivotTrace itself was not run.)"]
     lines = []
+    for name in dict.fromkeys(r["strategy"] for r in rows):
+        runs = [g[name] for g in groups.values() if name in g]
+        nonempty = [r for r in runs if r["self_train"]]
+        below = [r for r in nonempty if r.get("below_target")]
+        worst = min((r["self_train_precision"] for r in nonempty if r["self_train_precision"] is not None), default=None)
+        lines.append(f"- `{html.escape(name)}`: self_train non-empty at {len(nonempty)} of {len(runs)} budgets, "
+                     f"below the target{'' if target is None else f' {target}'} at {len(below)}"
+                     + (f" (lowest realised precision {worst:.3f})" if worst is not None else "") + ".")
     for rival, what in (("confidence_only", "confidence only"), ("vote_share_only", "vote share only"),
                         ("no_attention", "the no-attention ablation"), ("random", "random selection")):
         pairs = [(g[MAIN]["auroc"], g[rival]["auroc"]) for g in groups.values()
@@ -137,7 +187,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
             continue
         caught = sum(a["caught"] for a, _ in pairs) - sum(b["caught"] for _, b in pairs)
         leaked = sum(a["leaked"] for a, _ in pairs) - sum(b["leaked"] for _, b in pairs)
-        lines.append(f"- Wrong majorities vs {what}, summed over budgets: {caught:+d} caught, {leaked:+d} leaked.")
+        lines.append(f"- Wrong majorities vs {what}, summed over budgets: {caught:+g} caught, {leaked:+g} leaked.")
     return lines
 
 
@@ -145,7 +195,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
 
 STRATEGY_COLOURS = {MAIN: "#2563eb", "random": "#9ca3af", "confidence_only": "#f59e0b",
                     "vote_share_only": "#16a34a", "no_attention": "#7c3aed", "two_way": "#db2777",
-                    "fixed_thresholds": "#0d9488"}
+                    "fixed_thresholds": "#0d9488", "labels_ignored": "#111827", "uncertified": "#ef4444"}
 
 
 def build_figures(rows: list[dict], *, target_precision: float) -> dict:
@@ -223,6 +273,7 @@ def render_html(info: dict, rows: list[dict], figures: dict) -> str:
     parts = [f"<h1>PivotTrace selection-quality report</h1><p>Pool: {info['size']} problems, model "
              f"<code>{html.escape(str(info['model_id']))}</code>, majority wrong on {info['wrong']}.</p>"]
     parts.append("<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in summary_lines(rows)) + "</ul>")
+    parts += [f"<p><strong>{html.escape(line[2:].replace('**', ''))}</strong></p>" for line in warning_lines(info) if line]
     for share, group in _by_share(rows).items():
         title = "Cold start (no labels)" if share == 0 else f"Budget {share:.0%} ({group[0]['budget']} labels)"
         head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in TABLE_COLUMNS)

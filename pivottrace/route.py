@@ -1,60 +1,89 @@
-"""Routes each problem to annotate / self_train / low_priority (or deferred past the budget) with
-thresholds derived from the budget, the pool and the uncertainty model; it estimates nothing.
+"""Three-way routing with thresholds derived from the budget, the pool, the posterior and the labels.
 
-Input: feature rows, their uncertainties u = P(majority answer wrong), the remaining label budget
-and a pseudo-label precision target. Output: one decision per problem (annotate / self_train /
-low_priority / deferred) and the thresholds that produced them. It does not estimate uncertainty
-(uncertainty.py) or write to the database.
+Input: feature rows, their uncertainties u = P(majority answer wrong), the remaining label budget,
+a pseudo-label precision target with its risk delta, and the labels in force. Output: one decision
+per problem (annotate / self_train / self_train_pending / low_priority / deferred) and the
+thresholds and certificates that produced them. It does not estimate uncertainty or write to the
+database.
 
 How the bands are derived (none is a constant):
-- low_priority: problems where every sample agrees and whose own error is low: u <= 1 -
-  `target_precision` (each alone would meet the pseudo-label target). In GRPO a unanimous group
-  has zero advantage, so these teach nothing now. Unanimous answers with a higher u (confidently,
-  probably wrongly) are annotate candidates: that is where a human's label corrects the model.
-- self_train: walk the problems with a split but existing majority from the most certain up and
-  keep the longest run whose estimated pseudo-label precision, mean(1 - u), stays at or above
-  `target_precision`, and never a problem whose majority is likelier wrong than right
-  (u >= MAX_PSEUDO_LABEL_ERROR). Their majority answer becomes the pseudo-label.
+- self_train candidates: problems with a split but existing majority, most certain first, the
+  longest run whose *estimated* precision mean(1 - u) stays >= `target_precision`, never one whose
+  majority is likelier wrong than right (u >= MAX_PSEUDO_LABEL_ERROR). An estimate is not enough
+  (measured: estimated 0.85, real 0.125 on an unseen pool), so the band is *certified*
+  (certify.certify_band): the largest of a few nested prefixes whose labels (random calibration
+  probes drawn from the band, plus labels that fall in it) give a one-sided Clopper-Pearson lower
+  bound >= target at risk delta, Bonferroni-corrected for the prefixes tried. The certified prefix
+  is `self_train` (its majority answers become pseudo-labels); the rest waits as
+  `self_train_pending` until labels open it, and the thresholds say how many probe labels would.
+- low_priority: problems where every sample agrees and whose own error is low, u <= 1 - target
+  (in GRPO a unanimous group has zero advantage, so these teach nothing now). The same bound is
+  computed for them; `low_priority_verified` says whether it holds (the route stays, since nothing
+  is trained on it, but the claim "error <= 1 - target" is shown as unverified until it does).
+- calibration probes: as many labels as certification still needs (if the precision seen so far
+  holds), drawn uniformly (by a stable hash) from the open candidates of each band, at most
+  `explore_share` of the annotate capacity; none when the band could not open at its precision.
 - annotate: everything else (split votes beyond the band, unanimous answers that are probably
-  wrong, no answer at all), ranked by value = u lifted by pivot richness. The top `remaining
-  budget` go to humans, the rest are `deferred`. When the budget is larger than this set, the
-  rest of it is spent on the least certain self_train items, then low_priority ones (`spill_over`).
-Labelled problems (`exclude`) keep the `annotate` route and are not counted against the budget.
+  wrong, no answer at all), ranked by value = u lifted by pivot richness. The top of the capacity
+  left after the probes goes to humans, the rest is `deferred`. A budget larger than this set is
+  spent on the pending band, then the self_train band, then low_priority (`spill_over`).
+- hysteresis: a band's candidate count (from the estimate) stays at the previous router
+  version's while the new estimate is within HYSTERESIS_SHARE of it, and then moves only by the
+  excess (backlash); the annotate queue keeps an incumbent unless a newcomer's value beats it by
+  ANNOTATE_HYSTERESIS. The posterior's drift with each label then does not move problems back and
+  forth across an edge. Certification is unaffected: it is computed on the band as routed.
+- no budget set: nobody can label yet, so annotate is capped at DEFAULT_BUDGET_SHARE of the open
+  pool (the thresholds say so), the rest deferred; set a budget to change it.
+Labelled problems (`exclude`) keep the `annotate` route and are not counted against the budget;
+they still count as evidence for the band they fall in.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .certify import DEFAULT_DELTA, BandCertificate, certify_band
 from .records import ROUTING_COLUMNS, FeatureTable
 from .uncertainty import pool_percentiles
 from .vocab import ROUTES
 
 PIVOT_VALUE_WEIGHT = 0.25  # how much pivot richness lifts an uncertain problem's value (rank tiebreak-ish)
 MAX_PSEUDO_LABEL_ERROR = 0.5  # never self-train on a majority answer we think is likelier wrong than right
-EXPLORE_SHARE = 0.2  # share of the annotate capacity spent on calibration probes (see the docstring)
+EXPLORE_SHARE = 0.5  # at most this share of the annotate capacity goes to calibration probes (the count
+# itself comes from what certification needs): the other half keeps the uncertain-first promise
 DEFAULT_TARGET_PRECISION = 0.85  # the self_train band's precision target unless a lead sets another
 MIN_TARGET_PRECISION = 1.0 - MAX_PSEUDO_LABEL_ERROR  # a lead's target below this would admit majorities
 # likelier wrong than right (the router never self-trains on those anyway, so such a target means nothing)
 FIXED_THRESHOLDS = (0.2, 0.5)  # (low_priority_max, self_train_max) of the fixed-threshold ablation:
 # a hand-set pair (unanimous and under 0.2 is easy; under 0.5 the majority is likelier right than wrong)
+HYSTERESIS_SHARE = 0.05  # a band's candidate count trails the estimate's by up to 5 % (backlash): it moves
+# only by as much as the estimate leaves that dead zone
+ANNOTATE_HYSTERESIS = 0.1  # a problem in the annotate queue keeps its place unless a newcomer's value
+# is 10 % higher: the drift of u with each label then does not swap the edge of the queue
+DEFAULT_BUDGET_SHARE = 0.1  # with no budget set, annotate takes at most 10 % of the open pool: the
+# middle of the budgets the evaluation measures (5-50 %), so a new pool shows all routes
 
 
 @dataclass
 class RouterConfig:
-    target_precision: float = DEFAULT_TARGET_PRECISION  # estimated pseudo-label precision the self_train band must keep
+    target_precision: float = DEFAULT_TARGET_PRECISION  # pseudo-label precision the self_train band must be certified at
+    delta: float = DEFAULT_DELTA  # risk that a certified band is below target (a lead may set it)
     pivot_value_weight: float = PIVOT_VALUE_WEIGHT  # 0: rank the annotate candidates by u alone
     three_way: bool = True  # False: annotate vs everything else (an ablation)
     fixed_thresholds: tuple | None = None  # (low_priority_max, self_train_max): an ablation, not the default
-    spill_over: bool = True  # spend a budget larger than the uncertain set on the least certain self_train items
-    explore_share: float = EXPLORE_SHARE  # share of the annotate capacity given to random calibration probes
+    spill_over: bool = True  # spend a budget larger than the uncertain set on the waiting bands
+    explore_share: float = EXPLORE_SHARE  # most of the annotate capacity that calibration probes may take
+    certify: bool = True  # False: self-train on the estimate alone (the uncertified ablation)
 
     def __post_init__(self):
         if not 0.0 < float(self.target_precision) < 1.0:
             raise ValueError(f"target_precision must be in (0, 1), got {self.target_precision}.")
+        if not 0.0 < float(self.delta) < 1.0:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}.")
         if self.pivot_value_weight < 0:
             raise ValueError("pivot_value_weight must not be negative.")
         if not 0.0 <= float(self.explore_share) < 1.0:
@@ -92,11 +121,20 @@ class Routing:
 
 
 def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
-               config: RouterConfig = RouterConfig(), exclude: set | None = None) -> Routing:
-    """Route every row (feature dicts or a FeatureTable). `budget_remaining` None means no budget
-    is set: every candidate is annotate."""
+               config: RouterConfig = RouterConfig(), exclude: set | None = None,
+               outcomes: dict | None = None, previous: dict | None = None,
+               previous_routes: dict | None = None) -> Routing:
+    """Route every row (feature dicts or a FeatureTable).
+
+    `budget_remaining` None: no budget is set (annotate capped at DEFAULT_BUDGET_SHARE of the open
+    pool). `outcomes`: {problem_id: 1 majority wrong / 0 right} of the labels in force, the
+    evidence that certifies the bands. `previous`: the last router version's thresholds, and
+    `previous_routes` {problem_id: route} the routes in force (both for hysteresis).
+    """
     table = FeatureTable.from_rows(rows, ROUTING_COLUMNS)
     exclude = exclude or set()
+    outcomes = outcomes or {}
+    previous = previous or {}
     n = len(table)
     u = np.asarray(uncertainty, dtype=np.float64)  # [N]
     if u.shape != (n,):
@@ -110,61 +148,118 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
     has_majority = np.array([a is not None for a in table.majority_answers], bool)  # [N]
     unanimous = has_majority & (np.nan_to_num(table.column("vote_share")) >= 1.0)  # [N]
     open_ = np.ones(n, bool) if not exclude else np.array([pid not in exclude for pid in table.ids], bool)  # [N]
-    capacity = int(open_.sum()) if budget_remaining is None else int(budget_remaining)
+    n_open = int(open_.sum())
+    if budget_remaining is None:
+        capacity = min(n_open, math.ceil(DEFAULT_BUDGET_SHARE * n_open))
+        budget_note = (f"no budget set: annotate capped at {DEFAULT_BUDGET_SHARE:.0%} of the open pool "
+                       f"({capacity} problems), the rest deferred; set a budget to change it")
+    else:
+        capacity = int(budget_remaining)
+        budget_note = None
     target = float(config.target_precision)
+    # evidence: 1 = labelled and the majority was right, 0 = labelled and wrong, -1 = unlabelled
+    evidence = np.full(n, -1, dtype=np.int64)  # [N]
+    if outcomes:
+        for i, pid in enumerate(table.ids):
+            if pid in outcomes:
+                evidence[i] = 1 - int(outcomes[pid])
 
     route = np.full(n, "deferred", dtype=object)
     route[~open_] = "annotate"
+    pending = np.zeros(n, bool)
+    certificates: dict[str, BandCertificate] = {}
+    band_sizes = {}
+    probe_sets: list[np.ndarray] = []
     if not config.three_way:  # ablation: the top of the open pool to humans, every other majority self-trained
         low = np.zeros(n, bool)
         self_train = open_ & has_majority
         candidates = np.flatnonzero(open_)
-    else:
-        if config.fixed_thresholds is not None:
-            low_max, self_train_max = config.fixed_thresholds
-            low = open_ & unanimous & (u <= low_max)
-            self_train = open_ & has_majority & ~unanimous & (u <= self_train_max)
-        else:
-            low = open_ & unanimous & (u <= 1.0 - target)
-            self_train = _precision_band(u, open_ & has_majority & ~unanimous & (u < MAX_PSEUDO_LABEL_ERROR),
-                                         target)
+    elif config.fixed_thresholds is not None:
+        low_max, self_train_max = config.fixed_thresholds
+        low = open_ & unanimous & (u <= low_max)
+        self_train = open_ & has_majority & ~unanimous & (u <= self_train_max)
         candidates = np.flatnonzero(open_ & ~low & ~self_train)
-    n_probes = int(capacity * config.explore_share) if capacity < open_.sum() else 0
-    annotate = _top_by_value(candidates, value, capacity - n_probes)
+    else:
+        split = has_majority & ~unanimous & (u < MAX_PSEUDO_LABEL_ERROR)
+        band_s, band_sizes["self_train"] = _estimated_band(u, split, target, previous.get("self_train_candidates"))
+        band_l, band_sizes["low_priority"] = _estimated_band(u, unanimous & (u <= 1.0 - target), None,
+                                                             previous.get("low_priority_candidates"))
+        self_train, low = np.zeros(n, bool), np.zeros(n, bool)
+        low[band_l] = True
+        low &= open_
+        for name, band in (("self_train", band_s), ("low_priority", band_l)):
+            certificates[name] = certify_band(evidence[band], target=target, delta=config.delta,
+                                              estimated=1.0 - u[band])
+        if config.certify:
+            certified = band_s[:certificates["self_train"].certified]
+            self_train[certified] = True
+            pending[band_s] = True
+            pending[certified] = False
+        else:
+            self_train[band_s] = True
+        self_train &= open_
+        pending &= open_
+        capacity_for_probes = min(capacity, int(capacity * config.explore_share)) if capacity < n_open else 0
+        for name, band in (("self_train", band_s), ("low_priority", band_l)):
+            cert = certificates[name]
+            wanted = cert.probes_to_go or 0
+            k = min(wanted, capacity_for_probes - sum(p.size for p in probe_sets))
+            members = band[open_[band]]
+            probe_sets.append(_probes(table.ids, members, k))
+        candidates = np.flatnonzero(open_ & ~low & ~self_train & ~pending)
+    probes = np.concatenate(probe_sets) if probe_sets else np.zeros(0, dtype=np.int64)
+    rank_value = value
+    if previous_routes:  # hysteresis on the annotate edge: a newcomer must beat an incumbent clearly
+        was_annotate = np.array([previous_routes.get(pid) == "annotate" for pid in table.ids], bool)  # [N]
+        rank_value = value * np.where(was_annotate, 1.0 + ANNOTATE_HYSTERESIS, 1.0)
+    annotate = _top_by_value(candidates, rank_value, capacity - probes.size)
     spilled = 0
     if config.three_way and config.spill_over and config.fixed_thresholds is None:
-        for band in (self_train, low):
-            left = capacity - n_probes - annotate.size
+        for band in (pending, self_train, low):
+            band[probes] = False
+            left = capacity - probes.size - annotate.size
             if left <= 0:
                 break
             extra = _top_by_value(np.flatnonzero(band), value, left)
             band[extra] = False
             annotate = np.concatenate([annotate, extra])
             spilled += extra.size
-    probes = _probes(table.ids, open_, annotate, min(n_probes, capacity - annotate.size))
     if probes.size:
         value = value.copy()
         value[probes] = _interleaved_values(value[annotate], probes.size)
-        for band in (low, self_train):
+        for band in (low, self_train, pending):
             band[probes] = False
         annotate = np.concatenate([annotate, probes])
     route[low] = "low_priority"
     route[self_train] = "self_train"
+    route[pending] = "self_train_pending"
     route[annotate] = "annotate"  # two-way: annotate wins over self_train for the picks
 
     self_train_final = open_ & (route == "self_train")
     low_final = route == "low_priority"
+    cert_s, cert_l = certificates.get("self_train"), certificates.get("low_priority")
     thresholds = {
         "target_precision": target,
+        "delta": float(config.delta),
         "low_priority_max": _max_or_none(u[low_final]),
         "self_train_max": _max_or_none(u[self_train_final]),
         "annotate_min": _min_or_none(u[annotate]),
         "annotate_min_value": _min_or_none(value[annotate]),
         "annotate_capacity": None if budget_remaining is None else capacity,
+        "default_capacity": capacity if budget_remaining is None else None,
+        "budget_note": budget_note,
         "spilled_into_annotate": spilled,
         "calibration_probes": int(probes.size),
         "estimated_self_train_precision": _mean_or_none(1.0 - u[self_train_final]),
+        "estimated_pending_precision": _mean_or_none(1.0 - u[open_ & (route == "self_train_pending")]),
         "estimated_low_priority_precision": _mean_or_none(1.0 - u[low_final]),
+        "self_train_candidates": band_sizes.get("self_train"),
+        "low_priority_candidates": band_sizes.get("low_priority"),
+        "self_train_certificate": cert_s.as_dict() if cert_s else None,
+        "low_priority_certificate": cert_l.as_dict() if cert_l else None,
+        "self_train_open": bool(cert_s.open) if cert_s else None,
+        "low_priority_verified": bool(cert_l.open and cert_l.certified == cert_l.candidates) if cert_l else None,
+        "certified": bool(config.certify and config.three_way and config.fixed_thresholds is None),
         "three_way": config.three_way,
         "fixed_thresholds": list(config.fixed_thresholds) if config.fixed_thresholds else None,
         "pivot_value_weight": config.pivot_value_weight,
@@ -172,17 +267,23 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
     return Routing(list(table.ids), list(table.model_ids), route, u, value, thresholds)
 
 
-def _precision_band(u: np.ndarray, mask: np.ndarray, target: float) -> np.ndarray:
-    """[N] bool: the longest most-certain-first run of `mask` with mean(1 - u) >= target."""
-    band = np.zeros(u.shape, bool)
+def _estimated_band(u: np.ndarray, mask: np.ndarray, target: float | None,
+                    previous_size: int | None) -> tuple[np.ndarray, int]:
+    """([K] indexes most certain first, K): the members of `mask` sorted by u, cut to the longest
+    run with mean(1 - u) >= target (all of them when target is None); with `previous_size`, the
+    count stays within HYSTERESIS_SHARE of the estimate but as close to the previous one as that allows."""
     members = np.flatnonzero(mask)
-    if members.size == 0:
-        return band
     ordered = members[np.argsort(u[members], kind="stable")]  # [M] most certain first
-    precision = np.cumsum(1.0 - u[ordered]) / np.arange(1, ordered.size + 1)  # [M] non-increasing
-    keep = int(np.count_nonzero(precision >= target))
-    band[ordered[:keep]] = True
-    return band
+    if target is None:
+        size = ordered.size
+    else:
+        precision = np.cumsum(1.0 - u[ordered]) / np.arange(1, ordered.size + 1)  # [M] non-increasing
+        size = int(np.count_nonzero(precision >= target))
+    if previous_size is not None:  # backlash: follow the estimate only as far as it leaves the dead zone
+        slack = int(HYSTERESIS_SHARE * size)
+        size = int(np.clip(int(previous_size), size - slack, size + slack))
+        size = min(size, ordered.size)
+    return ordered[:size], size
 
 
 def probe_keys(problem_ids) -> np.ndarray:
@@ -192,11 +293,8 @@ def probe_keys(problem_ids) -> np.ndarray:
     return np.array([crc(str(pid).encode("utf-8")) for pid in problem_ids], dtype=np.float64) / 2.0 ** 32
 
 
-def _probes(problem_ids: list, open_: np.ndarray, taken: np.ndarray, k: int) -> np.ndarray:
-    """Indexes of `k` open problems not yet taken, by smallest probe key (a uniform sample)."""
-    free = open_.copy()
-    free[taken] = False
-    members = np.flatnonzero(free)
+def _probes(problem_ids: list, members: np.ndarray, k: int) -> np.ndarray:
+    """Indexes of `k` of `members` by smallest probe key: a uniform sample, stable across runs."""
     if k <= 0 or members.size == 0:
         return np.zeros(0, dtype=np.int64)
     keys = probe_keys([problem_ids[i] for i in members])  # [M]

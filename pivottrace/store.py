@@ -386,6 +386,22 @@ def all_sample_answers(db: sqlite_utils.Database, model_id: str | None = None) -
     return out
 
 
+def reextract_answers(db: sqlite_utils.Database, extract, model_id: str | None = None) -> int:
+    """Re-read every stored trace's and sample's answer from its completion text with `extract`
+    (answers.extract_answer, passed in: the store imports no pipeline stage); write the ones that
+    changed, e.g. after a fix to the extraction. Returns how many answers changed."""
+    where, params = (" where model_id = ?", [model_id]) if model_id else ("", [])
+    changed = 0
+    with immediate(db):
+        for table in ("traces", "samples"):
+            updates = [(new, rowid) for rowid, completion, old in
+                       db.execute(f"select rowid, completion, answer from {table}{where}", params).fetchall()
+                       if (new := extract(completion)) != old]
+            db.conn.executemany(f"update {table} set answer = ? where rowid = ?", updates)
+            changed += len(updates)
+    return changed
+
+
 def latest_model_id(db: sqlite_utils.Database) -> str | None:
     row = db.execute("select model_id from traces order by created_at desc limit 1").fetchone()
     return row[0] if row else None
@@ -527,9 +543,19 @@ def save_routes(db: sqlite_utils.Database, decisions: list[dict], router_version
         [d["value"] for d in decisions], router_version)
 
 
+ROUTE_REFRESH_CHUNK = 5000  # rows per transaction when refreshing the uncertainty and value of rows whose
+# route did not change: an annotator's submit waits for the write lock at most one chunk (~tens of ms)
+
+
 def save_route_columns(db: sqlite_utils.Database, problem_ids: list, model_ids: list, routes: list,
                        uncertainty, value, router_version: int) -> int:
-    """save_routes for decisions given as columns ([N] each), as route.Routing holds them."""
+    """save_routes for decisions given as columns ([N] each), as route.Routing holds them.
+
+    One transaction writes every route that changed (with its log row) and every `annotate` row
+    (the queue's order): the routing itself is atomic. The uncertainty and value of the other
+    rows are then refreshed in ROUTE_REFRESH_CHUNK-row transactions, so a large pool does not hold
+    the write lock for the length of the whole write. Returns the number of routes changed.
+    """
     routes = [str(r) for r in routes]
     unknown = set(routes) - set(ROUTES)
     if unknown:
@@ -540,21 +566,40 @@ def save_route_columns(db: sqlite_utils.Database, problem_ids: list, model_ids: 
     uncertainty = np.asarray(uncertainty, dtype=np.float64).tolist()
     value = np.asarray(value, dtype=np.float64).tolist()
     stamp = now()
+    upsert = ("insert into routes (problem_id, model_id, route, uncertainty, value, router_version, "
+              "updated_at) values (?, ?, ?, ?, ?, ?, ?) on conflict (problem_id) do update set "
+              "model_id = excluded.model_id, route = excluded.route, uncertainty = excluded.uncertainty, "
+              "value = excluded.value, router_version = excluded.router_version, "
+              "updated_at = excluded.updated_at")
+
+    def rows(indexes):
+        return [(problem_ids[i], model_ids[i], routes[i], uncertainty[i], value[i], router_version, stamp)
+                for i in indexes]
+
     with immediate(db):
         current = dict(db.execute("select problem_id, route from routes").fetchall())
         before = np.array(list(map(current.get, problem_ids)), dtype=object)  # [N] None where new
-        changed = np.flatnonzero(before != np.array(routes, dtype=object)).tolist()
+        after = np.array(routes, dtype=object)  # [N]
+        changed = np.flatnonzero(before != after).tolist()
+        first = np.flatnonzero((before != after) | (after == "annotate")).tolist()
         log = [(problem_ids[i], routes[i], uncertainty[i], router_version, stamp) for i in changed]
-        db.conn.executemany(
-            "insert into routes (problem_id, model_id, route, uncertainty, value, router_version, "
-            "updated_at) values (?, ?, ?, ?, ?, ?, ?) on conflict (problem_id) do update set "
-            "model_id = excluded.model_id, route = excluded.route, uncertainty = excluded.uncertainty, "
-            "value = excluded.value, router_version = excluded.router_version, "
-            "updated_at = excluded.updated_at",
-            zip(problem_ids, model_ids, routes, uncertainty, value, repeat(router_version), repeat(stamp)))
+        db.conn.executemany(upsert, rows(first))
         db.conn.executemany("insert into route_log (problem_id, route, uncertainty, router_version, "
                             "created_at) values (?, ?, ?, ?, ?)", log)
+    rest = np.flatnonzero((before == after) & (after != "annotate")).tolist()
+    for offset in range(0, len(rest), ROUTE_REFRESH_CHUNK):
+        chunk = rest[offset:offset + ROUTE_REFRESH_CHUNK]
+        with immediate(db):
+            db.conn.executemany("update routes set uncertainty = ?, value = ?, router_version = ?, "
+                                "updated_at = ? where problem_id = ? and route = ?",
+                                [(uncertainty[i], value[i], router_version, stamp, problem_ids[i], routes[i])
+                                 for i in chunk])
     return len(log)
+
+
+def current_routes(db: sqlite_utils.Database) -> dict[str, str]:
+    """{problem_id: route} of the routes in force."""
+    return dict(db.execute("select problem_id, route from routes").fetchall())
 
 
 def route_counts(db: sqlite_utils.Database) -> dict[str, int]:

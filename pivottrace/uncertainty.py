@@ -193,7 +193,13 @@ def covariate_shift_weights(x_pool: np.ndarray, labelled: np.ndarray) -> np.ndar
     if others.size == 0:
         return np.ones(labelled.size)
     keep = min(others.size, PROPENSITY_UNLABELLED_PER_LABEL * labelled.size)
-    sample = np.random.default_rng(0).choice(others, size=keep, replace=False) if keep < others.size else others
+    # a stable sample: each pool row has a fixed random key, the smallest keys are taken, so one more
+    # label changes the sample by a row or two instead of redrawing it (and the weights with it)
+    if keep < others.size:
+        keys = np.random.default_rng(0).random(x_pool.shape[0])  # [P]
+        sample = others[np.argsort(keys[others], kind="stable")[:keep]]
+    else:
+        sample = others
     rows = np.concatenate([labelled, sample])
     p = _logistic().fit(x_pool[rows], chosen[rows]).predict_proba(x_pool[labelled])[:, 1]  # [M]
     odds = np.clip(p, 1e-9, 1 - 1e-9) / np.clip(1.0 - p, 1e-9, 1.0)  # [M] in the sample

@@ -1,4 +1,4 @@
-"""The closed vocabularies: the four routes and the three verdicts, each a `Literal` type whose one
+"""The closed vocabularies: the five routes and the three verdicts, each a `Literal` type whose one
 tuple every module uses (store SQL, router, views, pages), and how routes read on screen and in a
 one-line summary. Names and wording only: no logic, no I/O, no imports from the package.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Route = Literal["annotate", "self_train", "low_priority", "deferred"]
+Route = Literal["annotate", "self_train", "self_train_pending", "low_priority", "deferred"]
 ROUTES: tuple[Route, ...] = get_args(Route)  # the order every route count and list uses
 
 Verdict = Literal["correct", "wrong", "flawed"]  # a verdict spends budget; "skip" and "undo" rows do not

@@ -80,3 +80,12 @@ def app_db(tmp_path, monkeypatch):
     db = build_app_db(path)
     monkeypatch.setenv("PIVOTTRACE_DB", str(path))
     return db, path
+
+
+@pytest.fixture(autouse=True)
+def _background_recalibrations_finish():
+    """A test's background recalibrations finish before its temporary database goes away."""
+    yield
+    from pivottrace import pipeline
+
+    assert pipeline.wait_for_background(120), "a background recalibration did not finish"

@@ -78,14 +78,15 @@ def test_route_mix_figure_stacks_every_route(db):
     rows = views.route_mix_series(db)
     fig = charts.route_mix_figure(rows)
     assert fig.layout.barmode == "stack"
-    assert {t.name for t in fig.data} == {"annotate", "self train", "low priority", "deferred"}
+    assert {t.name for t in fig.data} == {"annotate", "self train", "self train pending", "low priority", "deferred"}
     assert sum(sum(t.y) for t in fig.data) == sum(r["count"] for r in rows) == 40
 
 
 def test_calibration_figure_skips_metrics_never_measured(db):
     history = views.router_history(db)
     fig = charts.calibration_figure(history)
-    assert [t.name for t in fig.data] == ["self-train max u"]  # cold start: no ECE/Brier/AUROC yet
+    # cold start: the self-train band is closed (no edge yet) and no ECE/Brier/AUROC was measured
+    assert [t.name for t in fig.data] == []
     history[-1]["AUROC"] = 0.7
     assert "AUROC" in [t.name for t in charts.calibration_figure(history).data]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import build_app_db
 
-from pivottrace import store, views
+from pivottrace import pipeline, store, views
 from pivottrace.datasets import Problem, problem_id
 
 XSS = "<script>alert(1)</script><img src=x onerror=alert(1)>"
@@ -74,16 +74,18 @@ def test_next_item_is_the_top_of_the_queue_and_hides_gold(db):
     assert views.next_item(db, "bob").problem_id != item.problem_id  # leased
 
 
-def test_accept_records_annotator_seconds_and_recalibrates(db):
+def test_accept_records_annotator_seconds_and_recalibrates_behind_the_submit(db):
     item = views.next_item(db, "ann")
     versions = len(store.router_versions(db))
     outcome = views.submit_label(db, annotator="ann", problem_id=item.problem_id, action="accept",
                                  shown_answer=item.majority, seconds=12.345)
-    label = _label_rows(db)[-1]
+    label = _label_rows(db)[-1]  # written before submit_label returned
     assert (label["annotator"], label["verdict"], label["seconds"]) == ("ann", "correct", 12.35)
     assert label["shown_answer"] == item.majority and label["created_at"] > 0
-    assert len(store.router_versions(db)) == versions + 1  # recalibrated and recorded
-    assert outcome.router_version == store.router_versions(db)[-1]["id"]
+    assert outcome.router_version is None and "background" in outcome.message
+    assert pipeline.wait_for_background(60)
+    assert len(store.router_versions(db)) == versions + 1  # recalibrated and recorded, off the request path
+    assert store.router_versions(db)[-1]["n_labels"] == 1
     following = views.next_item(db, "ann")
     assert following.problem_id != item.problem_id
     assert views.progress(db, "ann").labelled == 1
@@ -229,6 +231,7 @@ def test_only_a_lead_changes_the_target_and_it_sticks(db):
     assert views.current_target_precision(db) == 0.95
     item = views.next_item(db, "ann")
     views.submit_label(db, annotator="ann", problem_id=item.problem_id, action="accept", shown_answer=item.majority)
+    assert pipeline.wait_for_background(60)
     assert store.router_versions(db)[-1]["thresholds"]["target_precision"] == 0.95  # kept on recalibration
 
 
@@ -286,6 +289,9 @@ def test_router_history_has_thresholds_and_notes(db):
     for h in history:  # a band that stays shut (no self-train problem at the new target) has no max
         opened = (versions[h["version"]]["counts"] or {}).get("self_train", 0) > 0
         assert (h["self-train max u"] is not None) == opened
+    # no labels yet: every version shows the self-train band closed, with the probe labels it needs
+    assert all(h["self-train"].startswith("closed") for h in history)
+    assert all(h["delta"] == 0.1 for h in history)
 
 
 # ------------------------------------------------------------------ pool
@@ -330,3 +336,15 @@ def test_invalid_gold_message_does_not_echo_markup(db):
         views.submit_label(db, annotator="ann", problem_id=item.problem_id, action="wrong",
                            gold_text="![x](http://evil.example/x.png) ???", shown_answer=item.majority)
     assert "![x](" not in str(caught.value) and "http\\:" in str(caught.value)
+
+
+def test_band_rows_show_estimated_and_measured_precision_and_the_state(db):
+    bands = {b["band"]: b for b in views.band_rows(db)}
+    st = bands["self-train"]
+    assert st["labels behind it"] == 0 and st["measured precision"] is None and st["interval"] is None
+    assert st["state"].startswith("closed") and st["target"] == 0.85 and st["delta"] == 0.1
+    assert bands["low priority"]["state"].startswith("unverified") or bands["low priority"]["problems"] == 0
+    views.set_target_precision(db, user="lee", target=0.9, delta=0.05)
+    assert views.current_delta(db) == 0.05 and views.band_rows(db)[0]["delta"] == 0.05
+    with pytest.raises(views.InvalidInput, match="delta"):
+        views.set_target_precision(db, user="lee", target=0.9, delta=0.9)

@@ -28,6 +28,7 @@ from .inspect import (  # noqa: F401
 from .budget import (  # noqa: F401
     BudgetView, budget_view, route_mix_series, router_history, filled_columns,
     current_target_precision, set_budget, set_target_precision, MIN_TARGET_PRECISION,
+    band_state, band_rows, current_delta,
 )
 from .pool import (  # noqa: F401
     ingest_upload, rejected_rows, pool_summary,

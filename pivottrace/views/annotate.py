@@ -95,7 +95,8 @@ class LabelOutcome:
 
 def submit_label(db, *, annotator: str, problem_id: str, action: str, gold_text: str | None = None,
                  shown_answer: str | None = None, seconds: float | None = None) -> LabelOutcome:
-    """Translate one action (accept, wrong + gold, flawed, skip) into a verdict, save it, then recalibrate.
+    """Translate one action (accept, wrong + gold, flawed, skip) into a verdict and save it; the
+    recalibration runs on a background thread right behind it (pipeline.label(wait=False)).
 
     The store keeps the label invariants (a known verdict; `wrong` needs the gold answer); here its
     refusal, an unknown action or a gold answer that cannot be parsed raises InvalidInput, and
@@ -112,16 +113,16 @@ def submit_label(db, *, annotator: str, problem_id: str, action: str, gold_text:
         if shown_answer is not None and canonical(gold) == canonical(shown_answer):
             raise InvalidInput(f"The gold answer {md(gold)} is the model's own answer: press Accept instead.")
     try:
-        report = pipeline.label(db, problem_id=problem_id, annotator=annotator, verdict=ACTIONS[action],
-                                gold_answer=gold, shown_answer=shown_answer,
-                                seconds=None if seconds is None else round(float(seconds), 2))
+        pipeline.label(db, problem_id=problem_id, annotator=annotator, verdict=ACTIONS[action],
+                       gold_answer=gold, shown_answer=shown_answer,
+                       seconds=None if seconds is None else round(float(seconds), 2), wait=False)
     except store.InvalidLabel as err:
         raise InvalidInput(f"{md(err)} {GOLD_HINT}" if action == "wrong" else md(err)) from None
     words = {"accept": "Accepted the majority answer", "wrong": f"Saved gold answer {md(gold)}",
              "flawed": "Flagged the problem as flawed", "skip": "Skipped"}[action]
-    if report is not None:
-        words += f" · router v{report.router_version} ({report.kind}) re-ranked the queue"
-    return LabelOutcome(words, report.router_version if report else None)
+    if action != "skip":
+        words += " · the router recalibrates in the background"
+    return LabelOutcome(words, None)
 
 
 def undo_last(db, annotator: str) -> LabelOutcome:

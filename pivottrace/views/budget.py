@@ -92,13 +92,30 @@ def router_history(db) -> list[dict]:
         rows.append({
             "version": v["id"], "time": dt.datetime.fromtimestamp(v["created_at"]), "estimator": v["kind"],
             "labels": v["n_labels"], "budget left": v["budget_remaining"],
-            "target precision": num(t.get("target_precision"), 2),
+            "target precision": num(t.get("target_precision"), 2), "delta": num(t.get("delta"), 3),
+            "self-train": band_state(t.get("self_train_certificate")),
             "self-train max u": num(t.get("self_train_max")), "low-priority max u": num(t.get("low_priority_max")),
             "est. pseudo-label precision": num(t.get("estimated_self_train_precision")),
             "ECE": num(m.get("ece")), "Brier": num(m.get("brier")), "AUROC": num(m.get("auroc")),
             "note": v["note"] or "",
         })
     return rows
+
+
+def band_state(certificate: dict | None) -> str:
+    """A band's certification in words: "open (120 of 400)", "closed, 23 probe labels to go"."""
+    if not certificate:
+        return "not certified (ablation or older router)"
+    if certificate["candidates"] == 0:
+        return "empty"
+    if certificate["open"]:
+        words = f"open ({certificate['certified']} of {certificate['candidates']} candidates)"
+        more = certificate.get("probes_to_go")
+        return words + (f", {more} probe labels to open more" if more else "")
+    more = certificate.get("probes_to_go")
+    if more is None:
+        return "closed: the labels so far say it would not reach the target"
+    return f"closed, {more} probe labels to go"
 
 
 def filled_columns(rows: list[dict]) -> list[str]:
@@ -115,20 +132,65 @@ def set_budget(db, *, user: str, total: int, cost_per_label: float = 0.0):
     store.set_budget(db, user=user, total=total, cost_per_label=cost_per_label)
     if store.latest_model_id(db) is None:
         return None
-    return pipeline.route(db, rescore=False, config=RouterConfig(target_precision=current_target_precision(db)),
+    return pipeline.route(db, rescore=False, config=pipeline.current_router_config(db),
                           note=f"budget set to {int(total)} by {user}")
 
 
-def set_target_precision(db, *, user: str, target: float):
-    """A lead changes the self-train precision target and re-routes. Others are refused."""
+def set_target_precision(db, *, user: str, target: float, delta: float | None = None):
+    """A lead changes the self-train precision target (and optionally the risk delta of its
+    certificate) and re-routes. Others are refused. Both are stored on the router version."""
     store.require_role(db, user, "lead")
     refusal = f"The precision target must be at least {MIN_TARGET_PRECISION:g} and below 1."
     if float(target) < MIN_TARGET_PRECISION:  # the lead's floor; RouterConfig keeps the (0, 1) range
         raise InvalidInput(refusal)
+    if delta is not None and not 0.001 <= float(delta) <= 0.5:
+        raise InvalidInput("The risk delta must be between 0.001 and 0.5.")
+    delta = pipeline.current_router_config(db).delta if delta is None else float(delta)
     try:
-        config = RouterConfig(target_precision=float(target))
+        config = RouterConfig(target_precision=float(target), delta=delta)
     except ValueError:
         raise InvalidInput(refusal) from None
     if store.latest_model_id(db) is None:
         raise InvalidInput("Nothing is traced yet, so there is nothing to route.")
-    return pipeline.route(db, rescore=False, config=config, note=f"target precision set to {float(target):.2f} by {user}")
+    return pipeline.route(db, rescore=False, config=config,
+                          note=f"target precision set to {float(target):.2f} (delta {delta:g}) by {user}")
+
+
+def current_delta(db) -> float:
+    return pipeline.current_router_config(db).delta
+
+
+def band_rows(db) -> list[dict]:
+    """One row per band of the latest router version: its size, estimated precision, measured
+    precision with its confidence interval, the labels behind it, the target and its state."""
+    last = store.latest_router_version(db)
+    if last is None:
+        return []
+    t = last["thresholds"]
+    counts = last["counts"] or store.route_counts(db)
+
+    def num(value, digits=3):
+        return None if value is None else round(float(value), digits)
+
+    rows = []
+    for name, route, estimated in (("self-train", "self_train", "estimated_self_train_precision"),
+                                   ("low priority", "low_priority", "estimated_low_priority_precision")):
+        cert = t.get(f"{route}_certificate")
+        if route == "self_train":
+            state = band_state(cert)
+        elif cert:
+            state = "verified" if t.get("low_priority_verified") else "unverified: " + band_state(cert)
+        else:
+            state = "not certified"
+        rows.append({
+            "band": name, "problems": counts.get(route, 0),
+            "waiting": counts.get("self_train_pending", 0) if route == "self_train" else None,
+            "estimated precision": num(t.get(estimated) if route == "low_priority" or counts.get(route)
+                                       else t.get("estimated_pending_precision")),
+            "measured precision": num(cert.get("precision")) if cert else None,
+            "interval": (f"{cert['lower_bound']:.3f} – {cert['upper_bound']:.3f}" if cert and cert["labels"] else None),
+            "labels behind it": cert["labels"] if cert else 0,
+            "target": num(t.get("target_precision"), 2), "delta": num(t.get("delta"), 3), "state": state,
+        })
+    return rows
+
