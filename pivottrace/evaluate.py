@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import store
-from .answers import answers_match
+from .answers import answers_match, extract_answer
 from .features import NUMERIC_FEATURES, build_features
 from .posterior import PosteriorModel, estimator_for
 from .route import DEFAULT_TARGET_PRECISION, FIXED_THRESHOLDS, RouterConfig, route_pool
@@ -72,14 +72,20 @@ def pool_from_rows(rows: list[dict], gold: dict[str, str], *, model_id: str) -> 
 
 
 def load_pool(db, *, model_id: str | None = None) -> EvalPool:
-    """Features recomputed in memory from the stored traces (nothing is written), plus gold."""
+    """Features recomputed in memory from the stored traces and their completions' answers
+    (nothing is written), plus gold."""
     model_id = model_id or store.latest_model_id(db)
     if model_id is None:
         raise EvaluationError("Nothing is traced yet: run `pivottrace trace` first.")
     traces = list(store.iter_trace_arrays(db, model_id))
     if not traces:
         raise EvaluationError(f"No traces for model {model_id!r}.")
-    rows, _ = build_features(traces, store.all_sample_answers(db, model_id))
+    # answers re-read from the completions, so a pool stored by an older extraction is judged right
+    for trace in traces:
+        trace["answer"] = extract_answer(trace["completion"])
+    texts = store.all_sample_answers(db, model_id, column="completion")
+    answers = {key: [extract_answer(text) for text in values] for key, values in texts.items()}
+    rows, _ = build_features(traces, answers)
     gold = store.gold_answers(db)
     pool = pool_from_rows(rows, gold, model_id=model_id)
     if pool.size < MIN_POOL:

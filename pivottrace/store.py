@@ -374,15 +374,18 @@ def sample_answers(db: sqlite_utils.Database, problem_id: str, model_id: str) ->
         [problem_id, model_id])]
 
 
-def all_sample_answers(db: sqlite_utils.Database, model_id: str | None = None) -> dict:
-    """{(problem_id, model_id): [answers in sample order]}."""
-    sql, params = "select problem_id, model_id, answer from samples", []
+def all_sample_answers(db: sqlite_utils.Database, model_id: str | None = None, *,
+                       column: str = "answer") -> dict:
+    """{(problem_id, model_id): [answers in sample order]}; `column="completion"` gives the texts."""
+    if column not in ("answer", "completion"):
+        raise ValueError(f"column must be answer or completion, got {column!r}")
+    sql, params = f"select problem_id, model_id, {column} from samples", []
     if model_id:
         sql += " where model_id = ?"
         params.append(model_id)
     out: dict = {}
     for r in db.query(sql + " order by problem_id, model_id, idx", params):
-        out.setdefault((r["problem_id"], r["model_id"]), []).append(r["answer"])
+        out.setdefault((r["problem_id"], r["model_id"]), []).append(r[column])
     return out
 
 

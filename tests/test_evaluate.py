@@ -141,3 +141,23 @@ def test_cli_eval_writes_a_report_and_rejects_bad_input(synthetic_db_path, tmp_p
     assert unknown.exit_code == 1 and "Unknown strategies" in unknown.output
     empty = runner.invoke(app, ["eval", "--db", str(tmp_path / "empty.db"), "--out", str(out)])
     assert empty.exit_code == 1 and "Nothing is traced yet" in empty.output
+
+
+def test_eval_rereads_answers_stored_by_an_older_extraction(tmp_path):
+    """The evaluation judges the completions' answers as read now, not as stored at trace time."""
+    db = store.open_db(tmp_path / "old.db")
+    problems = demo_problems(12, seed=5)
+    store.insert_problems(db, problems)
+    store.upsert_model(db, "synth", spec="synthetic", n_layers=6)
+    rng = np.random.default_rng(5)
+    for p in problems:
+        result = synthetic_trace(p, rng, n_layers=6)
+        gold = p.gold.split("####")[-1].strip()
+        result.trace.completion = f"Answer: 0 + {gold} = {gold} items."
+        result.trace.answer = "0"  # what the old first-number reading stored
+        result.samples = [result.trace.completion] * len(result.samples)
+        result.sample_answers = ["0"] * len(result.samples)
+        store.save_trace(db, p.id, "synth", result)
+    pool = evaluate.load_pool(db)
+    assert pool.size == 12 and int(pool.wrong.sum()) == 0  # every majority is the gold, read as the result
+    assert store.sample_answers(db, problems[0].id, "synth")[0] == "0"  # read-only: nothing was rewritten
