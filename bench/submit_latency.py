@@ -127,8 +127,9 @@ def main() -> None:
         if moved:
             print(f"routes changed per recalibration (route log rows): median {statistics.median(moved):,.0f}, "
                   f"max {max(moved):,} of {args.n:,} problems (hysteresis; before it: 7k-19k per label at 100k)")
-        print(f"median recalibration interval: "
-              f"{statistics.median(np.diff([v['created_at'] for v in versions[versions_before - 1:]]) if len(versions) - versions_before > 1 else [float('nan')]):.2f} s")
+        stamps = [v["created_at"] for v in versions[versions_before - 1:]]
+        gaps = np.diff(stamps) if len(stamps) > 1 else [float("nan")]
+        print(f"median recalibration interval: {statistics.median(gaps):.2f} s")
         db.conn.close()
 
 

@@ -166,7 +166,8 @@ def summary_lines(rows: list[dict], *, target: float | None = None) -> list[str]
         runs = [g[name] for g in groups.values() if name in g]
         nonempty = [r for r in runs if r["self_train"]]
         below = [r for r in nonempty if r.get("below_target")]
-        worst = min((r["self_train_precision"] for r in nonempty if r["self_train_precision"] is not None), default=None)
+        realised = [r["self_train_precision"] for r in nonempty if r["self_train_precision"] is not None]
+        worst = min(realised, default=None)
         lines.append(f"- `{html.escape(name)}`: self_train non-empty at {len(nonempty)} of {len(runs)} budgets, "
                      f"below the target{'' if target is None else f' {target}'} at {len(below)}"
                      + (f" (lowest realised precision {worst:.3f})" if worst is not None else "") + ".")
@@ -273,7 +274,8 @@ def render_html(info: dict, rows: list[dict], figures: dict) -> str:
     parts = [f"<h1>PivotTrace selection-quality report</h1><p>Pool: {info['size']} problems, model "
              f"<code>{html.escape(str(info['model_id']))}</code>, majority wrong on {info['wrong']}.</p>"]
     parts.append("<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in summary_lines(rows)) + "</ul>")
-    parts += [f"<p><strong>{html.escape(line[2:].replace('**', ''))}</strong></p>" for line in warning_lines(info) if line]
+    parts += [f"<p><strong>{html.escape(line[2:].replace('**', ''))}</strong></p>"
+              for line in warning_lines(info) if line]
     for share, group in _by_share(rows).items():
         title = "Cold start (no labels)" if share == 0 else f"Budget {share:.0%} ({group[0]['budget']} labels)"
         head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in TABLE_COLUMNS)
