@@ -30,8 +30,9 @@ How the bands are derived (none is a constant):
 - hysteresis: a band's candidate count (from the estimate) stays at the previous router
   version's while the new estimate is within HYSTERESIS_SHARE of it, and then moves only by the
   excess (backlash); the annotate queue keeps an incumbent unless a newcomer's value beats it by
-  ANNOTATE_HYSTERESIS. The posterior's drift with each label then does not move problems back and
-  forth across an edge. Certification is unaffected: it is computed on the band as routed.
+  ANNOTATE_HYSTERESIS; and a band's count moves by at most BAND_STEP_PER_LABEL of the pool per new
+  label. The posterior's drift with each label then does not move problems back and forth across an
+  edge, nor thousands at once. Certification is unaffected: it is computed on the band as routed.
 - no budget set: nobody can label yet, so annotate is capped at DEFAULT_BUDGET_SHARE of the open
   pool (the thresholds say so), the rest deferred; set a budget to change it.
 Labelled problems (`exclude`) keep the `annotate` route and are not counted against the budget;
@@ -62,6 +63,9 @@ FIXED_THRESHOLDS = (0.2, 0.5)  # (low_priority_max, self_train_max) of the fixed
 # a hand-set pair (unanimous and under 0.2 is easy; under 0.5 the majority is likelier right than wrong)
 HYSTERESIS_SHARE = 0.05  # a band's candidate count trails the estimate's by up to 5 % (backlash): it moves
 # only by as much as the estimate leaves that dead zone
+BAND_STEP_PER_LABEL = 0.001  # a band's candidate count moves by at most this share of the pool per label
+# that arrived since the previous router version (100 problems per label at 100k): one label carries
+# little information, so it may not swing thousands of problems between waiting and routed
 ANNOTATE_HYSTERESIS = 0.1  # a problem in the annotate queue keeps its place unless a newcomer's value
 # is 10 % higher: the drift of u with each label then does not swap the edge of the queue
 DEFAULT_BUDGET_SHARE = 0.1  # with no budget set, annotate takes at most 10 % of the open pool: the
@@ -181,9 +185,13 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
         candidates = np.flatnonzero(open_ & ~low & ~self_train)
     else:
         split = has_majority & ~unanimous & (u < MAX_PSEUDO_LABEL_ERROR)
-        band_s, band_sizes["self_train"] = _estimated_band(u, split, target, previous.get("self_train_candidates"))
+        new_labels = max(len(outcomes) - int(previous.get("n_labels") or 0), 1)
+        max_step = max(int(BAND_STEP_PER_LABEL * n * new_labels), 1)
+        band_s, band_sizes["self_train"] = _estimated_band(u, split, target, previous.get("self_train_candidates"),
+                                                           max_step=max_step)
         band_l, band_sizes["low_priority"] = _estimated_band(u, unanimous & (u <= 1.0 - target), None,
-                                                             previous.get("low_priority_candidates"))
+                                                             previous.get("low_priority_candidates"),
+                                                             max_step=max_step)
         self_train, low = np.zeros(n, bool), np.zeros(n, bool)
         low[band_l] = True
         low &= open_
@@ -253,6 +261,7 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
         "estimated_self_train_precision": _mean_or_none(1.0 - u[self_train_final]),
         "estimated_pending_precision": _mean_or_none(1.0 - u[open_ & (route == "self_train_pending")]),
         "estimated_low_priority_precision": _mean_or_none(1.0 - u[low_final]),
+        "n_labels": len(outcomes),
         "self_train_candidates": band_sizes.get("self_train"),
         "low_priority_candidates": band_sizes.get("low_priority"),
         "self_train_certificate": cert_s.as_dict() if cert_s else None,
@@ -268,10 +277,11 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
 
 
 def _estimated_band(u: np.ndarray, mask: np.ndarray, target: float | None,
-                    previous_size: int | None) -> tuple[np.ndarray, int]:
+                    previous_size: int | None, *, max_step: int | None = None) -> tuple[np.ndarray, int]:
     """([K] indexes most certain first, K): the members of `mask` sorted by u, cut to the longest
     run with mean(1 - u) >= target (all of them when target is None); with `previous_size`, the
-    count stays within HYSTERESIS_SHARE of the estimate but as close to the previous one as that allows."""
+    count stays within HYSTERESIS_SHARE of the estimate but as close to the previous one as that
+    allows, and moves by at most `max_step` from it."""
     members = np.flatnonzero(mask)
     ordered = members[np.argsort(u[members], kind="stable")]  # [M] most certain first
     if target is None:
@@ -282,6 +292,8 @@ def _estimated_band(u: np.ndarray, mask: np.ndarray, target: float | None,
     if previous_size is not None:  # backlash: follow the estimate only as far as it leaves the dead zone
         slack = int(HYSTERESIS_SHARE * size)
         size = int(np.clip(int(previous_size), size - slack, size + slack))
+        if max_step is not None:  # and by at most max_step from where it was
+            size = int(np.clip(size, int(previous_size) - max_step, int(previous_size) + max_step))
         size = min(size, ordered.size)
     return ordered[:size], size
 
