@@ -70,6 +70,7 @@ def ingest(path: Path = typer.Argument(..., help="A .jsonl, .csv, .tsv or .parqu
     """Ingest a pool of problems. Malformed rows are reported by line; good rows still load."""
     report = pipeline.ingest(_db(db), path, question_field=question_field,
                              answer_field=answer_field, source=source)
+    typer.echo(report.totals())
     typer.echo(f"Added {report.added} problems ({report.existing} already present).")
     for row in report.rejected:
         typer.secho(f"  line {row.line}: {row.reason}", fg="yellow", err=True)

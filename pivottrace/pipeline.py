@@ -29,6 +29,14 @@ class IngestReport:
     added: int
     existing: int
     rejected: list[RejectedRow] = field(default_factory=list)
+    rows: int = 0  # rows read from the file: loaded + rejected + blank
+    loaded: int = 0  # rows that became a problem (repeats within the file included)
+    blank: int = 0
+
+    def totals(self) -> str:
+        """One line that accounts for every row of the file."""
+        return (f"Read {self.rows} rows: {self.loaded} loaded, {len(self.rejected)} rejected, "
+                f"{self.blank} blank.")
 
 
 def ingest(db, path: str | Path, **options) -> IngestReport:
@@ -38,7 +46,8 @@ def ingest(db, path: str | Path, **options) -> IngestReport:
 
 def ingest_loaded(db, loaded: LoadResult) -> IngestReport:
     added, existing = store.insert_problems(db, loaded.problems)
-    return IngestReport(added, existing, loaded.rejected)
+    return IngestReport(added, existing, loaded.rejected, rows=loaded.rows, loaded=loaded.loaded,
+                        blank=loaded.blank)
 
 
 @dataclass
