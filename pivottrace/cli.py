@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from functools import wraps
 from pathlib import Path
 from typing import Optional
@@ -36,20 +37,57 @@ ModelOption = typer.Option(DEFAULT_SPEC, "--model", "-m",
                                 "a local HF folder or a .gguf file.")
 
 
+EXIT_ERROR = 1  # a domain error (bad option, unknown user, ...); storage errors have their own codes
+EXIT_INTERRUPTED = 130
+_debug = {"on": False}  # set by --debug (or $PIVOTTRACE_DEBUG=1) for this invocation
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", envvar="PIVOTTRACE_DEBUG",
+                                    help="Show the Python traceback behind an error.")):
+    """PivotTrace: route unlabeled RLVR problems by metacognitive pivots."""
+    _debug["on"] = debug
+
+
+def _error_line(err: BaseException, db_path: str) -> tuple[int, str] | None:
+    """(exit code, one-line message) for an error a user should see as one line, or None."""
+    storage = store.storage_error(err, db_path)
+    if storage is not None:
+        return storage.exit_code, str(storage)
+    if isinstance(err, (store.StoreError, PoolFormatError, ModelNotFoundError, ValueError)):
+        return EXIT_ERROR, str(err)
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "Interrupted; what was finished is saved, run the command again to go on."
+    if isinstance(err, Exception):
+        return EXIT_ERROR, (f"unexpected {type(err).__name__}: {err} (run again with --debug for the "
+                            "traceback, and please report it)")
+    return None
+
+
 def clean_errors(func):
-    """Turn the package's domain errors into one line on stderr and exit code 1."""
+    """Turn every error into one `Error: ...` line on stderr and an exit code: 1 for domain
+    errors, StorageError.exit_code (3-9) for storage failures, 130 for Ctrl-C. `--debug` also
+    prints the traceback."""
     @wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (store.StoreError, PoolFormatError, ModelNotFoundError, ValueError) as err:
-            typer.secho(f"Error: {err}", fg="red", err=True)
-            raise typer.Exit(1)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except BaseException as err:
+            line = _error_line(err, str(kwargs.get("db") or store.default_db_path()))
+            if line is None:
+                raise
+            if _debug["on"]:
+                traceback.print_exc()
+            typer.secho(f"Error: {' '.join(line[1].split())}", fg="red", err=True)
+            raise typer.Exit(line[0])
     return wrapper
 
 
-def _db(path: Optional[str]):
-    return store.open_db(path)
+def _db(path: Optional[str], *, create: bool = False):
+    """The database; only commands that add data (`create=True`) may start a new one."""
+    return store.open_db(path, create=create)
 
 
 def _tracer(model: str, *, samples: int, max_new_tokens: int, batch_size: int, seed: int):
@@ -68,7 +106,7 @@ def ingest(path: Path = typer.Argument(..., help="A .jsonl, .csv, .tsv or .parqu
            source: Optional[str] = typer.Option(None, "--source", help="Source name (default: file stem)."),
            db: Optional[str] = DbOption):
     """Ingest a pool of problems. Malformed rows are reported by line; good rows still load."""
-    report = pipeline.ingest(_db(db), path, question_field=question_field,
+    report = pipeline.ingest(_db(db, create=True), path, question_field=question_field,
                              answer_field=answer_field, source=source)
     typer.echo(report.totals())
     typer.echo(f"Added {report.added} problems ({report.existing} already present).")
@@ -152,7 +190,7 @@ def demo(model: str = ModelOption,
          seed: int = typer.Option(0, "--seed"),
          db: Optional[str] = DbOption):
     """Generate demo problems, ingest them, trace a handful with the model and route them."""
-    database = _db(db)
+    database = _db(db, create=True)
     tracer = _tracer(model, samples=samples, max_new_tokens=max_new_tokens, batch_size=8, seed=seed)
     report, run, routed = pipeline.run_demo(database, tracer, n_problems=problems, n_trace=traced, seed=seed)
     typer.echo(f"Demo: {report.added} new problems, traced {run.traced} "
@@ -276,7 +314,7 @@ def app_cmd(db: Optional[str] = DbOption,
 def users_add(name: str, role: str = typer.Option("annotator", "--role", help="annotator, researcher or lead"),
               db: Optional[str] = DbOption):
     """Add a user (or change their role)."""
-    store.add_user(_db(db), name, role)
+    store.add_user(_db(db, create=True), name, role)
     typer.echo(f"{name} is a {role}.")
 
 

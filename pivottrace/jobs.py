@@ -264,7 +264,9 @@ def run(job_id: int, db=None) -> None:
     except BaseException as err:  # the row must say what happened, whatever happened
         traceback.print_exc()
         status = "cancelled" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
-        store.update_job(db, job_id, status=status, message=f"{type(err).__name__}: {err}"[:500])
+        storage = store.storage_error(err, _db_file(db))  # a full disk says what to do, in one line
+        message = str(storage) if storage is not None else f"{type(err).__name__}: {err}"
+        store.update_job(db, job_id, status=status, message=message[:500])
         if status == "failed":
             raise
 

@@ -9,6 +9,7 @@ two annotators in two processes never get the same item and never lose a label.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -47,6 +48,90 @@ class InvalidLabel(StoreError):
 
 class NothingToUndo(StoreError):
     """The annotator has no label left to undo."""
+
+
+class StorageError(StoreError):
+    """The database or a file cannot be read or written. The message says what to do; the
+    exit code tells the failures apart for scripts (see `storage_error`)."""
+
+    exit_code = 9
+
+
+class NotADatabase(StorageError):
+    exit_code = 3
+
+
+class ReadOnlyStorage(StorageError):
+    exit_code = 4
+
+
+class StorageFull(StorageError):
+    exit_code = 5
+
+
+class NoDatabase(StorageError):
+    exit_code = 6
+
+
+class CannotWriteFile(StorageError):
+    exit_code = 7
+
+
+class DatabaseBusy(StorageError):
+    exit_code = 8
+
+
+_READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_error(err: BaseException, path: str | Path | None = None) -> StorageError | None:
+    """A one-line StorageError for a SQLite or file-system failure (None when `err` is neither).
+
+    `path`: the database, when the failure is the database's. Nothing is lost in any of these
+    cases: a failed write rolls its transaction back.
+    """
+    if isinstance(err, StorageError):
+        return err
+    where = str(path) if path else "the database"
+    if isinstance(err, sqlite3.Error):
+        name = getattr(err, "sqlite_errorname", "") or ""
+        text = str(err)
+        if name == "SQLITE_NOTADB" or "file is not a database" in text:
+            return NotADatabase(f"{where} is not a PivotTrace database (SQLite cannot read it). Give "
+                                "--db the path of a PivotTrace database, or a new file name to start one.")
+        if name == "SQLITE_FULL" or "disk is full" in text:
+            return StorageFull(f"The disk holding {where} is full; nothing was written. Free some space "
+                               "and run the command again.")
+        if name.startswith("SQLITE_READONLY") or "readonly database" in text:
+            return ReadOnlyStorage(f"{where} is read-only; nothing was written. Check the permissions of "
+                                   "the file and its folder, or give --db a writable place.")
+        if name.startswith("SQLITE_CANTOPEN") or "unable to open database" in text:
+            return ReadOnlyStorage(f"Cannot open {where}: check that its folder exists and that you may "
+                                   "write there (SQLite also writes -wal and -shm files beside it).")
+        if name in ("SQLITE_BUSY", "SQLITE_LOCKED") or "database is locked" in text:
+            return DatabaseBusy(f"{where} stayed locked by another process for too long; wait for it "
+                                "to finish and run the command again.")
+        if name == "SQLITE_CORRUPT" or "malformed" in text:
+            return NotADatabase(f"{where} is damaged (SQLite: {text}). Restore it from a backup.")
+        if name.startswith("SQLITE_IOERR") or "disk I/O error" in text:
+            return StorageError(f"Reading or writing {where} failed (SQLite: {text}); check the disk "
+                                "and run the command again.")
+        return None
+    if isinstance(err, OSError):
+        target = err.filename or where
+        if err.errno == errno.ENOSPC or err.errno == errno.EDQUOT:
+            return StorageFull(f"The disk holding {target} is full. Free some space and run the "
+                               "command again.")
+        if err.errno in _READ_ONLY_ERRNOS:
+            return CannotWriteFile(f"Cannot write {target}: the location is read-only. Check the "
+                                   "permissions, or choose another folder.")
+        if err.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+            return CannotWriteFile(f"Cannot write {target}: a part of that path is a file, not a "
+                                   "folder (or the other way round). Choose another path.")
+        if err.errno == errno.ENOENT:
+            return CannotWriteFile(f"{target} does not exist. Check the path.")
+        return CannotWriteFile(f"Cannot read or write {target}: {err.strerror or err}.")
+    return None
 
 
 def default_db_path() -> str:
@@ -197,15 +282,57 @@ def _migration_5(db: sqlite_utils.Database) -> None:
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]  # index i upgrades user_version i -> i+1; append, never edit
 
 
-def open_db(path: str | Path | None = None) -> sqlite_utils.Database:
-    """Open (and create or migrate) the database. Safe to call from many processes at once."""
+def open_db(path: str | Path | None = None, *, create: bool = True) -> sqlite_utils.Database:
+    """Open (and create or migrate) the database. Safe to call from many processes at once.
+
+    With `create=False` a missing file is a NoDatabase error, not a new empty database (for
+    commands that only read). SQLite and file-system failures become StorageError lines.
+    """
     path = str(path or default_db_path())
+    try:
+        return _open_db(path, create=create)
+    except (sqlite3.Error, OSError) as err:
+        translated = storage_error(err, path)
+        if translated is None:
+            raise
+        raise translated from err
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    """The one place a connection is made (tests inject SQLite failures here)."""
+    return sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+
+
+def _open_db(path: str, *, create: bool) -> sqlite_utils.Database:
     if path != ":memory:":
+        if Path(path).is_dir():
+            raise NotADatabase(f"{path} is a folder; give --db a database file inside it "
+                               f"(e.g. {Path(path) / DEFAULT_DB}).")
+        if not create and not Path(path).exists():
+            raise NoDatabase(f"No database at {path}. Create one with `pivottrace ingest` or "
+                             "`pivottrace demo`, or point --db (or $PIVOTTRACE_DB) at yours.")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+    conn = _connect(path)
+    try:
+        return _prepare(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _prepare(conn: sqlite3.Connection, path: str) -> sqlite_utils.Database:
+    """Check that the file is a PivotTrace database, set the connection up and migrate it."""
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.create_function("fold", 1, _fold, deterministic=True)
     db = sqlite_utils.Database(conn)
+    version = conn.execute("PRAGMA user_version").fetchone()[0]  # reads the header: not a database fails here
+    if version > len(MIGRATIONS):
+        raise NotADatabase(f"{path} was written by a newer PivotTrace (schema {version}; this one "
+                           f"knows {len(MIGRATIONS)}). Upgrade PivotTrace to open it.")
+    if version == 0 and conn.execute("select count(*) from sqlite_master where name not like "
+                                     "'sqlite_%'").fetchone()[0]:
+        raise NotADatabase(f"{path} is an SQLite database of another program, not a PivotTrace "
+                           "database; give --db another file.")
     if path != ":memory:":
         db.enable_wal()
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -229,7 +356,8 @@ def immediate(db: sqlite_utils.Database):
     try:
         yield db
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite has already rolled back after some errors (a full disk)
+            conn.execute("ROLLBACK")
         raise
     else:
         conn.execute("COMMIT")
