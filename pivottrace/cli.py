@@ -138,9 +138,10 @@ def trace(model: str = ModelOption,
         raise typer.Exit(130)
     typer.echo(f"Traced {run.traced} problems, {run.tokens} tokens in {run.seconds:.1f}s "
                f"({run.tokens_per_second:.1f} tok/s).")
-    routed = pipeline.recalibrate_if_due(database, every=0)  # traces of a new checkpoint: re-route
+    due = pipeline.recalibration_due(database, every=0)  # a new checkpoint, stale features, a routing cut short
+    routed = pipeline.recalibrate_if_due(database, every=0)
     if routed is not None:
-        typer.echo(f"New model checkpoint: router version {routed.router_version} ({routed.kind}): " +
+        typer.echo(f"Routed ({due.note}): router version {routed.router_version} ({routed.kind}): " +
                    route_summary(routed.counts))
 
 

@@ -239,6 +239,10 @@ def run(job_id: int, db=None) -> None:
                 routed = pipeline.route(db, model_id=tracer.model_id, config=pipeline.current_router_config(db),
                                         note=job["kind"])
                 message += f"; router v{routed.router_version}: " + route_summary(routed.counts)
+            elif args.get("route_after"):  # nothing new, but a routing cut short or stale features
+                routed = pipeline.recalibrate_if_due(db, every=0)
+                if routed is not None:
+                    message += f"; re-routed, router v{routed.router_version}"
             store.update_job(db, job_id, status="done", done=run_.traced, message=message)
         elif job["kind"] == "live":
             store.update_job(db, job_id, message="loading the model")

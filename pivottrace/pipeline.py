@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import ClassVar
 from pathlib import Path
@@ -65,21 +66,27 @@ def trace_pool(db, tracer, *, limit: int | None = None, source: str | None = Non
                show_progress: bool = True, on_progress=None) -> TraceRun:
     """Trace every problem without a trace for `tracer.model_id`, batch by batch.
 
-    Each problem is written in its own transaction as soon as its batch is done, so an
-    interrupted run loses at most the batch in flight, and a re-run skips what is done.
-    `on_progress(done, total, run)` is called after each batch.
+    Each batch is claimed first (store.claim_problems), so two runs at once never trace the
+    same problem; the claims are released when the run ends, however it ends, and a crashed
+    run's claims lapse. Each problem is written in its own transaction as soon as its batch is
+    done, so an interrupted run loses at most the batch in flight, and a re-run skips what is
+    done. `on_progress(done, total, run)` is called after each batch.
     """
     from tqdm import tqdm
 
     store.upsert_model(db, tracer.model_id, spec=str(tracer.source.path), n_layers=tracer.n_layers)
-    pending = store.pending_problems(db, tracer.model_id, limit=limit, source=source)
+    total = len(store.pending_problems(db, tracer.model_id, limit=limit, source=source))
     run = TraceRun()
+    run_id = uuid.uuid4().hex
     batch_size = max(int(tracer.config.batch_size), 1)
-    bar = tqdm(total=len(pending), unit="problem", disable=not show_progress, dynamic_ncols=True)
+    bar = tqdm(total=total, unit="problem", disable=not show_progress, dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        for offset in range(0, len(pending), batch_size):
-            batch = pending[offset:offset + batch_size]
+        while limit is None or run.traced < limit:
+            wanted = batch_size if limit is None else min(batch_size, limit - run.traced)
+            batch = store.claim_problems(db, tracer.model_id, run_id, n=wanted, source=source)
+            if not batch:
+                break
             results = tracer.trace_batch([p["text"] for p in batch])
             for problem, result in zip(batch, results):
                 store.save_trace(db, problem["id"], tracer.model_id, result)
@@ -89,9 +96,10 @@ def trace_pool(db, tracer, *, limit: int | None = None, source: str | None = Non
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{run.tokens_per_second:.1f}")
             if on_progress:
-                on_progress(run.traced, len(pending), run)
+                on_progress(run.traced, max(total, run.traced), run)
     finally:
         bar.close()
+        store.release_claims(db, run_id)
     return run
 
 
@@ -207,12 +215,13 @@ def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfi
     thresholds = dict(routing.thresholds)
     if pivot_weights is not None:  # fitted from step labels when the pool was rescored
         thresholds["pivot_weights"] = pivot_weights.to_dict()
-    version = store.new_router_version(db, kind=estimator.kind, model_id=model_id,
-                                       n_labels=len(labelled), thresholds=thresholds,
-                                       metrics=metrics, note=note)
-    changed = store.save_route_columns(db, routing.problem_ids, routing.model_ids, routing.routes,
-                                       routing.uncertainty, routing.value, version)
-    store.record_route_counts(db, version)
+    with store.immediate(db):  # the version, its routes and its route mix: all or nothing
+        version = store.new_router_version(db, kind=estimator.kind, model_id=model_id,
+                                           n_labels=len(labelled), thresholds=thresholds,
+                                           metrics=metrics, note=note)
+        changed = store.save_route_columns(db, routing.problem_ids, routing.model_ids, routing.routes,
+                                           routing.uncertainty, routing.value, version)
+        store.record_route_counts(db, version)
     return RouteReport(version, estimator.kind, routing.counts(), changed, routing.thresholds, metrics,
                        time.perf_counter() - start)
 
@@ -256,38 +265,56 @@ def explain(report: RouteReport) -> list[str]:
 @dataclass(frozen=True)
 class RecalibrationDue:
     """Why the router should recalibrate now: traces of a checkpoint no router version has seen
-    (`NEW_CHECKPOINT`: its features are computed first), or enough new labels (`NEW_LABELS`)."""
+    (`NEW_CHECKPOINT`), a router version whose routes were never written (`UNFINISHED_ROUTING`: a
+    crash, before routing was one transaction), traces without current features (`STALE_FEATURES`:
+    new, or re-traced with other answers), or enough new labels (`NEW_LABELS`). All but the last
+    compute the features from the traces first."""
 
     NEW_CHECKPOINT: ClassVar[str] = "new_checkpoint"
+    UNFINISHED_ROUTING: ClassVar[str] = "unfinished_routing"
+    STALE_FEATURES: ClassVar[str] = "stale_features"
     NEW_LABELS: ClassVar[str] = "new_labels"
-    cause: str  # NEW_CHECKPOINT or NEW_LABELS
+    cause: str  # one of the four above
     model_id: str  # the checkpoint the recalibration routes
     labels: int = 0  # labels in force (NEW_LABELS)
+    count: int = 0  # the unfinished router version (UNFINISHED_ROUTING), or traces without features (STALE_FEATURES)
 
     @property
     def rescore(self) -> bool:
         """Whether the pool's features must be computed from the traces first."""
-        return self.cause == self.NEW_CHECKPOINT
+        return self.cause != self.NEW_LABELS
 
     @property
     def note(self) -> str:
         """The router version's note."""
-        if self.rescore:
+        if self.cause == self.NEW_CHECKPOINT:
             return f"traces of a new model checkpoint ({self.model_id})"
+        if self.cause == self.UNFINISHED_ROUTING:
+            return f"router version {self.count} left without routes: routed again"
+        if self.cause == self.STALE_FEATURES:
+            return f"{self.count} traces without current features"
         return f"after {self.labels} labels"
 
 
 def recalibration_due(db, *, every: int = RECALIBRATE_EVERY) -> RecalibrationDue | None:
     """Why the router should recalibrate now, or None.
 
-    Due when traces of a model checkpoint that no router version has seen arrive, or when at
-    least `every` labels (0: never) arrived since the last router version.
+    Due when traces of a model checkpoint that no router version has seen arrive; when the
+    last version's routes were never written (a crash, before routing was one transaction);
+    when traces have no current features (new, or re-traced with other answers); or when at
+    least `every` labels (0: never) arrived since the last router version (RecalibrationDue).
     """
     model_id = store.latest_model_id(db)
     if model_id is None:
         return None
-    if store.latest_router_version(db, model_id=model_id) is None:
+    last_of_model = store.latest_router_version(db, model_id=model_id)
+    if last_of_model is None:
         return RecalibrationDue(RecalibrationDue.NEW_CHECKPOINT, model_id)
+    if store.routing_unfinished(db, last_of_model):
+        return RecalibrationDue(RecalibrationDue.UNFINISHED_ROUTING, model_id, count=last_of_model["id"])
+    stale = store.stale_features(db, model_id)
+    if stale:
+        return RecalibrationDue(RecalibrationDue.STALE_FEATURES, model_id, count=stale)
     labelled = len(store.effective_labels(db))
     last = store.latest_router_version(db)
     if every and abs(labelled - (last["n_labels"] or 0)) >= every:

@@ -279,7 +279,17 @@ def _migration_5(db: sqlite_utils.Database) -> None:
     db["step_labels"].create_index(["annotator", "id"])
 
 
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]  # index i upgrades user_version i -> i+1; append, never edit
+def _migration_6(db: sqlite_utils.Database) -> None:
+    """Trace claims: a trace run leases the problems it is tracing, so two runs at once never
+    trace the same problem (claim_problems)."""
+    db["trace_claims"].create({
+        "problem_id": str, "model_id": str, "run_id": str, "host": str, "pid": int, "expires_at": float,
+    }, pk=("problem_id", "model_id"))
+    db["trace_claims"].create_index(["run_id"])
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
+              _migration_6]  # index i upgrades user_version i -> i+1; append, never edit
 
 
 def open_db(path: str | Path | None = None, *, create: bool = True) -> sqlite_utils.Database:
@@ -445,8 +455,13 @@ def upsert_model(db: sqlite_utils.Database, model_id: str, *, spec: str, n_layer
                              "created_at": now()}, pk="id")
 
 
-def save_trace(db: sqlite_utils.Database, problem_id: str, model_id: str, result) -> None:
-    """Write one ProblemTrace (trace + samples) in its own transaction: all of it or nothing."""
+def save_trace(db: sqlite_utils.Database, problem_id: str, model_id: str, result) -> bool:
+    """Write one ProblemTrace (trace + samples) in its own transaction: all of it or nothing.
+
+    A trace that replaces one with other answers (greedy or sampled) makes the problem's features
+    stale: they are deleted in the same transaction, so the next recalibration rescores it
+    (see stale_features). Returns True in that case.
+    """
     trace = result.trace
     row = {
         "problem_id": problem_id, "model_id": model_id, "prompt": trace.prompt,
@@ -460,9 +475,90 @@ def save_trace(db: sqlite_utils.Database, problem_id: str, model_id: str, result
     samples = [{"problem_id": problem_id, "model_id": model_id, "idx": i, "completion": text,
                 "answer": answer}
                for i, (text, answer) in enumerate(zip(result.samples, result.sample_answers))]
+    key = [problem_id, model_id]
     with immediate(db):
+        before = db.execute("select answer from traces where problem_id = ? and model_id = ?", key).fetchone()
+        changed = before is not None and (
+            before[0] != trace.answer or sample_answers(db, problem_id, model_id) != list(result.sample_answers))
+        db.execute("delete from samples where problem_id = ? and model_id = ?", key)  # K may differ
         db["traces"].insert(row, replace=True)
         db["samples"].insert_all(samples, replace=True)
+        if changed:
+            db.execute("delete from features where problem_id = ? and model_id = ?", key)
+    return changed
+
+
+def stale_features(db: sqlite_utils.Database, model_id: str) -> int:
+    """How many of the model's traces have no feature row (new, or re-traced with other answers)."""
+    traces = db.execute("select count(*) from traces where model_id = ?", [model_id]).fetchone()[0]
+    features = db.execute("select count(*) from features where model_id = ?", [model_id]).fetchone()[0]
+    return max(traces - features, 0)
+
+
+# --------------------------------------------------------------------------- trace claims
+
+TRACE_CLAIM_MINUTES = 30  # a claim outlives a crashed run by at most this; a live run renews it every batch
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def claim_problems(db: sqlite_utils.Database, model_id: str, run_id: str, *, n: int,
+                   source: str | None = None, lease_minutes: float = TRACE_CLAIM_MINUTES) -> list[dict]:
+    """Claim up to `n` problems with no trace for `model_id` that no other live run holds, and
+    renew this run's claims. Atomic across processes (BEGIN IMMEDIATE). A claim ends when its run
+    releases it (release_claims), when it expires, or at once when its process, on this host,
+    is gone (a crash)."""
+    stamp = now()
+    host = _host()
+    with immediate(db):
+        db.execute("delete from trace_claims where expires_at < ?", [stamp])
+        for pid in {row[0] for row in db.execute(
+                "select distinct pid from trace_claims where host = ? and run_id != ?", [host, run_id])}:
+            if not _pid_alive(pid):
+                db.execute("delete from trace_claims where host = ? and pid = ?", [host, pid])
+        db.execute("update trace_claims set expires_at = ? where run_id = ?", [stamp + 60 * lease_minutes, run_id])
+        sql = ("select p.id, p.text from problems p where not exists (select 1 from traces t "
+               "where t.problem_id = p.id and t.model_id = ?) and not exists (select 1 from trace_claims c "
+               "where c.problem_id = p.id and c.model_id = ?)")
+        params: list = [model_id, model_id]
+        if source:
+            sql += " and p.source = ?"
+            params.append(source)
+        rows = list(db.query(sql + " order by p.created_at, p.rowid limit ?", params + [int(n)]))
+        db.conn.executemany(
+            "insert into trace_claims (problem_id, model_id, run_id, host, pid, expires_at) "
+            "values (?, ?, ?, ?, ?, ?)",
+            [(row["id"], model_id, run_id, host, os.getpid(), stamp + 60 * lease_minutes) for row in rows])
+    return rows
+
+
+def release_claims(db: sqlite_utils.Database, run_id: str) -> None:
+    with immediate(db):
+        db.execute("delete from trace_claims where run_id = ?", [run_id])
+
+
+def claimed_problems(db: sqlite_utils.Database, model_id: str | None = None) -> list[dict]:
+    sql, params = "select * from trace_claims", []
+    if model_id:
+        sql += " where model_id = ?"
+        params.append(model_id)
+    return list(db.query(sql + " order by problem_id", params))
 
 
 def load_trace(db: sqlite_utils.Database, problem_id: str, model_id: str | None = None) -> dict | None:
@@ -631,6 +727,14 @@ def new_router_version(db: sqlite_utils.Database, *, kind: str, model_id: str | 
             "thresholds": json.dumps(thresholds), "metrics": json.dumps(metrics), "note": note,
         })
         return table.last_pk
+
+
+def routing_unfinished(db: sqlite_utils.Database, version: dict) -> bool:
+    """True for a router version whose routes were never written: a crash between the two, from
+    before pipeline.route wrote them in one transaction (its `counts` are written with them)."""
+    if version.get("counts") is not None:
+        return False
+    return db.execute("select 1 from routes where router_version = ? limit 1", [version["id"]]).fetchone() is None
 
 
 def record_route_counts(db: sqlite_utils.Database, router_version: int) -> dict[str, int]:

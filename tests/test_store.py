@@ -24,7 +24,9 @@ def test_open_is_idempotent_and_versioned(tmp_path):
 
 
 def as_version_4(db) -> None:
-    """Take a database back to the schema before migration 5 (step labels, token pivot columns)."""
+    """Take a database back to the schema before migration 5 (step labels, token pivot columns)
+    and 6 (trace claims)."""
+    db.execute("drop table trace_claims")
     db.execute("drop table step_labels")
     for name in store.PIVOT_FEATURES:
         db.execute(f"alter table features drop column {name}")
