@@ -111,7 +111,7 @@ def ingest(path: Path = typer.Argument(..., help="A .jsonl, .csv, .tsv or .parqu
     typer.echo(report.totals())
     typer.echo(f"Added {report.added} problems ({report.existing} already present).")
     for row in report.rejected:
-        typer.secho(f"  line {row.line}: {row.reason}", fg="yellow", err=True)
+        typer.secho(f"  {row.where}: {row.reason}", fg="yellow", err=True)
     if report.rejected:
         typer.secho(f"Rejected {len(report.rejected)} rows.", fg="red", err=True)
         raise typer.Exit(2)

@@ -47,6 +47,11 @@ class Problem:
 class RejectedRow:
     line: int  # 1-based line (JSONL/CSV/JSON) or row (Parquet) number where the row starts
     reason: str
+    item: int | None = None  # 1-based item of a JSON array (several may share a line)
+
+    @property
+    def where(self) -> str:
+        return f"line {self.line}" + ("" if self.item is None else f", item {self.item}")
 
 
 @dataclass
@@ -175,7 +180,7 @@ def _collect(rows, source, question_field, answer_field) -> LoadResult:
     """Turn (line, row | RejectedRow | BLANK) pairs into problems, counting every row."""
     problems: dict[str, Problem] = {}
     result = LoadResult([], [])
-    for line, row in rows:
+    for line, row, *item in rows:  # array readers add the item number
         result.rows += 1
         if row is BLANK:
             result.blank += 1
@@ -183,6 +188,7 @@ def _collect(rows, source, question_field, answer_field) -> LoadResult:
         if not isinstance(row, RejectedRow):
             row = _to_problem(row, line, source, question_field, answer_field)
         if isinstance(row, RejectedRow):
+            row.item = item[0] if item else None
             result.rejected.append(row)
         else:
             result.loaded += 1
@@ -254,19 +260,21 @@ def _json_array_rows(data: bytes):
 
     if text.startswith("]", position):
         return
+    item = 0
     while True:
+        item += 1
         line = line_at(position)
         try:
-            item, end = decoder.raw_decode(text, position)
+            value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as err:
-            yield line, RejectedRow(line, _json_error(err) + "; the rest of the array cannot be read")
+            yield line, RejectedRow(line, _json_error(err) + "; the rest of the array cannot be read"), item
             return
         except (RecursionError, ValueError) as err:
             reason = "JSON nested too deeply" if isinstance(err, RecursionError) else f"bad JSON: {err}"
-            yield line, RejectedRow(line, reason + "; the rest of the array cannot be read")
+            yield line, RejectedRow(line, reason + "; the rest of the array cannot be read"), item
             return
         bad = _invalid_byte(text[position:end])
-        yield line, RejectedRow(line, bad) if bad else item
+        yield line, (RejectedRow(line, bad) if bad else value), item
         position = whitespace.match(text, end).end()
         if text.startswith(",", position):
             position = whitespace.match(text, position + 1).end()
@@ -274,12 +282,12 @@ def _json_array_rows(data: bytes):
             tail = text[position + 1:].strip()
             if tail:
                 tail_line = line_at(position)
-                yield tail_line, RejectedRow(tail_line, "text after the end of the JSON array")
+                yield tail_line, RejectedRow(tail_line, "text after the end of the JSON array"), item + 1
             return
         else:
             line = line_at(position)
             yield line, RejectedRow(line, "bad JSON: expected ',' or ']' after an item; "
-                                          "the rest of the array cannot be read")
+                                          "the rest of the array cannot be read"), item + 1
             return
 
 
