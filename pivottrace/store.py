@@ -362,15 +362,28 @@ def immediate(db: sqlite_utils.Database):
     if conn.in_transaction:  # nested: the outer transaction already holds the lock
         yield db
         return
-    conn.execute("BEGIN IMMEDIATE")
     try:
-        yield db
-    except BaseException:
-        if conn.in_transaction:  # SQLite has already rolled back after some errors (a full disk)
-            conn.execute("ROLLBACK")
-        raise
-    else:
-        conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if conn.in_transaction:  # SQLite has already rolled back after some errors (a full disk)
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+    except sqlite3.Error as err:  # a full disk, a read-only file, a lock held too long: one clear line
+        translated = storage_error(err, _db_file_or_none(db))
+        if translated is None:
+            raise
+        raise translated from err
+
+
+def _db_file_or_none(db: sqlite_utils.Database) -> str | None:
+    try:
+        return next((path for _, name, path in db.execute("PRAGMA database_list") if name == "main" and path), None)
+    except sqlite3.Error:
+        return None
 
 
 def db_file(db: sqlite_utils.Database) -> str:

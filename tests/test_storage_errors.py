@@ -162,3 +162,15 @@ def test_an_unexpected_error_is_one_line_too(tmp_path, monkeypatch):
     code, output = run("status", "--db", tmp_path / "s.db")
     assert code == 1
     assert_one_error_line(output, "RuntimeError", "--debug")
+
+
+def test_writes_outside_the_cli_raise_a_storage_error_too(tmp_path, monkeypatch):
+    """The app and background jobs call store directly: their writes fail as one clear line too."""
+    path = tmp_path / "app.db"
+    store.open_db(path)
+    cap_pages(monkeypatch)
+    db = store.open_db(path)
+    with pytest.raises(store.StorageFull, match="is full"):
+        store.insert_problems(db, demo_problems(500, seed=3))
+    monkeypatch.undo()
+    assert store.open_db(path)["problems"].count == 0
