@@ -84,6 +84,21 @@ class DatabaseBusy(StorageError):
 _READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
+LOW_SPACE_BYTES = 1 << 20  # under this much free space, an I/O error in WAL mode is a full disk
+# (SQLite reports a failed write to the -wal/-shm files as a plain I/O error, not SQLITE_FULL)
+
+
+def _low_on_space(path) -> bool:
+    import shutil
+
+    if not path or str(path) == ":memory:":
+        return False
+    try:
+        return shutil.disk_usage(Path(path).resolve().parent).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
+
+
 def storage_error(err: BaseException, path: str | Path | None = None) -> StorageError | None:
     """A one-line StorageError for a SQLite or file-system failure (None when `err` is neither).
 
@@ -113,6 +128,9 @@ def storage_error(err: BaseException, path: str | Path | None = None) -> Storage
                                 "to finish and run the command again.")
         if name == "SQLITE_CORRUPT" or "malformed" in text:
             return NotADatabase(f"{where} is damaged (SQLite: {text}). Restore it from a backup.")
+        if (name.startswith("SQLITE_IOERR") or "disk I/O error" in text) and _low_on_space(path):
+            return StorageFull(f"The disk holding {where} is full; nothing was written. Free some space "
+                               "and run the command again.")
         if name.startswith("SQLITE_IOERR") or "disk I/O error" in text:
             return StorageError(f"Reading or writing {where} failed (SQLite: {text}); check the disk "
                                 "and run the command again.")
