@@ -10,7 +10,11 @@ from pivottrace import views
 
 st.set_page_config(page_title="PivotTrace", page_icon=":material/alt_route:", layout="wide")
 
-db = views.open_db()
+try:
+    db = views.open_db()
+except views.StoreError as err:  # not a database, read-only, disk full: one line that says what to do
+    st.error(views.md(err))
+    st.stop()
 
 # ---------------------------------------------------------------- sidebar: who is working
 people = views.user_rows(db)

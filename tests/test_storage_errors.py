@@ -174,3 +174,17 @@ def test_writes_outside_the_cli_raise_a_storage_error_too(tmp_path, monkeypatch)
         store.insert_problems(db, demo_problems(500, seed=3))
     monkeypatch.undo()
     assert store.open_db(path)["problems"].count == 0
+
+
+def test_the_app_on_a_file_that_is_not_a_database_shows_one_line(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database")
+    monkeypatch.setenv("PIVOTTRACE_DB", str(notes))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    assert [e.value for e in at.error] and "is not a PivotTrace database" in at.error[0].value
+    assert notes.read_text() == "not a database"
