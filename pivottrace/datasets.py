@@ -24,7 +24,8 @@ MAX_ANSWER_CHARS = 20_000  # longest answer/solution field; worked solutions in 
 QUESTION_FIELDS = ("question", "problem", "prompt", "input", "query")
 ANSWER_FIELDS = ("answer", "solution", "gold", "target", "output")
 BOM = "\ufeff"  # Excel and Notepad put one before UTF-8 text; it is not part of the first row
-CSV_FIELD_LIMIT = 64 * 1024 * 1024  # the csv module's own cap; our caps above reject long fields with a reason
+CSV_FIELD_LIMIT = 2 * max(MAX_TEXT_CHARS, MAX_ANSWER_CHARS)  # the csv module's own cap on a field: it
+# also bounds how far a quote left open can run before the record is rejected and reading resumes
 POOL_SUFFIXES = ".jsonl, .ndjson, .json, .csv, .tsv or .parquet"
 
 
@@ -299,13 +300,13 @@ def _csv_rows(data: bytes, delimiter: str):
     unbalanced quote) is rejected by the line it starts on and reading resumes on the next line,
     so one stray quote never swallows the rest of the file. Bytes that are not UTF-8 reject only
     the record holding them."""
-    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     text = data.decode("utf-8", errors="surrogateescape").removeprefix(BOM)
     lines = _PHYSICAL_LINE.findall(text)
     header: list[str] | None = None
     start = 0  # index of the physical line a fresh reader starts on
     while start < len(lines):
-        reader = csv.reader(iter(lines[start:]), delimiter=delimiter, strict=True)
+        reader = csv.reader((lines[i] for i in range(start, len(lines))), delimiter=delimiter, strict=True)
         done = 0  # physical lines this reader has finished
         try:
             for cells in reader:
