@@ -199,7 +199,8 @@ def _collect(rows, source, question_field, answer_field) -> LoadResult:
 
 
 def _json_error(err: json.JSONDecodeError) -> str:
-    return f"bad JSON (column {err.colno}): {err.msg}"
+    message = re.sub(r"\s+at$", "", err.msg)  # "Invalid control character at": the column follows
+    return f"bad JSON: {message} at column {err.colno}"
 
 
 def _parse_json(text: str, line: int):

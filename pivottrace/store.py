@@ -141,7 +141,8 @@ def storage_error(err: BaseException, path: str | Path | None = None) -> Storage
             return StorageFull(f"The disk holding {target} is full. Free some space and run the "
                                "command again.")
         if err.errno in _READ_ONLY_ERRNOS:
-            return CannotWriteFile(f"Cannot write {target}: the location is read-only. Check the "
+            folder = target if Path(target).is_dir() else Path(target).parent
+            return CannotWriteFile(f"Cannot write in {folder}: the location is read-only. Check the "
                                    "permissions, or choose another folder.")
         if err.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
             return CannotWriteFile(f"Cannot write {target}: a part of that path is a file, not a "

@@ -150,7 +150,7 @@ def test_export_under_a_file_and_into_a_read_only_folder(tmp_path, monkeypatch):
     monkeypatch.undo()
     locked.chmod(0o755)
     assert code == 7
-    assert_one_error_line(output, "out.jsonl", "read-only", "permissions")
+    assert_one_error_line(output, str(locked), "read-only", "permissions")
     assert not list(locked.iterdir())  # no temporary file left behind
 
 
