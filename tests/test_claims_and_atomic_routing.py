@@ -47,7 +47,7 @@ def pool_db(path, n: int = 12):
 def test_two_runs_at_once_never_trace_the_same_problem(tmp_path):
     path = tmp_path / "two.db"
     pool_db(path, 12)
-    tracers = [FakeTracer(seed=1, pause=0.05), FakeTracer(seed=2, samples=5, pause=0.05)]
+    tracers = [FakeTracer(seed=1, pause=0.2), FakeTracer(seed=2, samples=5, pause=0.2)]
     runs = {}
 
     def work(index):
