@@ -69,6 +69,7 @@ with left:
                 st.error(views.md(err))
             else:
                 st.success(f"Added {report.added} problems from {views.md(upload.name)} ({report.existing} already present).")
+                st.caption(report.totals())  # every row of the file: loaded, rejected or blank
                 if report.rejected:
                     st.error(f"{len(report.rejected)} rows were rejected; the others loaded.")
                     st.dataframe(views.rejected_rows(report), hide_index=True)

@@ -25,3 +25,13 @@ def test_no_control_survives_and_other_text_is_untouched(text):
     assert visible_bidi(shown) == shown  # idempotent
     if not any(char in text for char in BIDI_CONTROLS):
         assert shown == text
+
+
+def test_views_show_overrides_visibly_and_still_escape():
+    from pivottrace import views
+
+    shown = views.problem_html("Pay \u202e<b>evil</b>\u202c now")
+    assert "\u202e" not in shown and "[U+202E]" in shown and "&lt;b&gt;" in shown
+    assert views.esc("<i>\u2067") == "&lt;i&gt;[U+2067]"
+    assert "\u202e" not in views.md("a\u202eb") and "[U+202E]" in views.md("a\u202eb").replace("\\", "")
+    assert views.preview("x\u202ey") == "x[U+202E]y"

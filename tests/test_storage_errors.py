@@ -188,3 +188,15 @@ def test_the_app_on_a_file_that_is_not_a_database_shows_one_line(tmp_path, monke
     assert not at.exception
     assert [e.value for e in at.error] and "is not a PivotTrace database" in at.error[0].value
     assert notes.read_text() == "not a database"
+
+
+def test_the_pool_page_upload_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    from pivottrace import views
+
+    path = tmp_path / "app.db"
+    store.open_db(path)
+    cap_pages(monkeypatch)
+    db = store.open_db(path)
+    data = b"".join(json.dumps({"question": f"Problem {i}: " + "word " * 300}).encode() + b"\n" for i in range(300))
+    with pytest.raises(views.InvalidInput, match="is full.*Free some space"):
+        views.ingest_upload(db, data, "pool.jsonl")

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import jobs, store
 from ..pivots import PIVOT_THRESHOLD
+from ..safe_text import visible_bidi
 
 # Plain-words names of the pivot signals, for tooltips and expanders.
 SIGNAL_NAMES = {
@@ -36,7 +37,7 @@ class InvalidInput(ValueError):
 
 def esc(text) -> str:
     """HTML-escape anything shown to the user (None -> empty)."""
-    return html.escape("" if text is None else str(text), quote=True)
+    return html.escape(visible_bidi("" if text is None else str(text)), quote=True)
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$:&])")
@@ -46,11 +47,11 @@ def md(text) -> str:
     """Backslash-escape Markdown (and Streamlit's :directive: syntax) in text shown via st.markdown,
     st.caption, alerts or widget labels, so user and model text is never read as formatting,
     links or images. Every ASCII punctuation mark may be backslash-escaped in CommonMark."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", "" if text is None else str(text))
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", visible_bidi("" if text is None else str(text)))
 
 
 def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str:
-    text = " ".join((text or "").split())
+    text = " ".join(visible_bidi(text or "").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
