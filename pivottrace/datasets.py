@@ -152,7 +152,8 @@ def read_pool(path: str | Path, *, question_field: str | None = None,
             data = path.read_bytes()
         except OSError as err:
             raise PoolFormatError(f"Cannot read {path}: {err.strerror or err}") from err
-        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff") and b"\x00" in data[2:256]:  # a UTF-16 BOM, then
+            # text with a zero byte in every ASCII character (two stray bytes alone are one bad row)
             raise PoolFormatError(f"{path} is UTF-16 text; save it as UTF-8 and ingest it again.")
         if suffix in (".csv", ".tsv"):
             rows = _csv_rows(data, "\t" if suffix == ".tsv" else ",")

@@ -156,3 +156,8 @@ def test_utf16_file_is_named(tmp_path):
     path.write_bytes("question\nWhat is 1+1?\n".encode("utf-16"))
     with pytest.raises(PoolFormatError, match="UTF-16"):
         read_pool(path)
+
+
+def test_two_stray_utf16_bom_bytes_are_one_bad_row_not_a_utf16_file(tmp_path):
+    result, reasons = load(tmp_path, "stray.jsonl", b"\xfe\xff\n" + jsonl(GOOD[0]))  # found by the fuzz test
+    assert list(reasons) == [1] and len(result.problems) == 1
