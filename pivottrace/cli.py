@@ -60,6 +60,7 @@ EngineOption = typer.Option("local", "--engine", help="local (this process) or r
 RayAddressOption = typer.Option(None, "--ray-address", help="Ray cluster to join (ray.init address, e.g. "
                                                             "'auto' or ray://head:10001); default: start a local one.")
 ActorsOption = typer.Option(None, "--actors", help="Ray actors, one model each (default: one per GPU, else 2).")
+WriteEveryOption = typer.Option(16, "--write-every", help="--engine ray: results per store transaction.")
 
 
 def _tracer(model: str, *, samples: int = 4, max_new_tokens: int = 256, batch_size: int = 8, seed: int = 0,
@@ -110,6 +111,7 @@ def trace(model: str = ModelOption,
           engine: str = EngineOption,
           ray_address: Optional[str] = RayAddressOption,
           actors: Optional[int] = ActorsOption,
+          write_every: int = WriteEveryOption,
           db: Optional[str] = DbOption):
     """Trace untraced problems: greedy chain + K samples + attention statistics. Resumable."""
     database = _db(db)
@@ -120,7 +122,8 @@ def trace(model: str = ModelOption,
             config = _trace_config(samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                    seed=seed, dtype=dtype)
             run = trace_pool_ray(database, model, config=config, limit=limit, source=source,
-                                 options=RayOptions(address=ray_address, actors=actors, device=device))
+                                 options=RayOptions(address=ray_address, actors=actors, device=device,
+                                                    write_every=write_every))
         elif engine == "local":
             tracer = _tracer(model, samples=samples, max_new_tokens=max_new_tokens,
                              batch_size=batch_size, seed=seed, device=device, dtype=dtype)
@@ -191,6 +194,7 @@ def analyse(model_id: Optional[str] = typer.Option(None, "--model-id", help="Imp
             engine: str = EngineOption,
             ray_address: Optional[str] = RayAddressOption,
             actors: Optional[int] = ActorsOption,
+            write_every: int = WriteEveryOption,
             route: bool = typer.Option(True, "--route/--no-route", help="Route the pool afterwards."),
             db: Optional[str] = DbOption):
     """Teacher-forced analysis of imported rollouts (no generation), then routing. Resumable."""
@@ -210,7 +214,8 @@ def analyse(model_id: Optional[str] = typer.Option(None, "--model-id", help="Imp
                 from .distributed import RayOptions, analyse_pool_ray
 
                 run = analyse_pool_ray(database, spec, model_id=mid, config=_trace_config(dtype=dtype), limit=limit,
-                                       options=RayOptions(address=ray_address, actors=actors, device=device))
+                                       options=RayOptions(address=ray_address, actors=actors, device=device,
+                                                    write_every=write_every))
             elif engine == "local":
                 tracer = _tracer(spec, device=device, dtype=dtype)
                 run = pipeline.analyse_pool(database, tracer, model_id=mid, limit=limit)

@@ -1149,6 +1149,11 @@ def rollout_models(db: sqlite_utils.Database) -> list[str]:
     return [r[0] for r in db.execute("select model_id from rollouts group by model_id order by min(created_at)")]
 
 
+def traced_problem_ids(db: sqlite_utils.Database, model_id: str, *, limit: int | None = None) -> list[str]:
+    return [r[0] for r in db.execute("select problem_id from traces where model_id = ? order by rowid limit ?",
+                                     [model_id, -1 if limit is None else int(limit)])]
+
+
 def model_spec(db: sqlite_utils.Database, model_id: str) -> str | None:
     row = db.execute("select spec from models where id = ?", [model_id]).fetchone()
     return row[0] if row else None
