@@ -64,6 +64,7 @@ def trace_pool(db, tracer, *, limit: int | None = None, source: str | None = Non
 
     store.upsert_model(db, tracer.model_id, spec=str(tracer.source.path), n_layers=tracer.n_layers)
     pending = store.pending_problems(db, tracer.model_id, limit=limit, source=source)
+    pending.sort(key=lambda p: len(p["text"]))  # batches of similar lengths pad less (the limit keeps oldest first)
     run = TraceRun()
     batch_size = max(int(tracer.config.batch_size), 1)
     bar = tqdm(total=len(pending), unit="problem", disable=not show_progress, dynamic_ncols=True)

@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray")
 
 K = 3  # completions per problem in the rollout file
 STEP = 3
-N_RESUME = 40
+N_RESUME = 24
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_killed_ray_run_resumes_without_duplicates(ray_cluster, tmp_path, tiny_m
     from pivottrace.distributed import RayOptions, analyse_pool_ray
 
     db_path = tmp_path / "resume.db"
-    db, model_id = rollout_db(db_path, tmp_path, tiny_model_dir, N_RESUME, lines=40)
+    db, model_id = rollout_db(db_path, tmp_path, tiny_model_dir, N_RESUME, lines=20)
     command = [sys.executable, "-m", "pivottrace.cli", "analyse", "--engine", "ray", "--ray-address", ray_cluster,
                "--device", "cpu", "--dtype", "float32", "--actors", "1", "--write-every", "2", "--no-route",
                "--db", str(db_path)]
@@ -109,3 +109,19 @@ def test_killed_ray_run_resumes_without_duplicates(ray_cluster, tmp_path, tiny_m
     assert len(after) == N_RESUME == db["traces"].count
     assert db["samples"].count == N_RESUME * (K - 1)
     assert all(after[pid] == stamp for pid, stamp in before.items())  # finished analyses were not redone
+
+
+def test_ray_trace_generates_and_analyses_every_untraced_problem_once(ray_cluster, tmp_path, tiny_model_dir):
+    from pivottrace.distributed import RayOptions, trace_pool_ray
+    from pivottrace.models import resolve_model
+    from pivottrace.trace import TraceConfig
+
+    db = store.open_db(tmp_path / "trace.db")
+    pipeline.ingest_loaded(db, LoadResult(demo_problems(5, seed=4), []))
+    config = TraceConfig(n_samples=2, max_new_tokens=12, dtype="float32")
+    options = RayOptions(device="cpu", actors=1, batch_size=2, write_every=2)
+    run = trace_pool_ray(db, str(tiny_model_dir), config=config, options=options)
+    model_id = resolve_model(str(tiny_model_dir)).model_id
+    assert run.traced == 5 and db["traces"].count == 5 and db["samples"].count == 10
+    assert {r["model_id"] for r in db.query("select model_id from traces")} == {model_id}
+    assert trace_pool_ray(db, str(tiny_model_dir), config=config, options=options).traced == 0
