@@ -50,3 +50,20 @@ def test_dtype_reaches_the_model_and_statistics_stay_normalised(tiny_model_dir):
     for arrays in results.values():
         assert np.allclose(arrays["segment_attention"].sum(-1), 1.0, atol=1e-4)  # float32 sums either way
     np.testing.assert_allclose(results["bfloat16"]["entropy"], results["float32"]["entropy"], atol=0.05)
+
+
+def test_background_trace_job_takes_a_device_and_fails_cleanly_without_it(tmp_path, tiny_model_dir):
+    from pivottrace import jobs, store
+
+    db = store.open_db(tmp_path / "jobs.db")
+    with pytest.raises(jobs.JobError, match="Unknown device 'tpu'"):
+        jobs.start_trace(db, model=str(tiny_model_dir), limit=1, device="tpu")
+    if not NO_GPU:
+        return
+    job_id = store.create_job(db, "trace", {"model": str(tiny_model_dir), "limit": 1, "samples": 1,
+                                            "max_new_tokens": 8, "batch_size": 1, "source": None,
+                                            "route_after": False, "device": "cuda", "dtype": "auto"}, total=1)
+    with pytest.raises(ValueError):  # in this process: the worker's own code path, which re-raises
+        jobs.run(job_id, db)
+    job = store.get_job(db, job_id)
+    assert job["status"] == "failed" and "no CUDA GPU" in job["message"]
