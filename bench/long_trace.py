@@ -117,8 +117,17 @@ def stored_sizes(arrays_path: str) -> dict:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.conn.close()
         db_bytes = db_path.stat().st_size - empty
+    summary = store.summarise_segments(arrays["segment_attention"])
+    kept = summary["segment_top_mass"].astype(np.float64).sum(-1)  # [S] layer-mean mass in the top K
     return {"arrays_now": len(store.encode_arrays(arrays)), "arrays_old_float32": len(old.getvalue()),
-            "db_per_problem": db_bytes, "steps": n_steps}
+            "db_per_problem": db_bytes, "steps": n_steps, "top_k_mass_mean": float(kept.mean()),
+            "top_k_mass_min": float(kept.min())}
+
+
+def store_top_k() -> int:
+    from pivottrace import store
+
+    return store.SEGMENT_TOP_K
 
 
 def _worker(*args: str) -> dict:
@@ -180,7 +189,9 @@ def main() -> None:
             sizes = stored_sizes(arrays_path)
             print(f"{length:>6} stored: {sizes['steps']} steps, arrays {sizes['arrays_now'] / 1024:.0f} KiB "
                   f"(old float32 format {sizes['arrays_old_float32'] / 1024:.0f} KiB), "
-                  f"database per problem {sizes['db_per_problem'] / 1024:.0f} KiB", flush=True)
+                  f"database per problem {sizes['db_per_problem'] / 1024:.0f} KiB; the {store_top_k()} largest "
+                  f"segments hold {sizes['top_k_mass_mean']:.1%} of a step's layer-mean attention "
+                  f"(min {sizes['top_k_mass_min']:.1%})", flush=True)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,8 @@ def analyse_pool_ray(db, spec: str, *, model_id: str, config=None, limit: int | 
     options = options or RayOptions()
     pending = sorted(store.pending_rollouts(db, model_id, limit=limit), key=lambda g: len(g["completions"][0]))
     items = [{"problem_id": g["problem_id"], "payload": json.dumps(g)} for g in pending]
-    store.upsert_model(db, model_id, spec=store.model_spec(db, model_id) or spec, n_layers=None)
+    if store.model_spec(db, model_id) is None:
+        store.upsert_model(db, model_id, spec=spec, n_layers=None)
     run = _run(db, items, _AnalyseActor, spec=spec, config=config, model_id=model_id, options=options,
                on_progress=on_progress)
     _record_layers(db, model_id)
@@ -143,7 +144,8 @@ def trace_pool_ray(db, spec: str, *, config=None, limit: int | None = None, sour
 
     options = options or RayOptions()
     model_id = resolve_model(spec).model_id
-    store.upsert_model(db, model_id, spec=spec, n_layers=None)
+    if store.model_spec(db, model_id) is None:
+        store.upsert_model(db, model_id, spec=spec, n_layers=None)
     pending = sorted(store.pending_problems(db, model_id, limit=limit, source=source), key=lambda p: len(p["text"]))
     items = [{"problem_id": p["id"], "text": p["text"]} for p in pending]
     run = _run(db, items, _TraceActor, spec=spec, config=config, model_id=model_id, options=options,

@@ -129,7 +129,8 @@ def import_rollouts(db, path: str | Path, *, fmt: str, checkpoint: str, step: in
         model_id = model_id_for(checkpoint, group.step if step is None else step)
         if model_id not in seen:
             seen[model_id] = store.problems_with_rollouts(db, model_id)
-            store.upsert_model(db, model_id, spec=checkpoint, n_layers=None)
+            if store.model_spec(db, model_id) is None:
+                store.upsert_model(db, model_id, spec=checkpoint, n_layers=None)
         if group.problem_id in seen[model_id]:  # this checkpoint's rollouts of it are in already
             continue
         messages = isinstance(group.prompt, list)

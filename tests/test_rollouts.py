@@ -3,6 +3,7 @@ and the whole path from a verl rollout dump to an exported training set."""
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -188,3 +189,37 @@ def test_verl_rollouts_imported_analysed_routed_labelled_in_the_app_and_exported
     assert result.exit_code == 0, result.output
     exported = pd.read_parquet(out)
     assert "42" in json.dumps(exported.to_dict(orient="records"), default=str)
+
+
+def test_imported_chains_get_the_same_statistics_as_our_own_trace(tmp_path, tiny_model_dir):
+    """A TRL log keeps the rendered prompt (special tokens included): analysing its chains gives what
+    tracing them here gave, array for array."""
+    from pivottrace.trace import TraceConfig, Tracer
+
+    tracer = Tracer(str(tiny_model_dir), config=TraceConfig(n_samples=2, max_new_tokens=16, dtype="float32"))
+    pool = demo_problems(3, seed=8)
+    traced_db = store.open_db(tmp_path / "traced.db")
+    pipeline.ingest_loaded(traced_db, LoadResult(pool, []))
+    pipeline.trace_pool(traced_db, tracer, show_progress=False)
+    rows = []
+    for p in pool:
+        own = store.load_trace(traced_db, p.id)
+        samples = [r["completion"] for r in traced_db.query(
+            "select completion from samples where problem_id = ? order by idx", [p.id])]
+        rows += [{"step": 2, "prompt": own["prompt"], "completion": c, "reward": 0.0}
+                 for c in [own["completion"]] + samples]
+    log = tmp_path / "completions_00002.parquet"
+    pd.DataFrame(rows).to_parquet(log)
+
+    db = store.open_db(tmp_path / "imported.db")
+    pipeline.ingest_loaded(db, LoadResult(pool, []))
+    report = pipeline.import_rollouts(db, log, fmt="trl", checkpoint=str(tiny_model_dir))
+    assert report.matched == {"contained": 3} and not report.new_problems
+    pipeline.analyse_pool(db, tracer, model_id=report.model_ids[0], show_progress=False)
+    for p in pool:
+        own, imported = store.load_trace(traced_db, p.id), store.load_trace(db, p.id)
+        assert imported["prompt"] == own["prompt"] and imported["steps"] == own["steps"]
+        for key, array in own["arrays"].items():
+            np.testing.assert_allclose(imported["arrays"][key], array, atol=1e-5, rtol=0, err_msg=key)
+    assert store.all_sample_answers(db, report.model_ids[0]) == {
+        (pid, report.model_ids[0]): answers for (pid, _), answers in store.all_sample_answers(traced_db).items()}
