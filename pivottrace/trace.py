@@ -107,7 +107,7 @@ class _Collector:
     """Per-step sums, filled layer by layer by the attention function during one analysis forward."""
 
     q_start: int  # position of the first completion token: queries q_start..T-1 are analysed
-    seg_onehot: torch.Tensor  # [T, S+1] key position -> segment one-hot (0 prompt, 1+j step j)
+    key_segment: torch.Tensor  # [T] segment of each key position (0 prompt, 1+j step j), long
     query_step: torch.Tensor  # [Tc] step of each completion query (long)
     query_chunk: int
     entropy_sum: torch.Tensor  # [L, S] sum of normalised entropies
@@ -169,7 +169,8 @@ class _Collector:
             entropy = -torch.linalg.vecdot(mean_probs, mean_probs.clamp_min(1e-30).log())  # [c] nats (0 log 0 = 0)
             log_n = n_visible.to(entropy.dtype).log()  # [c]
             norm_entropy = torch.where(n_visible > 1, entropy / log_n.clamp_min(1e-12), 0.0).clamp_(0.0, 1.0)  # [c]
-            mass = mean_probs @ self.seg_onehot[:b]  # [c, S+1]
+            mass = mean_probs.new_zeros(c, self.mass_sum.shape[-1]).index_add_(
+                1, self.key_segment[:b], mean_probs)  # [c, S+1]: O(c*b), where a one-hot matmul was O(c*b*S)
             steps = self.query_step[a - self.q_start:b - self.q_start]  # [c]
             self.entropy_sum[layer].index_add_(0, steps, norm_entropy)
             self.mass_sum[layer].index_add_(0, steps, mass)
@@ -312,7 +313,7 @@ def analyse_ids(model, prompt_ids: list[int], completion_ids: list[int], token_s
     segment = torch.cat([torch.zeros(prompt_len, dtype=torch.long, device=device), step_t + 1])  # [T]
     collector = _Collector(
         q_start=prompt_len,
-        seg_onehot=torch.nn.functional.one_hot(segment, n_steps + 1).float(),  # [T, S+1]
+        key_segment=segment,  # [T]
         query_step=step_t,
         query_chunk=query_chunk,
         entropy_sum=torch.zeros(n_layers, n_steps, device=device),  # [L, S]
