@@ -41,7 +41,11 @@ class RayOptions:
 
 
 def _init_ray(options: RayOptions):
-    import ray
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the extra: ray[data])
+    except ImportError:
+        raise ValueError("--engine ray needs Ray Data: pip install 'pivottrace[ray]'") from None
 
     if ray.is_initialized():
         return ray
