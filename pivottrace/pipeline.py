@@ -147,14 +147,20 @@ def import_rollouts(db, path: str | Path, *, fmt: str, checkpoint: str, step: in
 
 def analyse_group(tracer, group: dict):
     """One problem's imported rollouts -> ProblemTrace: the first completion (file order) is analysed
-    teacher-forced with the prompt the model saw; the other K-1 are its samples (the analysed chain votes
-    too, as the greedy chain does in trace_batch)."""
+    teacher-forced with the prompt the model saw (a verl prompt's special tokens restored when the
+    model's chat template proves them, rollouts.restore_chat_prompt); the other K-1 are its samples
+    (the analysed chain votes too, as the greedy chain does in trace_batch)."""
     from .answers import extract_answer
     from .records import ProblemTrace
 
+    from .rollouts import restore_chat_prompt
+
     started = time.perf_counter()
     first, *others = group["completions"]
-    result = tracer.analyse(group["text"], first, prompt=group["prompt"])
+    prompt = group["prompt"]
+    if isinstance(prompt, str):  # a verl dump's prompt lost its special tokens: restore them when provable
+        prompt = restore_chat_prompt(prompt, tracer.tokenizer) or prompt
+    result = tracer.analyse(group["text"], first, prompt=prompt)
     return ProblemTrace(trace=result, samples=others, sample_answers=[extract_answer(c) for c in others],
                         generated_tokens=0, seconds=time.perf_counter() - started)
 

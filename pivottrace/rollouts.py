@@ -86,6 +86,34 @@ def question_text(prompt: str | list) -> str:
     return text.strip()
 
 
+_ROLE_LINE_RE = re.compile(r"(?:^|\n)(system|user|assistant)\n", re.I)  # a role name alone on its line
+
+
+def restore_chat_prompt(prompt: str, tokenizer) -> str | None:
+    """The rendered chat prompt a verl dump lost its special tokens from, when it can be proved.
+
+    verl decodes the prompt with skip_special_tokens, leaving "system\n...\nuser\n...\nassistant\n".
+    The turns are read back from the role lines, rendered again with the model's chat template, and
+    the rendering is kept only if decoding it without special tokens gives `prompt` back exactly;
+    None otherwise (the prompt is then analysed as it is).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marks = list(_ROLE_LINE_RE.finditer(prompt))
+    if len(marks) < 2 or marks[-1].group(1).lower() != "assistant" or prompt[marks[-1].end():].strip():
+        return None
+    turns = []
+    for mark, following in zip(marks, marks[1:]):
+        turns.append({"role": mark.group(1).lower(), "content": prompt[mark.end():following.start()]})
+    try:
+        rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        roundtrip = tokenizer.decode(ids, skip_special_tokens=True)
+    except Exception:  # a template that refuses these turns (e.g. roles out of order): keep the prompt
+        return None
+    return rendered if roundtrip == prompt else None
+
+
 def step_from_name(path: Path) -> int | None:
     match = _STEP_IN_NAME_RE.search(path.stem)
     return int(match.group(1)) if match else None

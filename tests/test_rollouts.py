@@ -165,7 +165,8 @@ def test_verl_rollouts_imported_analysed_routed_labelled_in_the_app_and_exported
     for row in rows:
         first_of.setdefault(row["input"], row)
     assert {t["completion"] for t in traces} == {r["output"] for r in first_of.values()}
-    assert {t["prompt"] for t in traces} == {r["input"] for r in first_of.values()}  # the prompt the model saw
+    rendered = {tracer._prompts([p.text])[0] for p in pool[:3] + [outsider]}
+    assert {t["prompt"] for t in traces} == rendered  # the prompt the model saw, special tokens restored
     assert db["samples"].count == 4 * 2  # the other K-1 completions vote
     assert db["routes"].count == 4 and db["features"].count == 4
     assert runner.invoke(app, ["analyse", "--db", str(db_path)]).output.strip().endswith("nothing left to analyse.")
@@ -223,3 +224,21 @@ def test_imported_chains_get_the_same_statistics_as_our_own_trace(tmp_path, tiny
             np.testing.assert_allclose(imported["arrays"][key], array, atol=1e-5, rtol=0, err_msg=key)
     assert store.all_sample_answers(db, report.model_ids[0]) == {
         (pid, report.model_ids[0]): answers for (pid, _), answers in store.all_sample_answers(traced_db).items()}
+
+
+def test_a_verl_prompt_gets_its_special_tokens_back_only_when_the_template_proves_them(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from pivottrace.rollouts import restore_chat_prompt
+    from pivottrace.trace import PROMPT_EXAMPLES, build_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    prompt = build_prompt(tokenizer, "Tom has 3 apples. He eats one. How many?", examples=PROMPT_EXAMPLES)
+    stripped = tokenizer.decode(tokenizer(prompt, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+    assert "<|im_start|>" in prompt and "<|im_start|>" not in stripped
+    assert restore_chat_prompt(stripped, tokenizer) == prompt
+    assert restore_chat_prompt("Q: What is 2 + 2?\nA:", tokenizer) is None
+    other_system = stripped.replace("named SmolLM", "named Bob")  # renders fine, but is not what it was
+    assert restore_chat_prompt(other_system, tokenizer) in (None, prompt.replace("named SmolLM", "named Bob"))
+    llama_style = "system\n\nBe brief.user\n\nWhat is 2 + 2?assistant\n\n"
+    assert restore_chat_prompt(llama_style, tokenizer) is None
