@@ -30,7 +30,8 @@ _SPECIAL_TOKEN_RE = re.compile(r"<\|[^|>]{1,40}\|>|<s>|</s>")  # chat-template m
 # The last user turn of a rendered chat prompt, with or without its special tokens (verl decodes with
 # skip_special_tokens, leaving bare role names on their own lines: "...\nuser\n<question>\nassistant\n").
 _USER_TURN_RE = re.compile(r"(?:^|\n)\s*user\s*\n(?P<text>.*?)\s*(?:\n\s*assistant\s*)?$", re.S | re.I)
-_STEP_IN_NAME_RE = re.compile(r"(\d+)$")  # verl names its dumps <step>.jsonl, TRL completions_<step>.parquet
+_STEP_IN_NAME_RE = {"verl": re.compile(r"^(\d+)$"),  # verl names its dumps <step>.jsonl
+                    "trl": re.compile(r"^completions_(\d+)$")}  # TRL completions_<step:05d>.parquet
 
 
 @dataclass
@@ -114,8 +115,10 @@ def restore_chat_prompt(prompt: str, tokenizer) -> str | None:
     return rendered if roundtrip == prompt else None
 
 
-def step_from_name(path: Path) -> int | None:
-    match = _STEP_IN_NAME_RE.search(path.stem)
+def step_from_name(path: Path, fmt: str) -> int | None:
+    """The training step in a verl or TRL file name; None for other names and formats."""
+    pattern = _STEP_IN_NAME_RE.get(fmt)
+    match = pattern.match(path.stem) if pattern else None
     return int(match.group(1)) if match else None
 
 
@@ -134,7 +137,7 @@ def read_rollouts(path: str | Path, *, fmt: str, columns: ColumnOptions | None =
     else:
         raise PoolFormatError(f"Unknown rollout file type {suffix!r}: use .jsonl or .parquet")
     columns = columns or ColumnOptions()
-    file_step = step_from_name(path)
+    file_step = step_from_name(path, fmt)
     groups: dict[tuple, RolloutGroup] = {}
     rejected: list[RejectedRow] = []
     n_rows = 0

@@ -48,6 +48,8 @@ def test_verl_dump_groups_k_samples_per_prompt_and_reports_bad_rows_by_line(tmp_
 def test_step_comes_from_the_file_name_when_rows_have_none(tmp_path):
     path = write_jsonl(tmp_path / "40.jsonl", [{"input": "user\nWhat is 1 + 1?\nassistant\n", "output": "2"}])
     assert read_rollouts(path, fmt="verl").groups[0].step == 40
+    other = write_jsonl(tmp_path / "rollouts_v2.jsonl", [{"prompt": "What is 1 + 1?", "completion": "2"}])
+    assert read_rollouts(other, fmt="jsonl").groups[0].step is None  # no step guessed from a generic name
     assert model_id_for("org/policy", 40) == "org/policy@step40"
     assert model_id_for("org/policy", None) == "org/policy"
 
