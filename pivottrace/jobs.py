@@ -141,6 +141,7 @@ def start_live(db, *, model: str = DEFAULT_SPEC, problem_id: str, samples: int =
             "max_new_tokens": int(max_new_tokens), "batch_size": 1 + int(samples)}
     return start(db, "live", args, total=1)
 
+
 DEVICES = ("auto", "cpu", "cuda", "mps")  # the Pool page's choices; the CLI also takes cuda:N
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
