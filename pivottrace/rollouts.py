@@ -29,7 +29,10 @@ MAX_COMPLETION_CHARS = 400_000  # ~100k tokens: longer than any reasoning chain 
 _SPECIAL_TOKEN_RE = re.compile(r"<\|[^|>]{1,40}\|>|<s>|</s>")  # chat-template markers in a prompt string
 # The last user turn of a rendered chat prompt, with or without its special tokens (verl decodes with
 # skip_special_tokens, leaving bare role names on their own lines: "...\nuser\n<question>\nassistant\n").
-_USER_TURN_RE = re.compile(r"(?:^|\n)\s*user\s*\n(?P<text>.*?)\s*(?:\n\s*assistant\s*)?$", re.S | re.I)
+_USER_LINE_RE = re.compile(r"(?:^|\n)[ \t]*user[ \t]*\n", re.I)
+# The generation prompt's role at the end: on its own line (ChatML), or glued to the question (Llama 3's
+# "<|start_header_id|>assistant<|end_header_id|>" with its tokens skipped: "...legs?assistant\n\n").
+_ASSISTANT_TAIL_RE = re.compile(r"(?:^|\n|(?<=[^\w\s]))[ \t]*assistant\s*$", re.I)
 _STEP_IN_NAME_RE = {"verl": re.compile(r"^(\d+)$"),  # verl names its dumps <step>.jsonl
                     "trl": re.compile(r"^completions_(\d+)$")}  # TRL completions_<step:05d>.parquet
 
@@ -79,11 +82,9 @@ def question_text(prompt: str | list) -> str:
         users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
         return str(users[-1]).strip() if users else ""
     text = _SPECIAL_TOKEN_RE.sub("\n", prompt)
-    turns = list(re.finditer(r"(?:^|\n)\s*user\s*\n", text, re.I))
+    turns = list(_USER_LINE_RE.finditer(text))
     if turns:
-        match = _USER_TURN_RE.match(text, turns[-1].start())
-        if match:
-            return match.group("text").strip()
+        return _ASSISTANT_TAIL_RE.sub("", text[turns[-1].end():]).strip()
     return text.strip()
 
 
@@ -160,7 +161,7 @@ def read_rollouts(path: str | Path, *, fmt: str, columns: ColumnOptions | None =
                     rejected.append(RejectedRow(line, "no problem text in the prompt" if not question.strip() else
                                                 f"the prompt's problem text is {len(question):,} characters; "
                                                 f"the limit is {MAX_TEXT_CHARS:,}"))
-                    continue
+                    break  # the row's other samples share the prompt: one report for the line
                 group = groups[key] = RolloutGroup(prompt=prompt, question=question, step=step,
                                                    id_hint=id_hint)
             group.completions.append(completion)

@@ -62,11 +62,13 @@ def test_vllm_rows_hold_a_prompt_and_n_completions(tmp_path):
         {"prompt": "Q: 1?", "n": 3, "outputs": ["1"]},
         {"prompt": "Q: 2?", "outputs": []},
         {"prompt": "Q: 3?", "outputs": [{"logprobs": None}]},
+        {"prompt": "system\nBe brief.\nuser\n \nassistant\n", "outputs": ["a", "b"]},
     ])
     loaded = read_rollouts(path, fmt="vllm")
     assert [g.completions for g in loaded.groups] == [["42", "41"], [" 10", " 11", " 10"]]
     assert loaded.groups[0].prompt == messages and loaded.groups[0].question == "What is 6 * 7?"
-    assert [r.line for r in loaded.rejected] == [3, 4, 5]
+    assert [r.line for r in loaded.rejected] == [3, 4, 5, 6]
+    assert loaded.rejected[-1].reason == "no problem text in the prompt"
     assert "n is 3 but the row holds 1" in loaded.rejected[0].reason
 
 
@@ -97,7 +99,7 @@ def test_generic_jsonl_reads_the_named_columns(tmp_path):
 def test_question_text_finds_the_last_user_turn():
     assert question_text(QWEN_STRIPPED.format(q="Tom has 3 apples.")).startswith("Tom has 3 apples.")
     llama = "system\n\nCutting Knowledge Date: December 2023\n\nuser\n\nHow many legs?assistant\n\n"
-    assert "How many legs?" in question_text(llama)
+    assert question_text(llama) == "How many legs?"
     assert question_text("Just a plain prompt.") == "Just a plain prompt."
 
 
