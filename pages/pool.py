@@ -85,12 +85,17 @@ with right:
         limit = x.number_input("Problems", min_value=1, value=20)
         samples = y.number_input("Samples (K)", min_value=1, max_value=16, value=4)
         max_tokens = z.number_input("Max new tokens", min_value=16, max_value=2048, value=256, step=32)
+        d, t = st.columns(2)
+        device = d.selectbox("Device", views.TRACE_DEVICES,
+                             help="auto: a CUDA GPU when the machine has one, else the CPU.")
+        dtype = t.selectbox("Precision", views.TRACE_DTYPES,
+                            help="auto: bfloat16 on a GPU or a CPU with native bf16, else float32.")
         start = st.form_submit_button("Start tracing", type="primary", icon=":material/play_arrow:")
     st.caption("Traces problems this model has not traced yet, then routes the pool.")
     if start:
         try:
             job_id = views.start_trace_job(db, model=model, limit=int(limit), samples=int(samples),
-                                           max_new_tokens=int(max_tokens))
+                                           max_new_tokens=int(max_tokens), device=device, dtype=dtype)
         except Exception as err:  # a bad model spec is explained, not raised into the page
             st.session_state["pool_flash"] = ("error", views.md(err))
         else:

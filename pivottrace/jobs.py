@@ -13,6 +13,7 @@ runs no SQL (store.py).
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -102,15 +103,18 @@ def start(db, kind: str, args: dict, *, total: int = 0) -> int:
 
 def start_trace(db, *, model: str = DEFAULT_SPEC, limit: int | None = None, samples: int = 4,
                 max_new_tokens: int = 256, batch_size: int = 4, source: str | None = None,
-                route_after: bool = True) -> int:
-    """Trace up to `limit` untraced problems with `model` (then route) in the background."""
+                route_after: bool = True, device: str = "auto", dtype: str = "auto") -> int:
+    """Trace up to `limit` untraced problems with `model` (then route) in the background, on `device`
+    ("auto": the GPU when there is one; a device that is not there fails the job with one line)."""
     from .models import resolve_model  # no torch: validates the spec before a process starts
 
     resolve_model(model)
     if limit is not None and int(limit) < 1:
         raise JobError("Trace at least one problem.")
+    _check_device(device, dtype)
     args = {"model": model, "limit": limit, "samples": int(samples), "max_new_tokens": int(max_new_tokens),
-            "batch_size": int(batch_size), "source": source, "route_after": bool(route_after)}
+            "batch_size": int(batch_size), "source": source, "route_after": bool(route_after),
+            "device": device, "dtype": dtype}
     return start(db, "trace", args, total=int(limit or 0))
 
 
@@ -136,6 +140,18 @@ def start_live(db, *, model: str = DEFAULT_SPEC, problem_id: str, samples: int =
     args = {"model": model, "problem_id": problem_id, "samples": int(samples),
             "max_new_tokens": int(max_new_tokens), "batch_size": 1 + int(samples)}
     return start(db, "live", args, total=1)
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # the Pool page's choices; the CLI also takes cuda:N
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _check_device(device: str, dtype: str) -> None:
+    """The names only (no torch here): whether the device is present is checked by the worker."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device or ""):
+        raise JobError(f"Unknown device {device!r}: choose one of {', '.join(DEVICES)}.")
+    if dtype not in DTYPES:
+        raise JobError(f"Unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
 
 
 def start_route(db) -> int:
@@ -203,8 +219,8 @@ def _tracer(args: dict):
     from .trace import TraceConfig, Tracer  # torch is imported in the worker only
 
     config = TraceConfig(n_samples=args["samples"], max_new_tokens=args["max_new_tokens"],
-                         batch_size=args["batch_size"])
-    return Tracer(args["model"], config=config)
+                         batch_size=args["batch_size"], dtype=args.get("dtype", "auto"))
+    return Tracer(args["model"], config=config, device=args.get("device", "auto"))
 
 
 def run(job_id: int, db=None) -> None:

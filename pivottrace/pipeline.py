@@ -103,6 +103,115 @@ def trace_pool(db, tracer, *, limit: int | None = None, source: str | None = Non
     return run
 
 
+@dataclass
+class RolloutImport:
+    """What import-rollouts did: per model id the groups stored, and how their prompts were matched."""
+
+    rows: int = 0  # sample rows read
+    added: int = 0  # rollout rows stored (re-imported ones are kept once)
+    groups: int = 0
+    matched: dict = field(default_factory=dict)  # "id" | "text" | "contained" -> groups
+    new_problems: list = field(default_factory=list)  # (problem_id, question) of unmatched prompts, stored as new
+    model_ids: list = field(default_factory=list)
+    rejected: list[RejectedRow] = field(default_factory=list)
+
+
+def import_rollouts(db, path: str | Path, *, fmt: str, checkpoint: str, step: int | None = None,
+                    columns=None, source: str | None = None) -> RolloutImport:
+    """Read a rollout file (rollouts.read_rollouts) and store it: K completions per (problem, checkpoint step).
+
+    Prompts are matched to stored problems by id or normalised text; unmatched ones become new problems
+    (reported). The model id is `checkpoint@step<N>` (rollouts.model_id_for), `step` overriding the file's;
+    the checkpoint becomes the model's spec, so `analyse` loads it. Bad rows are reported, good ones load.
+    """
+    from .datasets import Problem
+    from .rollouts import match_groups, model_id_for, new_problem_id, read_rollouts
+
+    path = Path(path)
+    loaded = read_rollouts(path, fmt=fmt, columns=columns)
+    report = RolloutImport(rows=loaded.rows, groups=len(loaded.groups), rejected=loaded.rejected)
+    match_groups(loaded.groups, store.problem_index(db))
+    new = {}
+    for group in loaded.groups:
+        if group.problem_id is None:
+            group.problem_id = new_problem_id(group)
+            new.setdefault(group.problem_id, Problem(group.problem_id, group.question, source or f"rollouts:{path.stem}"))
+        else:
+            report.matched[group.matched_by] = report.matched.get(group.matched_by, 0) + 1
+    store.insert_problems(db, list(new.values()))
+    report.new_problems = [(p.id, p.text) for p in new.values()]
+    rows, seen = [], {}
+    for group in loaded.groups:
+        model_id = model_id_for(checkpoint, group.step if step is None else step)
+        if model_id not in seen:
+            seen[model_id] = store.problems_with_rollouts(db, model_id)
+            if store.model_spec(db, model_id) is None:
+                store.upsert_model(db, model_id, spec=checkpoint, n_layers=None)
+        if group.problem_id in seen[model_id]:  # this checkpoint's rollouts of it are in already
+            continue
+        messages = isinstance(group.prompt, list)
+        for idx, (completion, score, line) in enumerate(zip(group.completions, group.scores, group.lines)):
+            rows.append({"problem_id": group.problem_id, "model_id": model_id, "idx": idx,
+                         "prompt": json.dumps(group.prompt) if messages else group.prompt,
+                         "prompt_is_messages": int(messages), "completion": completion, "score": score,
+                         "step": group.step if step is None else step, "source": path.name, "line": line})
+        seen[model_id].add(group.problem_id)
+    report.added = store.save_rollouts(db, rows)
+    report.model_ids = list(seen)
+    return report
+
+
+def analyse_group(tracer, group: dict):
+    """One problem's imported rollouts -> ProblemTrace: the first completion (file order) is analysed
+    teacher-forced with the prompt the model saw (a verl prompt's special tokens restored when the
+    model's chat template proves them, rollouts.restore_chat_prompt); the other K-1 are its samples
+    (the analysed chain votes too, as the greedy chain does in trace_batch)."""
+    from .answers import extract_answer
+    from .records import ProblemTrace
+
+    from .rollouts import restore_chat_prompt
+
+    started = time.perf_counter()
+    first, *others = group["completions"]
+    prompt = group["prompt"]
+    if isinstance(prompt, str):  # a verl dump's prompt lost its special tokens: restore them when provable
+        prompt = restore_chat_prompt(prompt, tracer.tokenizer) or prompt
+    result = tracer.analyse(group["text"], first, prompt=prompt)
+    return ProblemTrace(trace=result, samples=others, sample_answers=[extract_answer(c) for c in others],
+                        generated_tokens=0, seconds=time.perf_counter() - started)
+
+
+def analyse_pool(db, tracer, *, model_id: str, limit: int | None = None, write_every: int = 8,
+                 show_progress: bool = True, on_progress=None) -> TraceRun:
+    """The teacher-forced analysis pass over imported rollouts of `model_id` with `tracer`'s model.
+
+    Problems go shortest chain first (similar lengths side by side), and results are written every
+    `write_every` problems in one transaction, so a killed run loses at most those and a re-run skips
+    what is done. `run.tokens` counts analysed completion tokens.
+    """
+    from tqdm import tqdm
+
+    store.upsert_model(db, model_id, spec=store.model_spec(db, model_id) or str(tracer.source.path),
+                       n_layers=tracer.n_layers)
+    pending = sorted(store.pending_rollouts(db, model_id, limit=limit), key=lambda g: len(g["completions"][0]))
+    run = TraceRun()
+    bar = tqdm(total=len(pending), unit="problem", disable=not show_progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for offset in range(0, len(pending), max(int(write_every), 1)):
+            batch = [(g["problem_id"], analyse_group(tracer, g)) for g in pending[offset:offset + write_every]]
+            store.save_traces(db, model_id, batch)
+            run.traced += len(batch)
+            run.tokens += sum(r.trace.n_completion_tokens for _, r in batch)
+            run.seconds = time.perf_counter() - start
+            bar.update(len(batch))
+            if on_progress:
+                on_progress(run.traced, len(pending), run)
+    finally:
+        bar.close()
+    return run
+
+
 def score_pool(db, model_id: str | None = None) -> list[dict]:
     """Recompute pivots and features for every trace of the model (pool statistics included).
 

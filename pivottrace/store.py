@@ -174,7 +174,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         "n_prompt_tokens": int, "n_completion_tokens": int,
         "steps": str,  # JSON list of {text, char_start, char_end, tok_start, tok_end}
         "tokens": str,  # JSON list of completion token strings
-        "arrays": bytes,  # compressed npz: entropy [L,S], segment_attention [L,S,S+1], ...
+        "arrays": bytes,  # compressed npz: entropy [L,S], segment summary (encode_arrays), ...
         "mean_logprob": float, "min_logprob": float, "answer_prob": float,
         "seconds": float, "created_at": float,
     }, pk=("problem_id", "model_id"))
@@ -307,8 +307,21 @@ def _migration_6(db: sqlite_utils.Database) -> None:
     db["trace_claims"].create_index(["run_id"])
 
 
+def _migration_7(db: sqlite_utils.Database) -> None:
+    """Rollouts sampled elsewhere (import-rollouts): K completions per (problem, checkpoint), kept until
+    `analyse` turns the first into a trace and the rest into its samples."""
+    db["rollouts"].create({
+        "problem_id": str, "model_id": str, "idx": int,  # idx: file order within the group
+        "prompt": str,  # the prompt the model saw: text, or JSON chat messages
+        "prompt_is_messages": int, "completion": str, "score": float, "step": int,
+        "source": str, "line": int, "created_at": float,
+    }, pk=("problem_id", "model_id", "idx"))
+    db["rollouts"].create_index(["model_id"])
+
+
+
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
-              _migration_6]  # index i upgrades user_version i -> i+1; append, never edit
+              _migration_6, _migration_7]  # index i upgrades user_version i -> i+1; append, never edit
 
 
 def open_db(path: str | Path | None = None, *, create: bool = True) -> sqlite_utils.Database:
@@ -429,18 +442,69 @@ def schema_version(db: sqlite_utils.Database) -> int:
 
 # --------------------------------------------------------------------------- arrays
 
+SEGMENT_TOP_K = 16  # segments kept per step of the layer-mean segment attention (the Inspect page's bar
+# chart): the prompt, the step itself, the last steps and the few far-back steps it looks at. On random-
+# token chains of 2k/8k/16k tokens (bench/long_trace.py) they hold 89/78/66 % of a step's mass on average;
+# the rest is spread thin over hundreds of steps, and the per-layer buckets keep all of it (as "earlier").
+SEGMENT_BUCKETS = ("prompt", "earlier", "previous", "current")  # per-layer summary of m[l, s]: steps 0..s-2, s-1, s
+
+
+def summarise_segments(mass: np.ndarray) -> dict[str, np.ndarray]:
+    """m [L, S, S+1] -> what is stored of it, O(L*S) and not O(L*S^2):
+    segment_buckets [L, S, 4] float16: per layer, the mass on the prompt, the earlier steps (0..s-2),
+        the previous step and the step itself (SEGMENT_BUCKETS);
+    segment_top_index [S, K] int32 / segment_top_mass [S, K] float16: the SEGMENT_TOP_K largest
+        segments of the layer-mean m.mean(0)[s] (0 prompt, 1+j step j), largest first.
+    temporal_change and consistency are computed from the full m before it is summarised.
+    """
+    mass = np.asarray(mass, dtype=np.float64)
+    n_layers, n_steps, n_segments = mass.shape
+    steps = np.arange(n_steps)
+    cumulative = np.cumsum(mass, axis=-1)  # [L, S, S+1]
+    current = mass[:, steps, steps + 1]  # [L, S]
+    previous = np.where(steps > 0, mass[:, steps, np.maximum(steps, 1)], 0.0)  # [L, S] step s-1 is segment s
+    earlier = cumulative[:, steps, steps + 1] - mass[:, :, 0] - current - previous  # [L, S]
+    buckets = np.stack([mass[:, :, 0], np.clip(earlier, 0.0, None), previous, current], axis=-1)  # [L, S, 4]
+    mean = mass.mean(0)  # [S, S+1]
+    k = min(SEGMENT_TOP_K, n_segments)
+    top = np.argsort(-mean, axis=-1, kind="stable")[:, :k]  # [S, k]
+    return {"segment_buckets": buckets.astype(np.float16), "segment_top_index": top.astype(np.int32),
+            "segment_top_mass": np.take_along_axis(mean, top, axis=-1).astype(np.float16)}
+
+
+def expand_segments(top_index: np.ndarray, top_mass: np.ndarray) -> np.ndarray:
+    """The stored top-K back to a dense layer-mean segment attention [1, S, S+1] (float32; the
+    segments not kept are 0). Only for one trace at a time (the Inspect page)."""
+    n_steps = top_index.shape[0]
+    dense = np.zeros((1, n_steps, n_steps + 1), dtype=np.float32)
+    np.put_along_axis(dense[0], top_index.astype(np.int64), top_mass.astype(np.float32), axis=-1)
+    return dense
+
+
 def encode_arrays(arrays: dict[str, np.ndarray]) -> bytes:
-    """Per-step arrays -> compressed npz bytes (float32)."""
+    """Per-step arrays -> compressed npz bytes: float32, except segment_attention [L, S, S+1], which is
+    stored as its O(L*S) summary (summarise_segments) so a trace's size grows with its steps, not steps^2."""
+    stored = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items() if k != "segment_attention"}
+    if "segment_attention" in arrays:
+        stored.update(summarise_segments(arrays["segment_attention"]))
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+    np.savez_compressed(buffer, **stored)
     return buffer.getvalue()
 
 
-def decode_arrays(blob: bytes | None) -> dict[str, np.ndarray]:
+def decode_arrays(blob: bytes | None, *, dense_segments: bool = True) -> dict[str, np.ndarray]:
+    """npz bytes -> arrays. With `dense_segments`, a summarised segment attention comes back as the dense
+    layer mean `segment_attention` [1, S, S+1] (expand_segments); traces stored before the summary keep
+    their full [L, S, S+1]."""
     if not blob:
         return {}
     with np.load(io.BytesIO(blob)) as data:
-        return {k: data[k] for k in data.files}
+        arrays = {k: data[k] for k in data.files}
+    if "segment_top_index" in arrays:
+        arrays["segment_buckets"] = arrays["segment_buckets"].astype(np.float32)
+        if dense_segments:
+            arrays["segment_attention"] = expand_segments(arrays["segment_top_index"], arrays["segment_top_mass"])
+    return arrays
 
 
 # --------------------------------------------------------------------------- problems
@@ -485,6 +549,17 @@ def upsert_model(db: sqlite_utils.Database, model_id: str, *, spec: str, n_layer
     with immediate(db):
         db["models"].upsert({"id": model_id, "spec": spec, "n_layers": n_layers,
                              "created_at": now()}, pk="id")
+
+
+def save_traces(db: sqlite_utils.Database, model_id: str, results) -> int:
+    """Write many (problem_id, ProblemTrace) in one transaction (a distributed run's driver batches);
+    a trace already there is replaced, never doubled. Returns how many were written."""
+    count = 0
+    with immediate(db):
+        for problem_id, result in results:
+            save_trace(db, problem_id, model_id, result)
+            count += 1
+    return count
 
 
 def save_trace(db: sqlite_utils.Database, problem_id: str, model_id: str, result) -> bool:
@@ -620,7 +695,7 @@ def iter_trace_arrays(db: sqlite_utils.Database, model_id: str | None = None):
     for row in db.query(sql, params):
         row["steps"] = json.loads(row["steps"] or "[]")
         row["tokens"] = json.loads(row["tokens"] or "[]")
-        row["arrays"] = decode_arrays(row["arrays"])
+        row["arrays"] = decode_arrays(row["arrays"], dense_segments=False)  # scoring reads no segment attention
         yield row
 
 
@@ -1311,3 +1386,59 @@ def route_history(db: sqlite_utils.Database) -> list[dict]:
 
 def source_counts(db: sqlite_utils.Database) -> list[dict]:
     return list(db.query("select source, count(*) as problems from problems group by source order by 2 desc"))
+
+
+# --------------------------------------------------------------------------- rollouts sampled elsewhere
+
+def problem_index(db: sqlite_utils.Database) -> list[dict]:
+    """Every problem's id and text (import-rollouts matches prompts against them)."""
+    return list(db.query("select id, text from problems order by rowid"))
+
+
+def problems_with_rollouts(db: sqlite_utils.Database, model_id: str) -> set[str]:
+    return {r[0] for r in db.execute("select distinct problem_id from rollouts where model_id = ?", [model_id])}
+
+
+def save_rollouts(db: sqlite_utils.Database, rows: list[dict]) -> int:
+    """Insert rollout rows (one transaction); rows already there are kept as they are. Returns rows added."""
+    stamp = now()
+    for row in rows:
+        row.setdefault("created_at", stamp)
+    with immediate(db):
+        before = db["rollouts"].count
+        db["rollouts"].insert_all(rows, ignore=True, batch_size=1000)
+        return db["rollouts"].count - before
+
+
+def rollout_models(db: sqlite_utils.Database) -> list[str]:
+    """Model ids with imported rollouts, oldest import first."""
+    return [r[0] for r in db.execute("select model_id from rollouts group by model_id order by min(created_at)")]
+
+
+def traced_problem_ids(db: sqlite_utils.Database, model_id: str, *, limit: int | None = None) -> list[str]:
+    return [r[0] for r in db.execute("select problem_id from traces where model_id = ? order by rowid limit ?",
+                                     [model_id, -1 if limit is None else int(limit)])]
+
+
+def model_spec(db: sqlite_utils.Database, model_id: str) -> str | None:
+    row = db.execute("select spec from models where id = ?", [model_id]).fetchone()
+    return row[0] if row else None
+
+
+def pending_rollouts(db: sqlite_utils.Database, model_id: str, *, limit: int | None = None) -> list[dict]:
+    """Problems with rollouts of this model and no trace yet (what a resumed analysis still has to do),
+    oldest import first: [{problem_id, text, prompt (text or messages), completions [K]}]."""
+    sql = ("select r.problem_id, p.text, r.prompt, r.prompt_is_messages, r.completion from rollouts r "
+           "join problems p on p.id = r.problem_id where r.model_id = ? and not exists (select 1 from traces t "
+           "where t.problem_id = r.problem_id and t.model_id = r.model_id) order by r.created_at, r.rowid")
+    groups: dict[str, dict] = {}
+    for row in db.query(sql, [model_id]):
+        group = groups.get(row["problem_id"])
+        if group is None:
+            if limit is not None and len(groups) >= limit:
+                continue
+            prompt = json.loads(row["prompt"]) if row["prompt_is_messages"] else row["prompt"]
+            group = groups[row["problem_id"]] = {"problem_id": row["problem_id"], "text": row["text"],
+                                                 "prompt": prompt, "completions": []}
+        group["completions"].append(row["completion"])
+    return list(groups.values())

@@ -1,6 +1,7 @@
 """AppTest per page, against databases prepared by the package: each page renders without an
 exception, and its main action changes the database as expected."""
 
+import json
 import time
 from pathlib import Path
 
@@ -264,11 +265,14 @@ def test_pool_traces_with_a_model_in_the_background(db, tiny_model_dir):
     by_label(at.number_input, "Problems").set_value(2)
     by_label(at.number_input, "Samples (K)").set_value(1)
     by_label(at.number_input, "Max new tokens").set_value(16)
+    by_label(at.selectbox, "Device").set_value("cpu")
+    by_label(at.selectbox, "Precision").set_value("float32")
     by_label(at.button, "Start tracing").click().run()
     ok(at)
     assert "keeps running" in at.success[0].value
     job = store.jobs(db)[0]
     assert job["kind"] == "trace" and job["pid"]
+    assert (json.loads(job["args"])["device"], json.loads(job["args"])["dtype"]) == ("cpu", "float32")
     finished = wait_for_job(db, job["id"])
     assert finished["status"] == "done", finished["message"]
     assert (finished["done"], finished["total"]) == (2, 2)

@@ -40,6 +40,7 @@ def as_version_3(db) -> None:
         if name.startswith("features_") and kind == "trigger":
             db.execute(f"drop trigger {name}")
     db.execute("drop table feature_columns")
+    db.execute("drop table if exists rollouts")  # migration 5
     db.execute("alter table router_versions drop column counts")
     db.execute(f"drop index {store.QUEUE_INDEX}")
     db.execute("drop index idx_traces_created_at")

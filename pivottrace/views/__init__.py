@@ -12,6 +12,7 @@ from .common import (  # noqa: F401
     StepView, build_steps, score_colour, steps_html, problem_html, open_db, StoreError, ROLES,
     add_user, user_role, user_rows, is_empty, JobError, JOB_ACTIVE, active_jobs, refresh_jobs,
     cancel_job, start_demo_job, start_trace_job, start_route_job, start_eval_job,
+    TRACE_DEVICES, TRACE_DTYPES,
 )
 from ..models import DEFAULT_SPEC  # noqa: F401
 from ..vocab import ROUTES, VERDICTS, Route, Verdict, route_name, route_summary  # noqa: F401

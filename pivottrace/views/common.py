@@ -161,5 +161,7 @@ refresh_jobs = jobs.refresh
 cancel_job = jobs.cancel
 start_demo_job = jobs.start_demo
 start_trace_job = jobs.start_trace
+TRACE_DEVICES = jobs.DEVICES  # the Pool page's device choice ("auto": the GPU when the worker has one)
+TRACE_DTYPES = jobs.DTYPES
 start_route_job = jobs.start_route
 start_eval_job = jobs.start_eval
