@@ -145,24 +145,27 @@ def read_pool(path: str | Path, *, question_field: str | None = None,
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"):
         raise PoolFormatError(f"Unknown pool format {suffix!r}: use {POOL_SUFFIXES}")
-    if suffix == ".parquet":
-        rows = _parquet_rows(path)
-    else:
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise PoolFormatError(f"Cannot read {path}: {err.strerror or err}") from err
-        if data[:2] in (b"\xff\xfe", b"\xfe\xff") and b"\x00" in data[2:256]:  # a UTF-16 BOM, then
-            # text with a zero byte in every ASCII character (two stray bytes alone are one bad row)
-            raise PoolFormatError(f"{path} is UTF-16 text; save it as UTF-8 and ingest it again.")
-        if suffix in (".csv", ".tsv"):
-            rows = _csv_rows(data, "\t" if suffix == ".tsv" else ",")
-        elif suffix == ".json" and data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
-            rows = _json_array_rows(data)
-        else:
-            rows = _jsonl_rows(data)
-    return _collect(rows, source, question_field, answer_field)
+    return _collect(read_rows(path), source, question_field, answer_field)
 
+
+def read_rows(path: Path):
+    """(line, row | RejectedRow | BLANK[, item]) for every row of a JSONL / NDJSON / JSON array /
+    CSV / TSV / Parquet file: the one reader behind pools and rollout files."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _parquet_rows(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise PoolFormatError(f"Cannot read {path}: {err.strerror or err}") from err
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") and b"\x00" in data[2:256]:  # a UTF-16 BOM, then
+        # text with a zero byte in every ASCII character (two stray bytes alone are one bad row)
+        raise PoolFormatError(f"{path} is UTF-16 text; save it as UTF-8 and ingest it again.")
+    if suffix in (".csv", ".tsv"):
+        return _csv_rows(data, "\t" if suffix == ".tsv" else ",")
+    if suffix == ".json" and data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+        return _json_array_rows(data)
+    return _jsonl_rows(data)
 
 def read_pool_bytes(data: bytes, filename: str, **options) -> LoadResult:
     """Same as read_pool, for an uploaded file's bytes."""

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .datasets import MAX_TEXT_CHARS, PoolFormatError, RejectedRow, _jsonl_rows, _parquet_rows, problem_id
+from .datasets import BLANK, MAX_TEXT_CHARS, PoolFormatError, RejectedRow, problem_id, read_rows
 
 FORMATS = ("verl", "vllm", "trl", "jsonl")
 MAX_COMPLETION_CHARS = 400_000  # ~100k tokens: longer than any reasoning chain we analyse
@@ -131,18 +131,17 @@ def read_rollouts(path: str | Path, *, fmt: str, columns: ColumnOptions | None =
     if not path.is_file():
         raise PoolFormatError(f"No such file: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        rows = _parquet_rows(path)
-    elif suffix in (".jsonl", ".ndjson", ".json"):
-        rows = _jsonl_rows(path)
-    else:
+    if suffix not in (".parquet", ".jsonl", ".ndjson", ".json"):
         raise PoolFormatError(f"Unknown rollout file type {suffix!r}: use .jsonl or .parquet")
+    rows = read_rows(path)
     columns = columns or ColumnOptions()
     file_step = step_from_name(path, fmt)
     groups: dict[tuple, RolloutGroup] = {}
     rejected: list[RejectedRow] = []
     n_rows = 0
-    for line, row in rows:
+    for line, row, *_ in rows:
+        if row is BLANK:
+            continue
         if isinstance(row, RejectedRow):
             rejected.append(row)
             continue
