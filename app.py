@@ -58,6 +58,24 @@ with st.sidebar:
     st.divider()
     st.caption(f"Database: `{views.db_path(db) or ':memory:'}`")
 
+
+@st.fragment(run_every="3s")
+def background_jobs() -> None:
+    """Every page: the progress of the jobs running in the background (the demo's tracing,
+    an evaluation...). When a job moves on, the whole page reruns, so its numbers are fresh."""
+    running = views.running_jobs(db)
+    for job in running:
+        st.progress(job.fraction, text=job.text)
+    state = tuple((job.job_id, job.done, job.status) for job in running)
+    before = st.session_state.get("background_jobs")
+    st.session_state["background_jobs"] = state
+    if before is not None and before != state:
+        st.rerun()
+
+
+with st.sidebar:
+    background_jobs()
+
 annotate_page = st.Page("pages/annotate.py", title="Annotate", icon=":material/task_alt:", default=True)
 inspect_page = st.Page("pages/inspect.py", title="Inspect", icon=":material/query_stats:")
 budget_page = st.Page("pages/budget.py", title="Budget", icon=":material/account_balance_wallet:")
@@ -75,10 +93,9 @@ if views.is_empty(db) and page.title != "Pool":
     left, right = st.columns(2, border=True)
     with left:
         st.markdown("#### :material/play_circle: Run the demo")
-        st.caption("Generates 40 arithmetic word problems, traces 6 of them with the embedded "
-                   "SmolLM2-135M model in the background, and routes them. A few minutes on a laptop CPU.")
+        st.caption(views.demo_description())
         if running:
-            st.info(f"A {running[0]['kind']} job is running: follow it on the Pool page.")
+            st.info(f"A {running[0]['kind']} job is running: its progress is in the sidebar.")
         elif st.button("Run the demo", type="primary", icon=":material/rocket_launch:"):
             try:
                 views.start_demo_job(db)

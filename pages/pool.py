@@ -8,19 +8,21 @@ db = views.open_db()
 
 st.title("Pool", anchor=False)
 
-flash = st.session_state.pop("pool_flash", None)
-if flash:
-    getattr(st, flash[0])(flash[1])
+flash = st.session_state.pop("pool_flash", None)  # shown under the buttons that started the job
 
-summary = views.pool_summary(db)
-c = st.columns(5)
-c[0].metric("Problems", summary["problems"])
-c[1].metric("Traced", summary["traced"])
-c[2].metric("Routed", summary["routed"])
-c[3].metric("Labelled", summary["labelled"])
-c[4].metric("Router", f"v{summary['router_version']}" if summary["router_version"] else "-")
-if summary["routed"]:
-    st.caption(" · ".join(f"{views.route_name(name)} **{n}**" for name, n in summary["routes"].items()))
+counters = st.container()  # filled at the end of the script, after this run's action: fresh numbers
+
+
+def show_counters() -> None:
+    summary = views.pool_summary(db)
+    c = st.columns(5)
+    c[0].metric("Problems", summary["problems"])
+    c[1].metric("Traced", summary["traced"])
+    c[2].metric("Routed", summary["routed"])
+    c[3].metric("Labelled", summary["labelled"])
+    c[4].metric("Router", f"v{summary['router_version']}" if summary["router_version"] else "-")
+    if summary["routed"]:
+        st.caption(" · ".join(f"{views.route_name(name)} **{n}**" for name, n in summary["routes"].items()))
 
 
 def show_jobs() -> None:
@@ -73,8 +75,9 @@ with left:
                 if report.rejected:
                     st.error(f"{len(report.rejected)} rows were rejected; the others loaded.")
                     st.dataframe(views.rejected_rows(report), hide_index=True)
-    if summary["sources"]:
-        st.dataframe(summary["sources"], hide_index=True)
+    sources = views.pool_summary(db)["sources"]  # after the ingest above: the new source is listed at once
+    if sources:
+        st.dataframe(sources, hide_index=True)
 
 with right:
     st.markdown("##### Trace and route")
@@ -102,7 +105,7 @@ with right:
             st.session_state["pool_flash"] = ("success", f"Tracing job #{job_id} started: it keeps running if you "
                                                          "leave or reload this page.")
         st.rerun()
-    if st.button("Route now", icon=":material/alt_route:", disabled=summary["traced"] == 0,
+    if st.button("Route now", icon=":material/alt_route:", disabled=views.pool_summary(db)["traced"] == 0,
                  help="Re-score pivots, re-estimate uncertainty and re-route every traced problem."):
         try:
             job_id = views.start_route_job(db)
@@ -111,8 +114,13 @@ with right:
         else:
             st.session_state["pool_flash"] = ("success", f"Routing job #{job_id} started.")
         st.rerun()
+    if flash:
+        getattr(st, flash[0])(flash[1])
     st.markdown("##### Jobs")
     if views.active_jobs(db):
         live_jobs()
     else:
         show_jobs()
+
+with counters:
+    show_counters()

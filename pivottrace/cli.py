@@ -311,24 +311,34 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON."), db
 @app.command()
 @clean_errors
 def demo(model: str = ModelOption,
-         problems: int = typer.Option(40, "--problems", help="Demo problems to generate."),
-         traced: int = typer.Option(6, "--trace", help="How many of them to trace now."),
+         problems: int = typer.Option(pipeline.DEMO_PROBLEMS, "--problems", help="Demo problems to generate."),
+         traced: int = typer.Option(pipeline.DEMO_FIRST, "--trace", help="How many of them to trace now."),
          samples: int = typer.Option(4, "--samples", "-k"),
          max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
          seed: int = typer.Option(0, "--seed"),
          device: str = DeviceOption,
          dtype: str = DtypeOption,
+         rest_in_background: bool = typer.Option(
+             False, "--rest-in-background",
+             help="Then trace the rest of the demo pool in a background job (the app shows its progress)."),
          db: Optional[str] = DbOption):
-    """Generate demo problems, ingest them, trace a handful with the model and route them."""
+    """Generate demo problems, set the demo budget, trace a handful with the model and route them."""
     database = _db(db, create=True)
     tracer = _tracer(model, samples=samples, max_new_tokens=max_new_tokens, batch_size=8, seed=seed,
                      device=device, dtype=dtype)
     report, run, routed = pipeline.run_demo(database, tracer, n_problems=problems, n_trace=traced, seed=seed)
+    budget = store.budget_status(database)
     typer.echo(f"Demo: {report.added} new problems, traced {run.traced} "
-               f"({run.tokens_per_second:.1f} tok/s), router version {routed.router_version}: " +
-               route_summary(routed.counts))
+               f"({run.tokens_per_second:.1f} tok/s), budget {budget['total']} labels, router version "
+               f"{routed.router_version}: " + route_summary(routed.counts))
     for line in pipeline.explain(routed):
         typer.echo(f"  {line}")
+    if rest_in_background:
+        from . import jobs
+
+        job_id = jobs.start_demo(database, model=model, problems=problems, traced=0, samples=samples,
+                                 max_new_tokens=max_new_tokens, seed=seed)
+        typer.echo(f"Tracing the other {problems - run.traced} demo problems in background job #{job_id}.")
 
 
 def _export_help() -> str:

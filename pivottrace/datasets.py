@@ -431,6 +431,34 @@ def demo_problems(n: int = 40, *, seed: int = 0, mix: tuple[float, ...] = DEMO_S
     return list(problems.values())
 
 
+def with_every_step_count(problems: list[Problem], *, seed: int = 0,
+                          mix: tuple[float, ...] = DEMO_STEP_MIX) -> list[Problem]:
+    """The same number of demo problems, with at least one of every step count the mix allows: a
+    missing count replaces the last problem of the most common one (a 40-problem draw at 5 % per
+    long count lacks them now and then, and the Inspect page then has only short chains). A pool
+    that has every count already comes back unchanged."""
+    counts = {k: 0 for k in range(1, len(mix) + 1) if mix[k - 1] > 0}
+    for p in problems:
+        counts[p.meta.get("steps", 0)] = counts.get(p.meta.get("steps", 0), 0) + 1
+    missing = [k for k in sorted(counts) if counts[k] == 0]
+    if not missing or len(problems) < len(counts):
+        return list(problems)
+    rng = random.Random(f"{seed}:every-step-count")  # its own stream: the main draw stays as it was
+    out = list(problems)
+    taken = {p.id for p in out}
+    for steps in missing:
+        common = max(counts, key=lambda k: counts[k])
+        index = max(i for i, p in enumerate(out) if p.meta.get("steps") == common)
+        problem = demo_problem(rng, steps)
+        while problem.id in taken:
+            problem = demo_problem(rng, steps)
+        taken.add(problem.id)
+        out[index] = problem
+        counts[common] -= 1
+        counts[steps] += 1
+    return out
+
+
 def spread_by_steps(problems: list[Problem]) -> list[Problem]:
     """The same problems, round-robin over their step counts (1, 2, 3, 4, 1, 2, ...; each count's
     problems in their order), so that a handful from the front covers every difficulty."""

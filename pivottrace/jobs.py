@@ -118,15 +118,24 @@ def start_trace(db, *, model: str = DEFAULT_SPEC, limit: int | None = None, samp
     return start(db, "trace", args, total=int(limit or 0))
 
 
-def start_demo(db, *, model: str = DEFAULT_SPEC, problems: int = 40, traced: int = 6, samples: int = 4,
-               max_new_tokens: int = 256) -> int:
-    """Generate demo problems, trace `traced` of them and route, in the background."""
+DEMO_MODEL_ENV = "PIVOTTRACE_DEMO_MODEL"  # the model the app's "Run the demo" uses (default: the embedded one)
+
+
+def start_demo(db, *, model: str | None = None, problems: int = pipeline.DEMO_PROBLEMS,
+               traced: int = pipeline.DEMO_FIRST, samples: int = 4,
+               max_new_tokens: int = 256, rest: bool = True, seed: int = 0) -> int:
+    """The demo in the background (pipeline.run_demo): generate `problems` demo problems, set the
+    demo budget, trace `traced` of them and route; then, with `rest`, trace the rest of the demo
+    pool, re-routing as it goes (pipeline.continue_demo). `traced=0`: the demo problems are in
+    already (the CLI traced its handful in the foreground) and only the rest is traced. Without
+    `model`: $PIVOTTRACE_DEMO_MODEL, or the embedded default model."""
     from .models import resolve_model
 
+    model = model or os.environ.get(DEMO_MODEL_ENV) or DEFAULT_SPEC
     resolve_model(model)
     args = {"model": model, "problems": int(problems), "limit": int(traced), "samples": int(samples),
-            "max_new_tokens": int(max_new_tokens), "batch_size": 4, "source": "demo", "route_after": True}
-    return start(db, "demo", args, total=int(traced))
+            "max_new_tokens": int(max_new_tokens), "batch_size": 4, "rest": bool(rest), "seed": int(seed)}
+    return start(db, "demo", args, total=int(problems) if rest else int(traced))
 
 
 def start_live(db, *, model: str = DEFAULT_SPEC, problem_id: str, samples: int = 4,
@@ -238,11 +247,8 @@ def run(job_id: int, db=None) -> None:
 
     try:
         if job["kind"] == "demo":
-            from .datasets import LoadResult, demo_problems
-
-            report = pipeline.ingest_loaded(db, LoadResult(demo_problems(args["problems"]), []))
-            store.update_job(db, job_id, message=f"added {report.added} demo problems; loading the model")
-        if job["kind"] in ("trace", "demo"):
+            _run_demo(db, job_id, args)
+        elif job["kind"] == "trace":
             store.update_job(db, job_id, message="loading the model")
             tracer = _tracer(args)
             pending = len(store.pending_problems(db, tracer.model_id, limit=args.get("limit"),
@@ -289,6 +295,43 @@ def run(job_id: int, db=None) -> None:
         store.update_job(db, job_id, status=status, message=message[:500])
         if status == "failed":
             raise
+
+
+def _routes_text(counts: dict) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
+
+
+def _run_demo(db, job_id: int, args: dict) -> None:
+    """The demo job: pipeline.run_demo (the handful), then pipeline.continue_demo (the rest)."""
+    store.update_job(db, job_id, message="loading the model")
+    tracer = _tracer(args)
+    done = 0
+    if args["limit"]:
+        def on_first(n, total, run_):
+            store.update_job(db, job_id, done=n, message=f"tracing the first {total} problems · "
+                                                          f"{run_.tokens_per_second:.1f} tokens/s")
+
+        _, first, routed = pipeline.run_demo(db, tracer, n_problems=args["problems"], n_trace=args["limit"],
+                                             seed=args.get("seed", 0), show_progress=False, on_progress=on_first)
+        done = first.traced
+        store.update_job(db, job_id, done=done, message=f"{done} problems traced, the app is ready; "
+                                                         f"router v{routed.router_version}: {_routes_text(routed.counts)}")
+    if not args.get("rest"):
+        store.update_job(db, job_id, status="done", done=done)
+        return
+    pending = len(store.pending_problems(db, tracer.model_id, source=pipeline.DEMO_SOURCE))
+    total = done + pending
+    store.update_job(db, job_id, total=total)
+
+    def on_more(n, _, run_, routed):
+        store.update_job(db, job_id, done=done + n, message=(
+            f"traced {done + n} of {total} · {run_.tokens_per_second:.1f} tokens/s · "
+            f"router v{routed.router_version}: {_routes_text(routed.counts)}"))
+
+    pipeline.continue_demo(db, tracer, on_progress=on_more)
+    counts = store.route_counts(db)
+    store.update_job(db, job_id, status="done", done=total,
+                     message=f"the demo pool is traced ({total} problems); routes: {_routes_text(counts)}")
 
 
 def _on_sigterm(signum, frame):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import store
 from .answers import answers_match, canonical, extract_answer
-from .datasets import LoadResult, RejectedRow, demo_problems, read_pool, spread_by_steps
+from .datasets import LoadResult, RejectedRow, demo_problems, read_pool, spread_by_steps, with_every_step_count
 from .features import FeatureTable, build_features, fit_pool_pivot_weights
 from .route import RouterConfig, route_pool
 from .posterior import estimator_for
@@ -457,14 +457,16 @@ def current_router_config(db) -> RouterConfig:
 
 def label(db, *, problem_id: str, annotator: str, verdict: str, gold_answer: str | None = None,
           shown_answer: str | None = None, seconds: float | None = None,
-          recalibrate_every: int = RECALIBRATE_EVERY, wait: bool = True) -> RouteReport | None:
+          recalibrate_every: int = RECALIBRATE_EVERY, wait: bool = True,
+          second_label: bool = False) -> RouteReport | None:
     """Save a label, then recalibrate and re-route when `recalibrate_every` labels have arrived.
 
     `wait=False` (the app): return as soon as the label is written, and let the recalibration run
     right behind it on a background thread (`recalibrate_in_background`); returns None then.
     """
-    store.save_label(db, problem_id=problem_id, annotator=annotator, verdict=verdict,
-                     gold_answer=gold_answer, shown_answer=shown_answer, seconds=seconds)
+    save = store.save_second_label if second_label else store.save_label  # an overlap item's second opinion
+    save(db, problem_id=problem_id, annotator=annotator, verdict=verdict,
+         gold_answer=gold_answer, shown_answer=shown_answer, seconds=seconds)
     if verdict == "skip":
         return None
     if not wait:
@@ -557,12 +559,48 @@ def recalibrate_in_background(db, *, every: int = RECALIBRATE_EVERY) -> None:
     background_recalibrator(db).request(every)
 
 
-def run_demo(db, tracer, *, n_problems: int = 40, n_trace: int = 6, seed: int = 0,
-             show_progress: bool = True) -> tuple[IngestReport, TraceRun, RouteReport]:
-    """Generate demo problems, ingest them, trace a handful with `tracer`, and route them.
+DEMO_SOURCE = "demo"
+DEMO_PROBLEMS = 40  # the demo pool: enough for every route and an evaluation, traced in minutes on a CPU
+DEMO_FIRST = 6  # traced before the app opens (about a minute); the rest follows in the background
+DEMO_BUDGET_SHARE = 0.1  # the demo's label budget, as a share of its pool: fewer labels than uncertain
+# problems, so the router has to choose (the rest wait as `deferred`), as on a real pool
+DEMO_ROUTE_EVERY = 8  # while the rest of the demo pool is traced, re-route after this many traces:
+# the route mix on the pages moves every half minute or so; routing 40 problems takes well under a second
+
+
+def demo_budget(n_problems: int) -> int:
+    """The label budget the demo sets: DEMO_BUDGET_SHARE of the pool, at least one label."""
+    return max(1, round(DEMO_BUDGET_SHARE * n_problems))
+
+
+def run_demo(db, tracer, *, n_problems: int = DEMO_PROBLEMS, n_trace: int = DEMO_FIRST, seed: int = 0,
+             show_progress: bool = True, on_progress=None) -> tuple[IngestReport, TraceRun, RouteReport]:
+    """Generate demo problems, ingest them, set the demo budget (only where no budget was ever
+    set), trace a handful with `tracer`, and route them.
 
     The handful covers every step count (most demo problems are one-step), so the Inspect page
-    has multi-step chains to show from the start."""
-    report = ingest_loaded(db, LoadResult(spread_by_steps(demo_problems(n_problems, seed=seed)), []))
-    run = trace_pool(db, tracer, limit=n_trace, source="demo", show_progress=show_progress)
-    return report, run, route(db, model_id=tracer.model_id, note="demo")
+    has multi-step chains to show from the start. `continue_demo` traces the rest."""
+    problems = with_every_step_count(demo_problems(n_problems, seed=seed), seed=seed)
+    report = ingest_loaded(db, LoadResult(spread_by_steps(problems), []))
+    store.set_initial_budget(db, total=demo_budget(n_problems), set_by=DEMO_SOURCE)
+    run = trace_pool(db, tracer, limit=n_trace, source=DEMO_SOURCE, show_progress=show_progress,
+                     on_progress=on_progress)
+    return report, run, route(db, model_id=tracer.model_id, config=current_router_config(db), note="demo")
+
+
+def continue_demo(db, tracer, *, route_every: int = DEMO_ROUTE_EVERY, on_progress=None) -> TraceRun:
+    """Trace the demo problems `run_demo` left, re-routing after every `route_every` traces, so
+    the evaluation and every route become possible while people already use the app.
+    `on_progress(done, total, run, routed)` is called after each chunk (routed: its RouteReport)."""
+    total = len(store.pending_problems(db, tracer.model_id, source=DEMO_SOURCE))
+    overall = TraceRun()
+    while True:
+        run = trace_pool(db, tracer, limit=max(int(route_every), 1), source=DEMO_SOURCE, show_progress=False)
+        if not run.traced:
+            return overall
+        overall.traced += run.traced
+        overall.tokens += run.tokens
+        overall.seconds += run.seconds
+        routed = route(db, model_id=tracer.model_id, config=current_router_config(db), note="demo: more traces")
+        if on_progress:
+            on_progress(overall.traced, total, overall, routed)

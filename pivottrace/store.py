@@ -319,9 +319,18 @@ def _migration_7(db: sqlite_utils.Database) -> None:
     db["rollouts"].create_index(["model_id"])
 
 
+def _migration_8(db: sqlite_utils.Database) -> None:
+    """Double labelling for agreement: the overlap share a lead sets (append-only, newest in
+    force) and the reviews in which a lead settles a disagreement with a label of their own."""
+    db["overlap_settings"].create({"id": int, "share": float, "set_by": str, "created_at": float}, pk="id")
+    db["reviews"].create({"id": int, "problem_id": str, "lead": str, "label_id": int, "created_at": float},
+                         pk="id")
+    db["reviews"].create_index(["problem_id"])
+    db["reviews"].create_index(["label_id"])  # "is this label a review?", asked per label
+
 
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
-              _migration_6, _migration_7]  # index i upgrades user_version i -> i+1; append, never edit
+              _migration_6, _migration_7, _migration_8]  # index i upgrades user_version i -> i+1; append, never edit
 
 
 def open_db(path: str | Path | None = None, *, create: bool = True) -> sqlite_utils.Database:
@@ -736,6 +745,16 @@ def reextract_answers(db: sqlite_utils.Database, extract, model_id: str | None =
     return changed
 
 
+def traced_with_gold(db: sqlite_utils.Database, model_id: str | None = None) -> int:
+    """Problems traced by `model_id` (default: the newest model) that have a gold answer: the pool
+    an evaluation can use. Only the count leaves the store."""
+    model_id = model_id or latest_model_id(db)
+    if model_id is None:
+        return 0
+    return db.execute("select count(*) from traces t join problems p on p.id = t.problem_id "
+                      "where t.model_id = ? and p.gold is not null and p.gold != ''", [model_id]).fetchone()[0]
+
+
 def latest_model_id(db: sqlite_utils.Database) -> str | None:
     row = db.execute("select model_id from traces order by created_at desc limit 1").fetchone()
     return row[0] if row else None
@@ -984,8 +1003,29 @@ def set_budget(db: sqlite_utils.Database, *, user: str, total: int, cost_per_lab
                               "set_by": user, "created_at": now()})
 
 
+def set_initial_budget(db: sqlite_utils.Database, *, total: int, set_by: str) -> bool:
+    """Set a starting budget (e.g. the demo's) only where no budget was ever set: it never
+    overrides a lead's. Returns whether it was set."""
+    if int(total) < 0:
+        raise StoreError("Budget must not be negative.")
+    with immediate(db):
+        if db.execute("select 1 from budgets limit 1").fetchone():
+            return False
+        db["budgets"].insert({"total": int(total), "cost_per_label": 0.0, "set_by": set_by, "created_at": now()})
+    return True
+
+
+def budget_set_by(db: sqlite_utils.Database) -> str | None:
+    """Who set the budget in force (a lead's name, or "demo"); None when none was set."""
+    row = db.execute("select set_by from budgets order by id desc limit 1").fetchone()
+    return row[0] if row else None
+
+
 def labels_spent(db: sqlite_utils.Database) -> int:
-    return db.execute("select count(*) from problems where verdict is not null").fetchone()[0]
+    """Labels that spend budget: one per labelled problem, plus each second label of an overlap
+    item (an item labelled by two annotators counts twice)."""
+    first = db.execute("select count(*) from problems where verdict is not null").fetchone()[0]
+    return first + second_labels_spent(db)
 
 
 def budget_status(db: sqlite_utils.Database) -> dict:
@@ -1123,7 +1163,7 @@ def undo_last_label(db: sqlite_utils.Database, annotator: str) -> dict:
         if verdict == SKIP:
             db.execute("delete from skips where problem_id = ? and annotator = ?", [problem_id, annotator])
         else:
-            db.execute("update problems set verdict = null where id = ?", [problem_id])
+            _refresh_verdict(db, problem_id)
         db.execute("insert or replace into assignments values (?, ?, ?, ?)",
                    [problem_id, annotator, stamp, stamp + 60 * LEASE_MINUTES])
     return {"label_id": label_id, "problem_id": problem_id, "verdict": verdict}
@@ -1226,13 +1266,6 @@ def effective_step_labels(db: sqlite_utils.Database, *, problem_id: str | None =
 
 
 # --------------------------------------------------------------------------- labels for analytics and export
-
-def verdicts_in_force_by_annotator(db: sqlite_utils.Database) -> list[tuple[str, str, str]]:
-    """(annotator, problem_id, verdict) of every verdict not undone, oldest first (analytics keeps
-    the latest per annotator and problem)."""
-    return db.execute(
-        f"select annotator, problem_id, verdict from ({labels_not_undone_sql(VERDICTS)}) order by id").fetchall()
-
 
 def skip_undo_counts(db: sqlite_utils.Database) -> list[tuple[str, str, int]]:
     """(annotator, "skip" or "undo", count) over the skip and undo rows not themselves undone."""
@@ -1442,3 +1475,174 @@ def pending_rollouts(db: sqlite_utils.Database, model_id: str, *, limit: int | N
                                                  "prompt": prompt, "completions": []}
         group["completions"].append(row["completion"])
     return list(groups.values())
+
+
+# --------------------------------------------------------------------------- overlap: two labels on one item
+
+OVERLAP_HASH_SPAN = 16 ** 8  # the first 8 hex digits of a sha256 as a fraction in [0, 1)
+
+
+def _refresh_verdict(db, problem_id: str) -> None:
+    """problems.verdict := the newest label in force on the problem (None when none is left)."""
+    db.execute(f"update problems set verdict = (select f.verdict from ({labels_not_undone_sql(VERDICTS)}) f "
+               "where f.problem_id = ? order by f.id desc limit 1) where id = ?", [problem_id, problem_id])
+
+
+def set_overlap_share(db: sqlite_utils.Database, *, user: str, share: float) -> None:
+    """A lead sets the share of annotate picks that a second, different annotator also labels."""
+    require_role(db, user, "lead")
+    if not 0.0 <= float(share) <= 1.0:
+        raise StoreError("The overlap share must be between 0 and 1 (e.g. 0.1 for 10 %).")
+    with immediate(db):
+        db["overlap_settings"].insert({"share": float(share), "set_by": user, "created_at": now()})
+
+
+def overlap_share(db: sqlite_utils.Database) -> float:
+    """The overlap share in force (0 until a lead sets one)."""
+    row = db.execute("select share from overlap_settings order by id desc limit 1").fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def is_overlap_pick(problem_id: str, share: float) -> bool:
+    """Whether an item is among the `share` of items labelled twice. A hash of the id, not the
+    router's value or a random draw: a uniform sample of the picks, the same in every process and
+    after every re-route, so raising the share only adds items."""
+    import hashlib
+
+    point = int(hashlib.sha256(str(problem_id).encode("utf-8")).hexdigest()[:8], 16) / OVERLAP_HASH_SPAN
+    return point < float(share)
+
+
+def verdicts_by_annotator(db: sqlite_utils.Database) -> list[dict]:
+    """Each annotator's newest verdict in force per problem (a lead's review label left out):
+    {label_id, problem_id, annotator, verdict, gold_answer, shown_answer, created_at}, oldest first."""
+    return list(db.query(
+        "select l.id as label_id, l.problem_id, l.annotator, l.verdict, l.gold_answer, l.shown_answer, "
+        f"l.created_at from labels l join ({_NEWEST_PER_ANNOTATOR}) m on m.id = l.id order by l.id"))
+
+
+# the id of each annotator's newest verdict in force per problem, a lead's review label left out
+_NEWEST_PER_ANNOTATOR = (f"select max(f.id) as id from ({labels_not_undone_sql(VERDICTS)}) f "
+                         "where not exists (select 1 from reviews r where r.label_id = f.id) "
+                         "group by f.problem_id, f.annotator")
+
+
+def _labellers(db) -> dict[str, list[str]]:
+    """{problem_id: annotators with a verdict in force on it, first labeller first}."""
+    out: dict[str, list[str]] = {}
+    for row in verdicts_by_annotator(db):
+        names = out.setdefault(row["problem_id"], [])
+        if row["annotator"] not in names:
+            names.append(row["annotator"])
+    return out
+
+
+def second_labels_spent(db: sqlite_utils.Database) -> int:
+    """Verdicts in force beyond the first on a problem (a lead's review label is not one)."""
+    return db.execute(f"select count(*) - count(distinct l.problem_id) from labels l "
+                      f"join ({_NEWEST_PER_ANNOTATOR}) m on m.id = l.id").fetchone()[0]
+
+
+def _waiting_second_label(db, annotator: str, stamp: float) -> list[str]:
+    """Overlap picks with one labeller (not `annotator`), nobody else leasing them and not
+    skipped by `annotator`: best router value first."""
+    share = overlap_share(db)
+    if share <= 0:
+        return []
+    held = {pid for pid, who in db.execute(
+        "select problem_id, annotator from assignments where expires_at > ?", [stamp]) if who != annotator}
+    skipped = {r[0] for r in db.execute("select problem_id from skips where annotator = ?", [annotator])}
+    open_items = [pid for pid, names in _labellers(db).items()
+                  if len(names) == 1 and names[0] != annotator and pid not in held and pid not in skipped
+                  and is_overlap_pick(pid, share)]
+    if not open_items:
+        return []
+    value = dict(db.execute("select problem_id, coalesce(value, 0) from routes where problem_id in "
+                            f"({', '.join('?' for _ in open_items)})", open_items).fetchall())
+    return sorted(open_items, key=lambda pid: -value.get(pid, 0.0))
+
+
+def next_item_with_overlap(db: sqlite_utils.Database, annotator: str, *,
+                           lease_minutes: float = LEASE_MINUTES) -> dict | None:
+    """next_item, with overlap: an annotator's live lease first; then an overlap pick waiting for
+    a second label from someone who did not label it (while the budget lasts); then next_item.
+    The returned dict has `second_label` True for an overlap item (save it with save_second_label)."""
+    stamp = now()
+    with immediate(db):
+        held = db.execute("select a.problem_id, p.verdict from assignments a join problems p on "
+                          "p.id = a.problem_id where a.annotator = ? and a.expires_at > ? "
+                          "order by a.leased_at desc limit 1", [annotator, stamp]).fetchone()
+        problem_id = None
+        if held and held[1] is not None and annotator not in _labellers(db).get(held[0], [annotator]):
+            problem_id = held[0]
+        elif held is None and overlap_share(db) > 0 and budget_status(db)["remaining"] != 0:
+            waiting = _waiting_second_label(db, annotator, stamp)
+            problem_id = waiting[0] if waiting else None
+        if problem_id is not None:
+            db.execute("insert or replace into assignments (problem_id, annotator, leased_at, expires_at) "
+                       "values (?, ?, ?, ?)", [problem_id, annotator, stamp, stamp + 60 * lease_minutes])
+            return {**queue_item(db, problem_id), "second_label": True}
+    item = next_item(db, annotator, lease_minutes=lease_minutes)
+    return None if item is None else {**item, "second_label": False}
+
+
+def save_second_label(db: sqlite_utils.Database, *, problem_id: str, annotator: str, verdict: str,
+                      gold_answer: str | None = None, shown_answer: str | None = None,
+                      seconds: float | None = None) -> int:
+    """Append the second label of an overlap item: refused for anyone who labelled it already,
+    when another annotator holds the lease, or when the item is not an overlap pick waiting for
+    one. The newest verdict is the one in force until a lead reviews a disagreement."""
+    if verdict not in VERDICTS + ("skip",):
+        raise StoreError(f"Unknown verdict {verdict!r}.")
+    if verdict == "wrong" and not gold_answer:
+        raise StoreError("A 'wrong' label needs the gold answer.")
+    stamp = now()
+    with immediate(db):
+        holder = _lease_holder(db, problem_id, stamp)
+        if holder is not None and holder != annotator:
+            raise LeaseError(f"{holder} is labelling this problem right now.")
+        names = _labellers(db).get(problem_id, [])
+        if annotator in names:
+            raise LeaseError("You labelled this problem already; a second label must come from someone else.")
+        if len(names) != 1 or not is_overlap_pick(problem_id, overlap_share(db)):
+            raise LeaseError("This problem is not waiting for a second label.")
+        version = db.execute("select router_version from routes where problem_id = ?", [problem_id]).fetchone()
+        label_id = db["labels"].insert({
+            "problem_id": problem_id, "annotator": annotator, "verdict": verdict,
+            "gold_answer": gold_answer, "shown_answer": shown_answer, "seconds": seconds,
+            "created_at": stamp, "undoes": None, "router_version": version[0] if version else None,
+        }).last_pk
+        if verdict == "skip":
+            db.execute("insert or replace into skips values (?, ?, ?)", [problem_id, annotator, stamp])
+        else:
+            _refresh_verdict(db, problem_id)
+        db.execute("delete from assignments where problem_id = ?", [problem_id])
+    return label_id
+
+
+def reviews(db: sqlite_utils.Database) -> list[dict]:
+    """Reviews whose label is in force (not undone), oldest first: {problem_id, lead, label_id, created_at}."""
+    return list(db.query("select r.problem_id, r.lead, r.label_id, r.created_at from reviews r where not exists "
+                         "(select 1 from labels u where u.undoes = r.label_id) order by r.id"))
+
+
+def resolve_review(db: sqlite_utils.Database, *, lead: str, problem_id: str, verdict: str,
+                   gold_answer: str | None = None, shown_answer: str | None = None) -> int:
+    """A lead settles a disagreement: their verdict is appended as the label in force (it spends
+    no budget and is left out of agreement) and the review is recorded. Returns the label id."""
+    require_role(db, lead, "lead")
+    if verdict not in VERDICTS:
+        raise StoreError(f"Unknown verdict {verdict!r}.")
+    if verdict == "wrong" and not gold_answer:
+        raise StoreError("A 'wrong' label needs the gold answer.")
+    stamp = now()
+    with immediate(db):
+        if len(_labellers(db).get(problem_id, [])) < 2:
+            raise StoreError("Only a problem labelled by two annotators can be reviewed.")
+        label_id = db["labels"].insert({
+            "problem_id": problem_id, "annotator": lead, "verdict": verdict, "gold_answer": gold_answer,
+            "shown_answer": shown_answer, "seconds": None, "created_at": stamp, "undoes": None,
+            "router_version": None}).last_pk
+        db["reviews"].insert({"problem_id": problem_id, "lead": lead, "label_id": label_id, "created_at": stamp})
+        _refresh_verdict(db, problem_id)
+    return label_id

@@ -295,7 +295,8 @@ def test_pool_refuses_an_unknown_model_cleanly(db):
 
 def test_demo_job_ingests_traces_and_routes(tmp_path, tiny_model_dir):
     db = store.open_db(tmp_path / "demo.db")
-    job_id = jobs.start_demo(db, model=str(tiny_model_dir), problems=6, traced=2, samples=1, max_new_tokens=16)
+    job_id = jobs.start_demo(db, model=str(tiny_model_dir), problems=6, traced=2, samples=1, max_new_tokens=16,
+                             rest=False)
     finished = wait_for_job(db, job_id)
     assert finished["status"] == "done", finished["message"]
     assert db["problems"].count == 6 and db["traces"].count == 2

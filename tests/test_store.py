@@ -41,6 +41,8 @@ def as_version_3(db) -> None:
             db.execute(f"drop trigger {name}")
     db.execute("drop table feature_columns")
     db.execute("drop table if exists rollouts")  # migration 5
+    db.execute("drop table overlap_settings")  # migration 8
+    db.execute("drop table reviews")
     db.execute("alter table router_versions drop column counts")
     db.execute(f"drop index {store.QUEUE_INDEX}")
     db.execute("drop index idx_traces_created_at")
