@@ -23,8 +23,19 @@ def test_open_is_idempotent_and_versioned(tmp_path):
     assert first.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def as_version_5(db) -> None:
+    """Take a database back to the schema before migration 6 (sign-in, sessions, audit)."""
+    for table in ("sessions", "sign_in_attempts", "audit"):
+        db.execute(f"drop table {table}")
+    db.execute("drop index idx_users_email")
+    for column in ("password_hash", "email", "must_change_password"):
+        db.execute(f"alter table users drop column {column}")
+    db.execute("PRAGMA user_version = 5")
+
+
 def as_version_4(db) -> None:
     """Take a database back to the schema before migration 5 (step labels, token pivot columns)."""
+    as_version_5(db)
     db.execute("drop table step_labels")
     for name in store.PIVOT_FEATURES:
         db.execute(f"alter table features drop column {name}")
@@ -120,7 +131,6 @@ def test_skipped_items_come_last(routed_db):
 
 
 def test_only_a_lead_sets_the_budget(routed_db):
-    store.add_user(routed_db, "ann", "annotator")
     with pytest.raises(store.PermissionDenied):
         store.set_budget(routed_db, user="ann", total=1000)
     with pytest.raises(store.PermissionDenied):
