@@ -1310,7 +1310,9 @@ def jobs(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
 # --------------------------------------------------------------------------- read helpers for the app
 
 def users(db: sqlite_utils.Database) -> list[dict]:
-    return list(db.query("select name, role from users order by name"))
+    """[{name, role, email, has_password}] by name (never the hashes)."""
+    return list(db.query("select name, role, email, password_hash is not null as has_password "
+                         "from users order by name"))
 
 
 PROBLEM_SORTS = {  # search_problems' orders; missing values last, ingest order breaks ties
