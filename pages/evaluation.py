@@ -5,6 +5,10 @@ import streamlit as st
 from pivottrace import views
 
 db = views.open_db()
+me = views.session_identity(db, st.session_state.get(views.SESSION_KEY))  # the session, never the URL
+if me is None:
+    st.info("Sign in first.", icon=":material/login:")
+    st.stop()
 folder = views.evaluation_folder()
 
 st.title("Evaluation", anchor=False)
@@ -15,7 +19,7 @@ st.caption("An oracle plays the annotator from the pool's gold answers and repla
 running = [j for j in views.active_jobs(db) if j["kind"] == "eval"]
 if running:
     st.info(f"Evaluation running: {running[0]['message'] or 'starting'}", icon=":material/hourglass_top:")
-elif st.button("Run the evaluation", icon=":material/play_arrow:",
+elif views.may_change_pool(me) and st.button("Run the evaluation", icon=":material/play_arrow:",
                help=f"Runs `pivottrace eval --out {folder}` in the background."):
     try:
         views.start_eval_job(db, folder=str(folder))

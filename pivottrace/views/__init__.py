@@ -33,6 +33,10 @@ from .budget import (  # noqa: F401
 from .pool import (  # noqa: F401
     ingest_upload, rejected_rows, pool_summary,
 )
+from .signin import (  # noqa: F401
+    AuthError, Identity, SESSION_KEY, MIN_PASSWORD_CHARS, POOL_ROLES, sign_in, sign_in_sso, session_identity,
+    sign_out, change_password, add_person, set_person_role, may_label, may_change_pool, audit_rows,
+)
 from .evaluation import (  # noqa: F401
     evaluation_folder, EvaluationView, evaluation_view, step_localisation_rows,
 )
