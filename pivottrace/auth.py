@@ -184,14 +184,20 @@ def sign_out(db, token: str | None) -> None:
 
 # --------------------------------------------------------------------------- single sign-on
 
-def sso_user(db, claims: dict) -> Identity:
+def sso_user(db, claims: dict, *, at: float | None = None) -> Identity:
     """Map an OpenID Connect identity (the claims Streamlit's st.user holds) to a PivotTrace user.
 
     The provider's `email` must be present and, when the provider says so, verified
     (`email_verified` false is refused). It is matched case-insensitively to a user's email; the
     role is PivotTrace's, never the provider's. An unknown email signs nobody in: a lead adds
-    people (`pivottrace users add NAME --email ...`), there is no self-registration.
+    people (`pivottrace users add NAME --email ...`), there is no self-registration. A sign-in
+    older than SESSION_SECONDS (the ID token's `iat`) is refused, so single sign-on sessions
+    expire like password ones instead of living as long as Streamlit's identity cookie.
     """
+    at = store.now() if at is None else at
+    issued = (claims or {}).get("iat")
+    if isinstance(issued, (int, float)) and at - issued > SESSION_SECONDS:
+        raise AuthError("Your single sign-on session has expired; sign in again.")
     email = str((claims or {}).get("email") or "").strip()
     if not email:
         raise AuthError("The identity provider sent no email address, so no PivotTrace user matches.")
@@ -205,5 +211,6 @@ def sso_user(db, claims: dict) -> Identity:
 
 def sign_in_sso(db, claims: dict, *, at: float | None = None) -> Session:
     """A PivotTrace session for the user the provider's claims map to (same expiry as a password one)."""
-    identity = sso_user(db, claims)
-    return _open_session(db, identity.name, via=SSO, at=store.now() if at is None else at)
+    at = store.now() if at is None else at
+    identity = sso_user(db, claims, at=at)
+    return _open_session(db, identity.name, via=SSO, at=at)

@@ -343,6 +343,10 @@ def test_sso_maps_a_verified_email_to_a_pivottrace_user_and_role(db):
                             ({"name": "Ann"}, "no email"), ({}, "no email")):
         with pytest.raises(auth.AuthError, match=message):
             auth.sso_user(db, claims)
+    now = store.now()  # a provider sign-in older than a session is refused (expiry holds for SSO too)
+    assert auth.sso_user(db, {"email": "ann@example.org", "iat": now - 60}, at=now).name == "ann"
+    with pytest.raises(auth.AuthError, match="expired"):
+        auth.sso_user(db, {"email": "ann@example.org", "iat": now - auth.SESSION_SECONDS - 1}, at=now)
     session = auth.sign_in_sso(db, {"email": "ann@example.org"})
     assert auth.session_identity(db, session.token) == auth.Identity("ann", "annotator", "sso")
     with pytest.raises(store.StoreError, match="already belongs"):
