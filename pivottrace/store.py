@@ -974,7 +974,9 @@ def next_item(db: sqlite_utils.Database, annotator: str, *,
             [annotator, stamp]).fetchone()
         if held:
             problem_id = held[0]
-        else:
+        else:  # a lease on an item re-routed away from annotate no longer holds budget
+            db.execute("delete from assignments where annotator = ? and problem_id in (select problem_id "
+                       "from routes where route != 'annotate')", [annotator])
             room = _budget_room(db, stamp)
             if room is not None and room <= 0:
                 return None

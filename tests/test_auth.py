@@ -353,3 +353,15 @@ def test_sso_maps_a_verified_email_to_a_pivottrace_user_and_role(db):
         store.set_email(db, "bob", "ANN@example.org", by="lee")
     with pytest.raises(store.PermissionDenied):
         store.set_email(db, "ann", "x@example.org", by="ann")
+
+
+def test_a_lease_on_an_item_routed_away_is_given_up_at_the_next_item(db):
+    x = store.next_item(db, "ann")["problem_id"]
+    version = store.router_versions(db)[-1]["id"]
+    store.save_routes(db, [{"problem_id": x, "model_id": "synth", "route": "self_train",
+                            "uncertainty": 0.1, "value": 0.0}], version)
+    y = store.next_item(db, "ann")["problem_id"]
+    assert y != x
+    assert [r[0] for r in db.execute("select problem_id from assignments where annotator = 'ann'")] == [y]
+    with pytest.raises(store.LeaseError):
+        store.save_label(db, problem_id=x, annotator="ann", verdict="correct")
