@@ -193,6 +193,13 @@ def test_sign_in_holds_against_a_wrong_password_a_url_an_annotator_and_a_strange
         assert not heading(page, "Budget").count()
         assert not page.get_by_role("button", name="Save budget").count()
         screenshot(page, "signin")
+        undos_before = db.execute("select count(*) from labels where verdict = 'undo'").fetchone()[0]
+        page.goto(f"{base}/?user=bob")  # and U on /?user=<annotator> undoes nobody's label
+        idle(page)
+        heading(page, "Sign in to PivotTrace").wait_for()
+        page.keyboard.press("u")
+        page.wait_for_timeout(1000)
+        assert db.execute("select count(*) from labels where verdict = 'undo'").fetchone()[0] == undos_before
 
         # a stranger finds no way to register, let alone as a lead; guessing a name gets nowhere
         assert not page.get_by_role("button", name="Add").count()
