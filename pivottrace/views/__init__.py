@@ -10,7 +10,7 @@ from __future__ import annotations
 from .common import (  # noqa: F401
     SIGNAL_NAMES, SCORE_COLOUR_SPAN, PREVIEW_CHARS, InvalidInput, esc, md, preview, db_path,
     StepView, build_steps, score_colour, steps_html, problem_html, open_db, StoreError, ROLES,
-    add_user, user_role, user_rows, is_empty, JobError, JOB_ACTIVE, active_jobs, refresh_jobs,
+    user_role, user_rows, is_empty, JobError, JOB_ACTIVE, active_jobs, refresh_jobs,
     cancel_job, start_demo_job, start_trace_job, start_route_job, start_eval_job,
 )
 from ..models import DEFAULT_SPEC  # noqa: F401
