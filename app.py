@@ -52,6 +52,22 @@ def sign_in_page() -> None:
                    "password for the lead account `admin`.")
 
 
+annotate_page = st.Page("pages/annotate.py", title="Annotate", icon=":material/task_alt:", default=True)
+inspect_page = st.Page("pages/inspect.py", title="Inspect", icon=":material/query_stats:")
+budget_page = st.Page("pages/budget.py", title="Budget", icon=":material/account_balance_wallet:")
+pool_page = st.Page("pages/pool.py", title="Pool", icon=":material/database:")
+evaluation_page = st.Page("pages/evaluation.py", title="Evaluation", icon=":material/insights:")
+PAGES = [annotate_page, inspect_page, budget_page, pool_page, evaluation_page]
+
+
+def gate(content) -> None:
+    """Show `content` instead of any page: the pages are declared (so /budget still names the
+    Budget page, and the same address opens it after sign-in) but none of them runs."""
+    st.navigation(PAGES, position="hidden")
+    content()
+    st.stop()
+
+
 # ---------------------------------------------------------------- who is signed in
 if SSO and st.user.is_logged_in and not views.session_identity(db, st.session_state.get(views.SESSION_KEY)):
     try:  # the provider vouched for an email: map it to a PivotTrace user and role
@@ -66,9 +82,7 @@ if me is None:
     if token:  # it was valid once: expired, signed out elsewhere, or the password changed
         st.session_state.pop(views.SESSION_KEY, None)
         st.session_state["signin_note"] = "Your session has ended; sign in again."
-    # the only page there is: /budget?user=... and every other address lands here
-    st.navigation([st.Page(sign_in_page, title="Sign in", icon=":material/login:")], position="hidden").run()
-    st.stop()
+    gate(sign_in_page)  # whatever the address (/budget?user=... included): the sign-in page
 
 
 def change_password() -> None:
@@ -96,8 +110,7 @@ if me.must_change_password:
         st.title("Choose your password", anchor=False)
         st.caption(f"Signed in as **{views.md(me.name)}** with a one-time password.")
         password_form(f"At least {views.MIN_PASSWORD_CHARS} characters.")
-    st.navigation([st.Page(first_password_page, title="Choose your password")], position="hidden").run()
-    st.stop()
+    gate(first_password_page)
 
 
 def add_person() -> None:
@@ -147,12 +160,7 @@ with st.sidebar:
     st.divider()
     st.caption(f"Database: `{views.db_path(db) or ':memory:'}`")
 
-annotate_page = st.Page("pages/annotate.py", title="Annotate", icon=":material/task_alt:", default=True)
-inspect_page = st.Page("pages/inspect.py", title="Inspect", icon=":material/query_stats:")
-budget_page = st.Page("pages/budget.py", title="Budget", icon=":material/account_balance_wallet:")
-pool_page = st.Page("pages/pool.py", title="Pool", icon=":material/database:")
-evaluation_page = st.Page("pages/evaluation.py", title="Evaluation", icon=":material/insights:")
-page = st.navigation([annotate_page, inspect_page, budget_page, pool_page, evaluation_page], position="top")
+page = st.navigation(PAGES, position="top")
 
 # ---------------------------------------------------------------- empty database: what to do next
 if views.is_empty(db) and page.title != "Pool":
