@@ -1171,6 +1171,7 @@ def save_step_label(db: sqlite_utils.Database, *, problem_id: str, annotator: st
     """
     stamp = now()
     with immediate(db):
+        _labeller(db, annotator)
         sql = "select model_id, steps from traces where problem_id = ?"
         params = [problem_id]
         if model_id:
@@ -1197,6 +1198,7 @@ def save_step_label(db: sqlite_utils.Database, *, problem_id: str, annotator: st
 def undo_last_step_label(db: sqlite_utils.Database, annotator: str, *, problem_id: str | None = None) -> dict:
     """Append an undo row for the annotator's latest step label in force (on `problem_id` if given)."""
     with immediate(db):
+        _labeller(db, annotator)
         sql = ("select id, problem_id, first_wrong_step from step_labels s where annotator = ? "
                "and undoes is null and not exists (select 1 from step_labels u where u.undoes = s.id)")
         params = [annotator]

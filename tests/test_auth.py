@@ -365,3 +365,14 @@ def test_a_lease_on_an_item_routed_away_is_given_up_at_the_next_item(db):
     assert [r[0] for r in db.execute("select problem_id from assignments where annotator = 'ann'")] == [y]
     with pytest.raises(store.LeaseError):
         store.save_label(db, problem_id=x, annotator="ann", verdict="correct")
+
+
+def test_step_labels_come_from_known_labellers_only(db):
+    problem_id = db.execute("select problem_id from traces limit 1").fetchone()[0]
+    store.add_user(db, "zoe", "researcher", by="lee")
+    for stranger in ("mallory", "zoe"):
+        with pytest.raises(store.PermissionDenied):
+            store.save_step_label(db, problem_id=problem_id, annotator=stranger, first_wrong_step=0)
+        with pytest.raises(store.PermissionDenied):
+            store.undo_last_step_label(db, stranger)
+    assert store.effective_step_labels(db) == []
