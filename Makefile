@@ -30,7 +30,8 @@ demo: setup
 	$(BIN)/pivottrace demo --db $(DB)
 
 app: setup
-	@test -f $(DB) || $(BIN)/pivottrace demo --db $(DB)
+	@# 6 problems in the foreground (the app opens quickly), the rest of the demo pool in a background job
+	@test -f $(DB) || $(BIN)/pivottrace demo --db $(DB) --rest-in-background
 	$(BIN)/pivottrace app --db $(DB) --port $(PORT)
 
 test: setup browser

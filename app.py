@@ -13,7 +13,11 @@ from pivottrace import views
 
 st.set_page_config(page_title="PivotTrace", page_icon=":material/alt_route:", layout="wide")
 
-db = views.open_db()
+try:
+    db = views.open_db()
+except views.StoreError as err:  # not a database, read-only, disk full: one line that says what to do
+    st.error(views.md(err))
+    st.stop()
 SSO = st.secrets.load_if_toml_exists() and "auth" in st.secrets  # [auth] configured: offer st.login
 
 
@@ -51,6 +55,20 @@ def sign_in_page() -> None:
                    "`pivottrace users add NAME`. On a first run, `pivottrace app` prints a one-time "
                    "password for the lead account `admin`.")
 
+
+
+@st.fragment(run_every="3s")
+def background_jobs() -> None:
+    """Every page: the progress of the jobs running in the background (the demo's tracing,
+    an evaluation...). When a job moves on, the whole page reruns, so its numbers are fresh."""
+    running = views.running_jobs(db)
+    for job in running:
+        st.progress(job.fraction, text=job.text)
+    state = tuple((job.job_id, job.done, job.status) for job in running)
+    before = st.session_state.get("background_jobs")
+    st.session_state["background_jobs"] = state
+    if before is not None and before != state:
+        st.rerun()
 
 annotate_page = st.Page("pages/annotate.py", title="Annotate", icon=":material/task_alt:", default=True)
 inspect_page = st.Page("pages/inspect.py", title="Inspect", icon=":material/query_stats:")
@@ -136,6 +154,7 @@ def change_role() -> None:
 
 with st.sidebar:
     st.markdown("### :material/alt_route: PivotTrace")
+    background_jobs()
     st.markdown(f"Signed in as **{views.md(me.name)}** · {me.role}" + (" · single sign-on" if me.via == "sso" else ""))
     st.button("Sign out", icon=":material/logout:", key="sign_out", on_click=sign_out)
     if me.via != "sso":
@@ -172,15 +191,14 @@ if views.is_empty(db) and page.title != "Pool":
     left, right = st.columns(2, border=True)
     with left:
         st.markdown("#### :material/play_circle: Run the demo")
-        st.caption("Generates 40 arithmetic word problems, traces 6 of them with the embedded "
-                   "SmolLM2-135M model in the background, and routes them. A few minutes on a laptop CPU.")
+        st.caption(views.demo_description())
         if running:
-            st.info(f"A {running[0]['kind']} job is running: follow it on the Pool page.")
+            st.info(f"A {running[0]['kind']} job is running: its progress is in the sidebar.")
         elif not views.may_change_pool(me):
             st.info("A lead or researcher starts the demo.")
         elif st.button("Run the demo", type="primary", icon=":material/rocket_launch:"):
             try:
-                views.start_demo_job(db)
+                views.start_demo_job(db, by=me.name)
             except Exception as err:  # a missing model is explained, not a traceback
                 st.error(views.md(err))
             else:

@@ -19,13 +19,14 @@ if not views.may_label(me):
     st.stop()
 
 
-def act(action: str, problem_id: str, shown_answer: str | None, gold_key: str | None = None) -> None:
+def act(action: str, problem_id: str, shown_answer: str | None, gold_key: str | None = None,
+        second_label: bool = False) -> None:
     started = st.session_state.get("shown", (None, None))
     seconds = views.seconds_since(started[1]) if started[0] == problem_id else None
     try:
         outcome = views.submit_label(db, annotator=user, problem_id=problem_id, action=action,
                                      gold_text=st.session_state.get(gold_key) if gold_key else None,
-                                     shown_answer=shown_answer, seconds=seconds)
+                                     shown_answer=shown_answer, seconds=seconds, second_label=second_label)
     except views.InvalidInput as err:  # its message is Markdown-safe already
         st.session_state["flash"] = ("error", str(err))
     except views.StoreError as err:
@@ -108,6 +109,10 @@ if st.session_state.get("shown", (None,))[0] != item.problem_id:
     st.session_state["shown"] = (item.problem_id, time.time())  # the clock for "seconds spent"
 
 # ---------------------------------------------------------------- the item
+if item.second_label:
+    st.info("**Second opinion.** Another annotator labelled this problem; their label is hidden so that "
+            "yours is independent. Where the two differ, a lead reviews it. It counts against the budget "
+            "like any label.", icon=":material/group:")
 left, right = st.columns([5, 4], gap="large")
 with left:
     uncertainty = "-" if item.uncertainty is None else f"{item.uncertainty:.2f}"
@@ -127,21 +132,23 @@ with right:
 
     with st.container(border=True):
         st.button(f"Correct: {views.md(majority)}", key="accept", shortcut="A", type="primary", icon=":material/check:",
-                  disabled=item.majority is None, on_click=act, args=("accept", item.problem_id, item.majority),
+                  disabled=item.majority is None, on_click=act, args=("accept", item.problem_id, item.majority, None, item.second_label),
                   help="The majority answer is right.", width="stretch")
         gold_key = f"gold-{item.problem_id}"
         with st.form(f"wrong-{item.problem_id}", border=False, enter_to_submit=True):
             st.text_input("Gold answer", key=gold_key, placeholder="the correct final answer, e.g. 42 or 3/4")
             st.form_submit_button("Wrong: save gold answer", key="wrong", shortcut="W", icon=":material/close:",
-                                  on_click=act, args=("wrong", item.problem_id, item.majority, gold_key),
+                                  on_click=act, args=("wrong", item.problem_id, item.majority, gold_key, item.second_label),
                                   width="stretch")
-        row = st.columns(3)
-        row[0].button("Flawed", key="flawed", shortcut="F", icon=":material/flag:", on_click=act,
-                      args=("flawed", item.problem_id, item.majority), help="The problem itself is broken.",
-                      width="stretch")
-        row[1].button("Skip", key="skip", shortcut="S", icon=":material/skip_next:", on_click=act,
-                      args=("skip", item.problem_id, item.majority), width="stretch")
-        row[2].button("Undo", key="undo", shortcut="U", icon=":material/undo:", on_click=undo,
-                      help="Undo your last label.", width="stretch")
+        # Buttons as wide as their label (icon + shortcut badge), wrapping when the column is
+        # narrow: three equal columns cut "Flawed" to "Flaw…" at 1400 px.
+        with st.container(horizontal=True, gap="small"):
+            st.button("Flawed", key="flawed", shortcut="F", icon=":material/flag:", on_click=act,
+                      args=("flawed", item.problem_id, item.majority, None, item.second_label), help="The problem itself is broken.",
+                      width="content")
+            st.button("Skip", key="skip", shortcut="S", icon=":material/skip_next:", on_click=act,
+                      args=("skip", item.problem_id, item.majority, None, item.second_label), width="content")
+            st.button("Undo", key="undo", shortcut="U", icon=":material/undo:", on_click=undo,
+                      help="Undo your last label.", width="content")
     st.caption("Keys: **A** correct · **W** wrong (type the gold answer first; Enter in the box also saves) · "
                "**F** flawed · **S** skip · **U** undo · after a wrong verdict, **1-9** mark its first wrong step")

@@ -32,6 +32,7 @@ c[2].metric("Remaining", "-" if view.remaining is None else view.remaining,
 c[3].metric("Burn rate", f"{view.burn_per_day:.1f} / day")
 c[4].metric("Runs out", view.run_out.strftime("%d %b %Y") if view.run_out else "-",
             help="At the current burn rate." if view.run_out else "Set a budget and label to project.")
+st.markdown(views.budget_explanation(db))
 if view.deferred:
     st.warning(f"{view.deferred} problems the router would send to annotators are deferred: the budget "
                "does not cover them.", icon=":material/schedule:")
@@ -57,21 +58,72 @@ with right:
                 st.rerun()
         st.caption("A total below the items leased now releases the newest leases; below the labels spent is refused.")
 
-# ---------------------------------------------------------------- annotators
+# ---------------------------------------------------------------- annotators and agreement
 st.markdown("##### Annotators")
 if view.annotators:
-    st.dataframe(view.annotators, hide_index=True, column_config={
+    st.dataframe(views.annotator_rows(db, view), hide_index=True, column_config={
         "accept rate": st.column_config.NumberColumn("accept rate", format="%.2f",
                                                      help="Share of 'correct' among correct and wrong verdicts."),
         "agreement": st.column_config.ProgressColumn("agreement", min_value=0, max_value=1, format="%.2f",
-                                                     help="Where another annotator labelled the same item.")})
-    if view.agreement is None:
-        st.caption("Agreement appears once two annotators have labelled the same problem.")
+                                                     help="Share of their double-labelled items where the other "
+                                                          "label asserts the same answer."),
+        "alpha": st.column_config.NumberColumn("α", format="%.2f",
+                                               help="Krippendorff's alpha over their double-labelled items.")})
 else:
     st.caption("No labels yet.")
 
+agree = views.agreement_view(db)
+a1, a2 = st.columns([3, 2], gap="large")
+with a1:
+    st.markdown("##### Agreement")
+    m = st.columns(3)
+    m[0].metric("Double-labelled", agree.items, help=f"{agree.second_labels} second labels, each spends budget")
+    m[1].metric("Agreeing", "-" if agree.share is None else f"{agree.share:.0%}")
+    m[2].metric("Krippendorff's α", "-" if agree.alpha is None else f"{agree.alpha:.2f}",
+                help="1 = perfect, 0 = chance level (nominal, over what each label asserts is the answer).")
+    if agree.note:
+        st.caption(views.md(agree.note))
+with a2:
+    with st.form("overlap", border=True):
+        percent = st.number_input("Overlap: % of items labelled by two annotators", min_value=0, max_value=100,
+                                  step=5, value=int(round(agree.overlap_share * 100)), disabled=not is_lead,
+                                  help="A second, different annotator labels this share of the picks, blind. "
+                                       "Each such item counts twice against the budget.")
+        if st.form_submit_button("Save overlap", disabled=not is_lead):
+            try:
+                views.set_overlap_share(db, user=user, percent=percent)
+            except (views.StoreError, views.InvalidInput) as err:
+                st.session_state["budget_flash"] = ("error", views.md(err))
+            else:
+                st.session_state["budget_flash"] = ("success", f"Overlap set to {int(percent)} %.")
+            st.rerun()
+
+reviews = views.review_queue(db)
+st.markdown(f"##### Disagreements to review ({len(reviews)})")
+if not reviews:
+    st.caption("None: every double-labelled item agrees, or a lead settled it.")
+for review in reviews[:10]:
+    with st.container(border=True):
+        st.caption(f"Problem `{review.problem_id}`")
+        st.html(review.problem_html)
+        keep = st.columns(len(review.labels))
+        for col, label in zip(keep, review.labels):
+            col.markdown(f"**{views.md(label['annotator'])}**: {label['verdict']} · answer "
+                         f"**{views.md(label['answer'])}**")
+            if col.button(f"Keep {views.md(label['annotator'])}'s label", key=f"keep-{review.problem_id}-{label['label_id']}",
+                          disabled=not is_lead):
+                try:
+                    views.resolve_review(db, lead=user, problem_id=review.problem_id, label_id=label["label_id"])
+                except (views.StoreError, views.InvalidInput) as err:
+                    st.session_state["budget_flash"] = ("error", views.md(err))
+                else:
+                    st.session_state["budget_flash"] = ("success", f"Kept {views.md(label['annotator'])}'s label.")
+                st.rerun()
+
 # ---------------------------------------------------------------- routing
 st.markdown("##### Routing")
+st.markdown("| route | problems | what it means |\n| --- | ---: | --- |\n" + "\n".join(
+    f"| **{row['route']}** | {row['problems']} | {row['meaning']} |" for row in views.route_rows(db)))
 a, b = st.columns(2, gap="large")
 with a:
     st.caption("Route mix after each router version")

@@ -16,16 +16,35 @@ st.caption("An oracle plays the annotator from the pool's gold answers and repla
            "for a sweep of budgets, against random, confidence-only and vote-share-only selection and "
            "the ablations. Your labels and routes are not touched.")
 
-running = [j for j in views.active_jobs(db) if j["kind"] == "eval"]
-if running:
-    st.info(f"Evaluation running: {running[0]['message'] or 'starting'}", icon=":material/hourglass_top:")
-elif views.may_change_pool(me) and st.button("Run the evaluation", icon=":material/play_arrow:",
-               help=f"Runs `pivottrace eval --out {folder}` in the background."):
-    try:
-        views.start_eval_job(db, folder=str(folder))
+
+@st.fragment(run_every="2s")
+def eval_running() -> None:
+    """The running evaluation's progress, where its button was; the page reruns when it ends."""
+    job = views.latest_job(db, "eval")
+    if job is None or not job.active:
         st.rerun()
-    except views.JobError as err:
-        st.error(str(err))
+    st.progress(job.fraction, text=job.text)
+
+
+job = views.latest_job(db, "eval")
+if job is not None and job.active:
+    eval_running()
+elif views.may_change_pool(me):  # leads and researchers run it; annotators read the report
+    blocker = views.evaluation_blocker(db)
+    if st.button("Run the evaluation", icon=":material/play_arrow:", disabled=blocker is not None,
+                 help=blocker or f"Runs `pivottrace eval --out {folder}` in the background."):
+        try:
+            views.start_eval_job(db, folder=str(folder))
+        except views.JobError as err:
+            st.error(views.md(err))
+        else:
+            st.rerun()
+    if blocker:
+        st.caption(blocker)
+    if job is not None and job.status == "failed":
+        st.error(f"The last evaluation failed: {job.text}", icon=":material/error:")
+    elif job is not None and job.status == "done":
+        st.success(job.text, icon=":material/check_circle:")
 
 view = views.evaluation_view(folder)
 if view.report is None:

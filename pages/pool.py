@@ -13,19 +13,21 @@ can_change = views.may_change_pool(me)  # leads and researchers ingest, trace an
 
 st.title("Pool", anchor=False)
 
-flash = st.session_state.pop("pool_flash", None)
-if flash:
-    getattr(st, flash[0])(flash[1])
+flash = st.session_state.pop("pool_flash", None)  # shown under the buttons that started the job
 
-summary = views.pool_summary(db)
-c = st.columns(5)
-c[0].metric("Problems", summary["problems"])
-c[1].metric("Traced", summary["traced"])
-c[2].metric("Routed", summary["routed"])
-c[3].metric("Labelled", summary["labelled"])
-c[4].metric("Router", f"v{summary['router_version']}" if summary["router_version"] else "-")
-if summary["routed"]:
-    st.caption(" · ".join(f"{views.route_name(name)} **{n}**" for name, n in summary["routes"].items()))
+counters = st.container()  # filled at the end of the script, after this run's action: fresh numbers
+
+
+def show_counters() -> None:
+    summary = views.pool_summary(db)
+    c = st.columns(5)
+    c[0].metric("Problems", summary["problems"])
+    c[1].metric("Traced", summary["traced"])
+    c[2].metric("Routed", summary["routed"])
+    c[3].metric("Labelled", summary["labelled"])
+    c[4].metric("Router", f"v{summary['router_version']}" if summary["router_version"] else "-")
+    if summary["routed"]:
+        st.caption(" · ".join(f"{views.route_name(name)} **{n}**" for name, n in summary["routes"].items()))
 
 
 def show_jobs() -> None:
@@ -78,11 +80,13 @@ with left:
                     st.error(views.md(err))
                 else:
                     st.success(f"Added {report.added} problems from {views.md(upload.name)} ({report.existing} already present).")
+                    st.caption(report.totals())  # every row of the file: loaded, rejected or blank
                     if report.rejected:
                         st.error(f"{len(report.rejected)} rows were rejected; the others loaded.")
                         st.dataframe(views.rejected_rows(report), hide_index=True)
-    if summary["sources"]:
-        st.dataframe(summary["sources"], hide_index=True)
+    sources = views.pool_summary(db)["sources"]  # after the ingest above: the new source is listed at once
+    if sources:
+        st.dataframe(sources, hide_index=True)
 
 with right:
     if can_change:
@@ -94,19 +98,24 @@ with right:
             limit = x.number_input("Problems", min_value=1, value=20)
             samples = y.number_input("Samples (K)", min_value=1, max_value=16, value=4)
             max_tokens = z.number_input("Max new tokens", min_value=16, max_value=2048, value=256, step=32)
+            d, t = st.columns(2)
+            device = d.selectbox("Device", views.TRACE_DEVICES,
+                                 help="auto: a CUDA GPU when the machine has one, else the CPU.")
+            dtype = t.selectbox("Precision", views.TRACE_DTYPES,
+                                help="auto: bfloat16 on a GPU or a CPU with native bf16, else float32.")
             start = st.form_submit_button("Start tracing", type="primary", icon=":material/play_arrow:")
         st.caption("Traces problems this model has not traced yet, then routes the pool.")
         if start:
             try:
                 job_id = views.start_trace_job(db, model=model, limit=int(limit), samples=int(samples),
-                                               max_new_tokens=int(max_tokens))
+                                               max_new_tokens=int(max_tokens), device=device, dtype=dtype)
             except Exception as err:  # a bad model spec is explained, not raised into the page
                 st.session_state["pool_flash"] = ("error", views.md(err))
             else:
                 st.session_state["pool_flash"] = ("success", f"Tracing job #{job_id} started: it keeps running if you "
                                                              "leave or reload this page.")
             st.rerun()
-        if st.button("Route now", icon=":material/alt_route:", disabled=summary["traced"] == 0,
+        if st.button("Route now", icon=":material/alt_route:", disabled=views.pool_summary(db)["traced"] == 0,
                      help="Re-score pivots, re-estimate uncertainty and re-route every traced problem."):
             try:
                 job_id = views.start_route_job(db)
@@ -115,8 +124,13 @@ with right:
             else:
                 st.session_state["pool_flash"] = ("success", f"Routing job #{job_id} started.")
             st.rerun()
+        if flash:
+            getattr(st, flash[0])(flash[1])
     st.markdown("##### Jobs")
     if views.active_jobs(db):
         live_jobs()
     else:
         show_jobs()
+
+with counters:
+    show_counters()

@@ -12,6 +12,7 @@ import datetime as dt
 import numpy as np
 
 from . import store
+from .agreement import agreement
 
 BURN_WINDOW_DAYS = 7  # burn rate = labels per day over the last week: smooths weekends, still recent
 DAY_SECONDS = 86400
@@ -36,9 +37,10 @@ def budget_aggregates(db, *, at: float | None = None,
         annotators: [{annotator, labels, correct, wrong, flawed, skips, undos, median_seconds,
             accept_rate: share of "correct" among correct/wrong (how often they agree with the
                 model's majority answer),
-            agreement: share of their verdicts equal to another annotator's on the same problem;
-                None while no problem has verdicts from two annotators}], most labels first
-        agreement: the same pairwise agreement over everyone, or None
+            agreement: share of their double-labelled problems where the other label asserts
+                the same answer (agreement.py); None while they have none}], most labels first
+        agreement: the same share over every double-labelled problem, or None
+        alpha: Krippendorff's alpha over them (agreement.py), or None
         routes: {route: count}; queue_remaining: unlabelled `annotate` items
     `at` is the time to measure against (default now).
     """
@@ -67,22 +69,9 @@ def budget_aggregates(db, *, at: float | None = None,
         days_left = budget["remaining"] / burn if burn > 0 else 0.0
         run_out = day(at + days_left * DAY_SECONDS).isoformat()
 
-    # pairwise agreement: verdicts not undone, the latest per (annotator, problem)
-    latest: dict = {}
-    for annotator, problem_id, verdict in store.verdicts_in_force_by_annotator(db):
-        latest[(annotator, problem_id)] = verdict
-    by_problem: dict = {}
-    for (annotator, problem_id), verdict in latest.items():
-        by_problem.setdefault(problem_id, []).append((annotator, verdict))
-    pairs: dict = {}  # annotator -> [agreeing pairs, pairs]
-    for votes in by_problem.values():
-        for i, (a, va) in enumerate(votes):
-            for b, vb in votes[i + 1:]:
-                for who in (a, b):
-                    tally = pairs.setdefault(who, [0, 0])
-                    tally[0] += int(va == vb)
-                    tally[1] += 1
-    all_pairs = sum(t[1] for t in pairs.values()) / 2
+    # agreement on double-labelled items (agreement.py: what each label asserts, Krippendorff's alpha)
+    agree = agreement(store.verdicts_by_annotator(db))
+    shares = {p.annotator: p.share for p in agree.per_annotator}
 
     people: dict = {}
     for r in in_force:
@@ -93,20 +82,19 @@ def budget_aggregates(db, *, at: float | None = None,
     other: dict = {name: {"skip": 0, "undo": 0} for name in people}
     for annotator, verdict, n in store.skip_undo_counts(db):
         other.setdefault(annotator, {"skip": 0, "undo": 0})[verdict] = n
-    for name in pairs:  # labelled, though none of their labels is the one in force
+    for name in shares:  # labelled, though none of their labels is the one in force
         other.setdefault(name, {"skip": 0, "undo": 0})
     annotators = []
     for name, extra in other.items():
         person = people.get(name, {"correct": 0, "wrong": 0, "flawed": 0, "seconds": []})
         judged = person["correct"] + person["wrong"]
-        tally = pairs.get(name)
         annotators.append({
             "annotator": name, "labels": judged + person["flawed"], "correct": person["correct"],
             "wrong": person["wrong"], "flawed": person["flawed"], "skips": extra["skip"],
             "undos": extra["undo"],
             "median_seconds": float(np.median(person["seconds"])) if person["seconds"] else None,
             "accept_rate": person["correct"] / judged if judged else None,
-            "agreement": tally[0] / tally[1] if tally else None,
+            "agreement": shares.get(name),
         })
     annotators.sort(key=lambda a: (-a["labels"], a["annotator"]))
 
@@ -115,6 +103,6 @@ def budget_aggregates(db, *, at: float | None = None,
         **budget, "cost_spent": budget["spent"] * (budget["cost_per_label"] or 0.0),
         "burn_rate_per_day": burn, "window_days": span_days, "projected_run_out": run_out,
         "per_day": per_day, "annotators": annotators,
-        "agreement": sum(t[0] for t in pairs.values()) / 2 / all_pairs if all_pairs else None,
+        "agreement": agree.share, "alpha": agree.alpha,
         "routes": store.route_counts(db), "queue_remaining": queue,
     }

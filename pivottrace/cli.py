@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from functools import wraps
 from pathlib import Path
 from typing import Optional
@@ -45,20 +46,57 @@ ModelOption = typer.Option(DEFAULT_SPEC, "--model", "-m",
                                 "a local HF folder or a .gguf file.")
 
 
+EXIT_ERROR = 1  # a domain error (bad option, unknown user, ...); storage errors have their own codes
+EXIT_INTERRUPTED = 130
+_debug = {"on": False}  # set by --debug (or $PIVOTTRACE_DEBUG=1) for this invocation
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", envvar="PIVOTTRACE_DEBUG",
+                                    help="Show the Python traceback behind an error.")):
+    """PivotTrace: route unlabeled RLVR problems by metacognitive pivots."""
+    _debug["on"] = debug
+
+
+def _error_line(err: BaseException, db_path: str) -> tuple[int, str] | None:
+    """(exit code, one-line message) for an error a user should see as one line, or None."""
+    storage = store.storage_error(err, db_path)
+    if storage is not None:
+        return storage.exit_code, str(storage)
+    if isinstance(err, (store.StoreError, PoolFormatError, ModelNotFoundError, ValueError)):
+        return EXIT_ERROR, str(err)
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "Interrupted; what was finished is saved, run the command again to go on."
+    if isinstance(err, Exception):
+        return EXIT_ERROR, (f"unexpected {type(err).__name__}: {err} (run again with --debug for the "
+                            "traceback, and please report it)")
+    return None
+
+
 def clean_errors(func):
-    """Turn the package's domain errors into one line on stderr and exit code 1."""
+    """Turn every error into one `Error: ...` line on stderr and an exit code: 1 for domain
+    errors, StorageError.exit_code (3-9) for storage failures, 130 for Ctrl-C. `--debug` also
+    prints the traceback."""
     @wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (store.StoreError, PoolFormatError, ModelNotFoundError, ValueError) as err:
-            typer.secho(f"Error: {err}", fg="red", err=True)
-            raise typer.Exit(1)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except BaseException as err:
+            line = _error_line(err, str(kwargs.get("db") or store.default_db_path()))
+            if line is None:
+                raise
+            if _debug["on"]:
+                traceback.print_exc()
+            typer.secho(f"Error: {' '.join(line[1].split())}", fg="red", err=True)
+            raise typer.Exit(line[0])
     return wrapper
 
 
-def _db(path: Optional[str]):
-    return store.open_db(path)
+def _db(path: Optional[str], *, create: bool = False):
+    """The database; only commands that add data (`create=True`) may start a new one."""
+    return store.open_db(path, create=create)
 
 
 def _operator() -> store.LocalOperator:
@@ -87,12 +125,31 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def _tracer(model: str, *, samples: int, max_new_tokens: int, batch_size: int, seed: int):
+DeviceOption = typer.Option("auto", "--device", help="auto (a CUDA GPU when there is one), cpu, cuda, cuda:N or mps.")
+DtypeOption = typer.Option("auto", "--dtype", help="auto (bfloat16 on a GPU or a bf16 CPU, else float32), "
+                                                  "float32, bfloat16 or float16.")
+EngineOption = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster: "
+                                                      "one model per actor, this process writes the store).")
+RayAddressOption = typer.Option(None, "--ray-address", help="Ray cluster to join (ray.init address, e.g. "
+                                                            "'auto' or ray://head:10001); default: start a local one.")
+ActorsOption = typer.Option(None, "--actors", help="Ray actors, one model each (default: one per GPU, else 2).")
+WriteEveryOption = typer.Option(16, "--write-every", help="--engine ray: results per store transaction.")
+
+
+def _tracer(model: str, *, samples: int = 4, max_new_tokens: int = 256, batch_size: int = 8, seed: int = 0,
+            device: str = "auto", dtype: str = "auto"):
     from .trace import TraceConfig, Tracer  # torch loads only for commands that trace
 
-    config = TraceConfig(n_samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                         seed=seed)
-    return Tracer(model, config=config)
+    return Tracer(model, config=_trace_config(samples=samples, max_new_tokens=max_new_tokens,
+                                              batch_size=batch_size, seed=seed, dtype=dtype), device=device)
+
+
+def _trace_config(*, samples: int = 4, max_new_tokens: int = 256, batch_size: int = 8, seed: int = 0,
+                  dtype: str = "auto"):
+    from .trace import TraceConfig
+
+    return TraceConfig(n_samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                       dtype=dtype)
 
 
 @app.command()
@@ -103,11 +160,12 @@ def ingest(path: Path = typer.Argument(..., help="A .jsonl, .csv, .tsv or .parqu
            source: Optional[str] = typer.Option(None, "--source", help="Source name (default: file stem)."),
            db: Optional[str] = DbOption):
     """Ingest a pool of problems. Malformed rows are reported by line; good rows still load."""
-    report = pipeline.ingest(_db(db), path, question_field=question_field,
+    report = pipeline.ingest(_db(db, create=True), path, question_field=question_field,
                              answer_field=answer_field, source=source)
+    typer.echo(report.totals())
     typer.echo(f"Added {report.added} problems ({report.existing} already present).")
     for row in report.rejected:
-        typer.secho(f"  line {row.line}: {row.reason}", fg="yellow", err=True)
+        typer.secho(f"  {row.where}: {row.reason}", fg="yellow", err=True)
     if report.rejected:
         typer.secho(f"Rejected {len(report.rejected)} rows.", fg="red", err=True)
         raise typer.Exit(2)
@@ -122,22 +180,131 @@ def trace(model: str = ModelOption,
           batch_size: int = typer.Option(8, "--batch-size"),
           source: Optional[str] = typer.Option(None, "--source", help="Only problems from this source."),
           seed: int = typer.Option(0, "--seed"),
+          device: str = DeviceOption,
+          dtype: str = DtypeOption,
+          engine: str = EngineOption,
+          ray_address: Optional[str] = RayAddressOption,
+          actors: Optional[int] = ActorsOption,
+          write_every: int = WriteEveryOption,
           db: Optional[str] = DbOption):
     """Trace untraced problems: greedy chain + K samples + attention statistics. Resumable."""
     database = _db(db)
-    tracer = _tracer(model, samples=samples, max_new_tokens=max_new_tokens,
-                     batch_size=batch_size, seed=seed)
     try:
-        run = pipeline.trace_pool(database, tracer, limit=limit, source=source)
+        if engine == "ray":
+            from .distributed import RayOptions, trace_pool_ray
+
+            config = _trace_config(samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   seed=seed, dtype=dtype)
+            run = trace_pool_ray(database, model, config=config, limit=limit, source=source,
+                                 options=RayOptions(address=ray_address, actors=actors, device=device,
+                                                    write_every=write_every))
+        elif engine == "local":
+            tracer = _tracer(model, samples=samples, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size, seed=seed, device=device, dtype=dtype)
+            run = pipeline.trace_pool(database, tracer, limit=limit, source=source)
+        else:
+            raise ValueError(f"unknown engine {engine!r}: use local or ray")
     except KeyboardInterrupt:
         typer.secho("Interrupted: finished traces are saved; run again to resume.", fg="yellow", err=True)
         raise typer.Exit(130)
     typer.echo(f"Traced {run.traced} problems, {run.tokens} tokens in {run.seconds:.1f}s "
                f"({run.tokens_per_second:.1f} tok/s).")
-    routed = pipeline.recalibrate_if_due(database, every=0)  # traces of a new checkpoint: re-route
+    due = pipeline.recalibration_due(database, every=0)  # a new checkpoint, stale features, a routing cut short
+    routed = pipeline.recalibrate_if_due(database, every=0)
     if routed is not None:
-        typer.echo(f"New model checkpoint: router version {routed.router_version} ({routed.kind}): " +
+        typer.echo(f"Routed ({due.note}): router version {routed.router_version} ({routed.kind}): " +
                    route_summary(routed.counts))
+
+
+@app.command("import-rollouts")
+@clean_errors
+def import_rollouts(path: Path = typer.Argument(..., help="A rollout file (.jsonl, or .parquet for TRL's logs)."),
+                    fmt: str = typer.Option(..., "--format", "-f", help="verl, vllm, trl or jsonl (generic)."),
+                    checkpoint: str = typer.Option(..., "--checkpoint", "-c",
+                                                   help="The policy checkpoint that sampled them (a local "
+                                                        "folder or hub id): `analyse` loads it."),
+                    step: Optional[int] = typer.Option(None, "--step", help="Training step of the checkpoint "
+                                                       "(default: the rows' `step`, or the file name's number)."),
+                    prompt_field: str = typer.Option("prompt", "--prompt-field", help="jsonl: prompt column."),
+                    completion_field: str = typer.Option("completion", "--completion-field", help="jsonl: completion column."),
+                    id_field: Optional[str] = typer.Option(None, "--id-field", help="jsonl: column with the problem id."),
+                    step_field: str = typer.Option("step", "--step-field", help="jsonl: step column."),
+                    score_field: str = typer.Option("score", "--score-field", help="jsonl: reward column."),
+                    source: Optional[str] = typer.Option(None, "--source", help="Source of new problems "
+                                                         "(default: rollouts:<file stem>)."),
+                    db: Optional[str] = DbOption):
+    """Import completions sampled elsewhere, K per problem; then `pivottrace analyse` traces them."""
+    from .rollouts import ColumnOptions
+
+    if os.path.exists(checkpoint):
+        checkpoint = str(Path(checkpoint).resolve())
+    columns = ColumnOptions(prompt=prompt_field, completion=completion_field, problem_id=id_field,
+                            step=step_field, score=score_field)
+    report = pipeline.import_rollouts(_db(db, create=True), path, fmt=fmt, checkpoint=checkpoint, step=step,
+                                      columns=columns, source=source)
+    matched = ", ".join(f"{n} by {how}" for how, n in sorted(report.matched.items())) or "none"
+    typer.echo(f"Read {report.rows} completions in {report.groups} groups; stored {report.added}. "
+               f"Matched problems: {matched}; new problems: {len(report.new_problems)}.")
+    for problem_id, question in report.new_problems[:20]:
+        typer.echo(f"  new {problem_id}: {question[:80]!r}")
+    if len(report.new_problems) > 20:
+        typer.echo(f"  ... and {len(report.new_problems) - 20} more new problems")
+    typer.echo("Model ids: " + ", ".join(report.model_ids) + ". Next: pivottrace analyse")
+    for row in report.rejected:
+        typer.secho(f"  line {row.line}: {row.reason}", fg="yellow", err=True)
+    if report.rejected:
+        typer.secho(f"Rejected {len(report.rejected)} rows.", fg="red", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+@clean_errors
+def analyse(model_id: Optional[str] = typer.Option(None, "--model-id", help="Imported model id to analyse "
+                                                    "(default: every one with chains not analysed yet)."),
+            model: Optional[str] = typer.Option(None, "--model", "-m", help="Load this model instead of the "
+                                                "checkpoint named at import (it must be the one that sampled them)."),
+            limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Analyse at most this many problems."),
+            device: str = DeviceOption,
+            dtype: str = DtypeOption,
+            engine: str = EngineOption,
+            ray_address: Optional[str] = RayAddressOption,
+            actors: Optional[int] = ActorsOption,
+            write_every: int = WriteEveryOption,
+            route: bool = typer.Option(True, "--route/--no-route", help="Route the pool afterwards."),
+            db: Optional[str] = DbOption):
+    """Teacher-forced analysis of imported rollouts (no generation), then routing. Resumable."""
+    database = _db(db)
+    model_ids = [model_id] if model_id else store.rollout_models(database)
+    if not model_ids:
+        raise ValueError("no imported rollouts: run `pivottrace import-rollouts` first")
+    for mid in model_ids:
+        spec = model or store.model_spec(database, mid)
+        if spec is None:
+            raise ValueError(f"unknown model id {mid!r}: see `pivottrace status`")
+        if not store.pending_rollouts(database, mid, limit=1):
+            typer.echo(f"{mid}: nothing left to analyse.")
+            continue
+        try:
+            if engine == "ray":
+                from .distributed import RayOptions, analyse_pool_ray
+
+                run = analyse_pool_ray(database, spec, model_id=mid, config=_trace_config(dtype=dtype), limit=limit,
+                                       options=RayOptions(address=ray_address, actors=actors, device=device,
+                                                    write_every=write_every))
+            elif engine == "local":
+                tracer = _tracer(spec, device=device, dtype=dtype)
+                run = pipeline.analyse_pool(database, tracer, model_id=mid, limit=limit)
+            else:
+                raise ValueError(f"unknown engine {engine!r}: use local or ray")
+        except KeyboardInterrupt:
+            typer.secho("Interrupted: finished analyses are saved; run again to resume.", fg="yellow", err=True)
+            raise typer.Exit(130)
+        typer.echo(f"{mid}: analysed {run.traced} problems, {run.tokens} tokens in {run.seconds:.1f}s.")
+        if route:
+            report = pipeline.route(database, model_id=mid, note="analyse",
+                                    config=pipeline.current_router_config(database))
+            typer.echo(f"Router version {report.router_version} ({report.kind}): " +
+                       ", ".join(f"{k} {v}" for k, v in report.counts.items()))
 
 
 @app.command("route")
@@ -179,21 +346,36 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON."), db
 @app.command()
 @clean_errors
 def demo(model: str = ModelOption,
-         problems: int = typer.Option(40, "--problems", help="Demo problems to generate."),
-         traced: int = typer.Option(6, "--trace", help="How many of them to trace now."),
+         problems: int = typer.Option(pipeline.DEMO_PROBLEMS, "--problems", help="Demo problems to generate."),
+         traced: int = typer.Option(pipeline.DEMO_FIRST, "--trace", help="How many of them to trace now."),
          samples: int = typer.Option(4, "--samples", "-k"),
          max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
          seed: int = typer.Option(0, "--seed"),
+         device: str = DeviceOption,
+         dtype: str = DtypeOption,
+         rest_in_background: bool = typer.Option(
+             False, "--rest-in-background",
+             help="Then trace the rest of the demo pool in a background job (the app shows its progress)."),
          db: Optional[str] = DbOption):
-    """Generate demo problems, ingest them, trace a handful with the model and route them."""
-    database = _db(db)
-    tracer = _tracer(model, samples=samples, max_new_tokens=max_new_tokens, batch_size=8, seed=seed)
-    report, run, routed = pipeline.run_demo(database, tracer, n_problems=problems, n_trace=traced, seed=seed)
+    """Generate demo problems, set the demo budget, trace a handful with the model and route them."""
+    database, operator = _db(db, create=True), _operator()
+    _say_operator(operator)  # it sets the demo budget where none was set
+    tracer = _tracer(model, samples=samples, max_new_tokens=max_new_tokens, batch_size=8, seed=seed,
+                     device=device, dtype=dtype)
+    report, run, routed = pipeline.run_demo(database, tracer, by=operator, n_problems=problems, n_trace=traced,
+                                            seed=seed)
+    budget = store.budget_status(database)
     typer.echo(f"Demo: {report.added} new problems, traced {run.traced} "
-               f"({run.tokens_per_second:.1f} tok/s), router version {routed.router_version}: " +
-               route_summary(routed.counts))
+               f"({run.tokens_per_second:.1f} tok/s), budget {budget['total']} labels, router version "
+               f"{routed.router_version}: " + route_summary(routed.counts))
     for line in pipeline.explain(routed):
         typer.echo(f"  {line}")
+    if rest_in_background:
+        from . import jobs
+
+        job_id = jobs.start_demo(database, model=model, problems=problems, traced=0, samples=samples,
+                                 max_new_tokens=max_new_tokens, seed=seed, by=operator)
+        typer.echo(f"Tracing the other {problems - run.traced} demo problems in background job #{job_id}.")
 
 
 def _export_help() -> str:
@@ -339,7 +521,7 @@ def users_add(name: str, role: str = typer.Option("annotator", "--role", help="a
               db: Optional[str] = DbOption):
     """Add a user with a password (asked for, or --password-stdin). An existing name is refused:
     change a role with `pivottrace users role`."""
-    database, operator = _db(db), _operator()
+    database, operator = _db(db, create=True), _operator()
     if store.user_role(database, name.strip()) is not None:  # before asking for a password
         raise store.StoreError(f"{name!r} already exists (as {store.user_role(database, name.strip())}); "
                                "change a role with `pivottrace users role`.")

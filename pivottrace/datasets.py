@@ -19,8 +19,14 @@ from pathlib import Path
 from .answers import extract_gold
 
 MAX_TEXT_CHARS = 20_000  # longest problem we accept; GSM8K's longest is ~1k, MATH's ~4k
+MAX_ANSWER_CHARS = 20_000  # longest answer/solution field; worked solutions in GSM8K and MATH are a few
+# thousand characters at most, and a longer one is a pasted document, not an answer
 QUESTION_FIELDS = ("question", "problem", "prompt", "input", "query")
 ANSWER_FIELDS = ("answer", "solution", "gold", "target", "output")
+BOM = "\ufeff"  # Excel and Notepad put one before UTF-8 text; it is not part of the first row
+CSV_FIELD_LIMIT = 2 * max(MAX_TEXT_CHARS, MAX_ANSWER_CHARS)  # the csv module's own cap on a field: it
+# also bounds how far a quote left open can run before the record is rejected and reading resumes
+POOL_SUFFIXES = ".jsonl, .ndjson, .json, .csv, .tsv or .parquet"
 
 
 class PoolFormatError(ValueError):
@@ -40,14 +46,32 @@ class Problem:
 
 @dataclass
 class RejectedRow:
-    line: int  # 1-based line (JSONL/CSV) or row (Parquet) number
+    line: int  # 1-based line (JSONL/CSV/JSON) or row (Parquet) number where the row starts
     reason: str
+    item: int | None = None  # 1-based item of a JSON array (several may share a line)
+
+    @property
+    def where(self) -> str:
+        return f"line {self.line}" + ("" if self.item is None else f", item {self.item}")
 
 
 @dataclass
 class LoadResult:
-    problems: list[Problem]
+    """What a pool file held. Every row is accounted for: `rows == loaded + len(rejected) + blank`.
+
+    A row is a line of JSONL, a record of CSV/TSV (the header not counted; a quoted field may
+    span lines), an item of a JSON array, a row of Parquet.
+    """
+
+    problems: list[Problem]  # distinct problems (a text repeated in the file loads once)
     rejected: list[RejectedRow]
+    rows: int = 0
+    loaded: int = 0  # rows that became a problem, repeats within the file included
+    blank: int = 0  # empty lines, skipped
+
+    @property
+    def repeats(self) -> int:
+        return self.loaded - len(self.problems)
 
 
 def problem_id(text: str) -> str:
@@ -60,6 +84,18 @@ def _pick(row: dict, chosen: str | None, candidates: tuple[str, ...]) -> str | N
     if chosen:
         return chosen if chosen in row else None
     return next((name for name in candidates if name in row), None)
+
+
+def _unicode_problem(name: str, text: str) -> str | None:
+    """Why `text` cannot be stored as UTF-8 (a lone surrogate such as "\\ud800", or an invalid
+    byte kept as one), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = text[err.start]
+        what = "an invalid UTF-8 byte" if "\udc80" <= bad <= "\udcff" else "a lone surrogate"
+        return f"field {name!r} holds {what} ({bad!r}) at character {err.start + 1}"
+    return None
 
 
 def _to_problem(row, line: int, source: str, question_field, answer_field) -> Problem | RejectedRow:
@@ -77,30 +113,59 @@ def _to_problem(row, line: int, source: str, question_field, answer_field) -> Pr
         return RejectedRow(line, f"field {qname!r} is empty")
     if len(text) > MAX_TEXT_CHARS:
         return RejectedRow(line, f"text is {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+    problem = _unicode_problem(qname, text)
+    if problem:
+        return RejectedRow(line, problem)
     aname = _pick(row, answer_field, ANSWER_FIELDS)
     raw_answer = row.get(aname) if aname else None
-    gold = extract_gold(None if raw_answer is None else str(raw_answer))
-    return Problem(problem_id(text), text, source, gold)
+    if raw_answer is not None:
+        if isinstance(raw_answer, (dict, list, tuple, set, bytes)):
+            return RejectedRow(line, f"field {aname!r} is not text or a number")
+        raw_answer = str(raw_answer)
+        if len(raw_answer) > MAX_ANSWER_CHARS:
+            return RejectedRow(line, f"answer is {len(raw_answer):,} characters; the limit is "
+                                     f"{MAX_ANSWER_CHARS:,}")
+        problem = _unicode_problem(aname, raw_answer)
+        if problem:
+            return RejectedRow(line, problem)
+    return Problem(problem_id(text), text, source, extract_gold(raw_answer))
 
 
 def read_pool(path: str | Path, *, question_field: str | None = None,
               answer_field: str | None = None, source: str | None = None) -> LoadResult:
     """Read a pool. Good rows load even when others are rejected; duplicates within the file collapse."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise PoolFormatError(f"{path} is a folder; give the pool file inside it ({POOL_SUFFIXES}).")
+    if not path.exists():
         raise PoolFormatError(f"No such file: {path}")
+    if not path.is_file():
+        raise PoolFormatError(f"{path} is not a regular file; give a {POOL_SUFFIXES} file.")
     source = source or path.stem
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        rows = _jsonl_rows(path)
-    elif suffix in (".csv", ".tsv"):
-        rows = _csv_rows(path, "\t" if suffix == ".tsv" else ",")
-    elif suffix == ".parquet":
-        rows = _parquet_rows(path)
-    else:
-        raise PoolFormatError(f"Unknown pool format {suffix!r}: use .jsonl, .csv, .tsv or .parquet")
-    return _collect(rows, source, question_field, answer_field)
+    if suffix not in (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"):
+        raise PoolFormatError(f"Unknown pool format {suffix!r}: use {POOL_SUFFIXES}")
+    return _collect(read_rows(path), source, question_field, answer_field)
 
+
+def read_rows(path: Path):
+    """(line, row | RejectedRow | BLANK[, item]) for every row of a JSONL / NDJSON / JSON array /
+    CSV / TSV / Parquet file: the one reader behind pools and rollout files."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _parquet_rows(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise PoolFormatError(f"Cannot read {path}: {err.strerror or err}") from err
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") and b"\x00" in data[2:256]:  # a UTF-16 BOM, then
+        # text with a zero byte in every ASCII character (two stray bytes alone are one bad row)
+        raise PoolFormatError(f"{path} is UTF-16 text; save it as UTF-8 and ingest it again.")
+    if suffix in (".csv", ".tsv"):
+        return _csv_rows(data, "\t" if suffix == ".tsv" else ",")
+    if suffix == ".json" and data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+        return _json_array_rows(data)
+    return _jsonl_rows(data)
 
 def read_pool_bytes(data: bytes, filename: str, **options) -> LoadResult:
     """Same as read_pool, for an uploaded file's bytes."""
@@ -113,47 +178,163 @@ def read_pool_bytes(data: bytes, filename: str, **options) -> LoadResult:
         return read_pool(path, **options)
 
 
+BLANK = object()  # a row reader's mark for an empty line
+
+
 def _collect(rows, source, question_field, answer_field) -> LoadResult:
+    """Turn (line, row | RejectedRow | BLANK) pairs into problems, counting every row."""
     problems: dict[str, Problem] = {}
-    rejected: list[RejectedRow] = []
-    for line, row in rows:
+    result = LoadResult([], [])
+    for line, row, *item in rows:  # array readers add the item number
+        result.rows += 1
+        if row is BLANK:
+            result.blank += 1
+            continue
+        if not isinstance(row, RejectedRow):
+            row = _to_problem(row, line, source, question_field, answer_field)
         if isinstance(row, RejectedRow):
-            rejected.append(row)
-            continue
-        result = _to_problem(row, line, source, question_field, answer_field)
-        if isinstance(result, RejectedRow):
-            rejected.append(result)
+            row.item = item[0] if item else None
+            result.rejected.append(row)
         else:
-            problems.setdefault(result.id, result)
-    return LoadResult(list(problems.values()), rejected)
+            result.loaded += 1
+            problems.setdefault(row.id, row)
+    result.problems = list(problems.values())
+    return result
 
 
-def _jsonl_rows(path: Path):
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield line_no, json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                yield line_no, RejectedRow(line_no, "not valid UTF-8")
-            except json.JSONDecodeError as err:
-                yield line_no, RejectedRow(line_no, f"bad JSON: {err.msg} at column {err.colno}")
+def _json_error(err: json.JSONDecodeError) -> str:
+    message = re.sub(r"\s+at$", "", err.msg)  # "Invalid control character at": the column follows
+    return f"bad JSON: {message} at column {err.colno}"
 
 
-def _csv_rows(path: Path, delimiter: str):
-    csv.field_size_limit(10 * MAX_TEXT_CHARS * 100)
+def _parse_json(text: str, line: int):
+    """One JSON value, or a RejectedRow saying why not (syntax, nesting, huge numbers)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise PoolFormatError(f"{path} is not UTF-8 text: {err}") from err
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    for row in reader:
-        line = reader.line_num
-        if None in row:  # more cells than header columns
-            yield line, RejectedRow(line, f"{len(row[None])} more cells than the header has columns")
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        return RejectedRow(line, _json_error(err))
+    except RecursionError:  # the C parser guards its depth with the recursion limit
+        return RejectedRow(line, "JSON nested too deeply (a row is one flat object)")
+    except ValueError as err:  # e.g. an integer of more than 4,300 digits
+        return RejectedRow(line, f"bad JSON: {err}")
+
+
+def _jsonl_rows(data: bytes):
+    """JSONL / NDJSON: one object per line, each line decoded and parsed on its own."""
+    if data.startswith(BOM.encode("utf-8")):
+        data = data[len(BOM.encode("utf-8")):]
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline that ends the last line does not start another
+    for line_no, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            yield line_no, BLANK
             continue
-        yield line, row
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield line_no, RejectedRow(line_no, f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at "
+                                                f"column {err.start + 1})")
+            continue
+        yield line_no, _parse_json(text, line_no)
+
+
+_INVALID_BYTE = re.compile("[\udc80-\udcff]")  # an undecodable byte, kept by errors="surrogateescape"
+
+
+def _invalid_byte(text: str) -> str | None:
+    match = _INVALID_BYTE.search(text)
+    if match is None:
+        return None
+    return f"not valid UTF-8 (byte 0x{ord(match.group()) - 0xdc00:02x})"
+
+
+def _json_array_rows(data: bytes):
+    """A .json file holding one array of objects: each item is a row, numbered by the line it
+    starts on. A syntax error ends the array (nothing after it can be located)."""
+    text = data.decode("utf-8", errors="surrogateescape").removeprefix(BOM)
+    decoder = json.JSONDecoder()
+    whitespace = re.compile(r"[ \t\r\n]*")
+    position = whitespace.match(text, text.index("[") + 1).end()
+    counted, line = 0, 1  # newlines before `counted`, kept up to date as the reader moves on
+
+    def line_at(index: int) -> int:
+        nonlocal counted, line
+        line += text.count("\n", counted, index)
+        counted = index
+        return line
+
+    if text.startswith("]", position):
+        return
+    item = 0
+    while True:
+        item += 1
+        line = line_at(position)
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as err:
+            yield line, RejectedRow(line, _json_error(err) + "; the rest of the array cannot be read"), item
+            return
+        except (RecursionError, ValueError) as err:
+            reason = "JSON nested too deeply" if isinstance(err, RecursionError) else f"bad JSON: {err}"
+            yield line, RejectedRow(line, reason + "; the rest of the array cannot be read"), item
+            return
+        bad = _invalid_byte(text[position:end])
+        yield line, (RejectedRow(line, bad) if bad else value), item
+        position = whitespace.match(text, end).end()
+        if text.startswith(",", position):
+            position = whitespace.match(text, position + 1).end()
+        elif text.startswith("]", position):
+            tail = text[position + 1:].strip()
+            if tail:
+                tail_line = line_at(position)
+                yield tail_line, RejectedRow(tail_line, "text after the end of the JSON array"), item + 1
+            return
+        else:
+            line = line_at(position)
+            yield line, RejectedRow(line, "bad JSON: expected ',' or ']' after an item; "
+                                          "the rest of the array cannot be read"), item + 1
+            return
+
+
+_PHYSICAL_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def _csv_rows(data: bytes, delimiter: str):
+    """CSV/TSV through the csv module in strict mode. A record the module cannot close (an
+    unbalanced quote) is rejected by the line it starts on and reading resumes on the next line,
+    so one stray quote never swallows the rest of the file. Bytes that are not UTF-8 reject only
+    the record holding them."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    text = data.decode("utf-8", errors="surrogateescape").removeprefix(BOM)
+    lines = _PHYSICAL_LINE.findall(text)
+    header: list[str] | None = None
+    start = 0  # index of the physical line a fresh reader starts on
+    while start < len(lines):
+        reader = csv.reader((lines[i] for i in range(start, len(lines))), delimiter=delimiter, strict=True)
+        done = 0  # physical lines this reader has finished
+        try:
+            for cells in reader:
+                line, done = start + done + 1, reader.line_num
+                if not cells:
+                    yield line, BLANK
+                elif header is None:
+                    header = [name.strip() for name in cells]
+                elif _invalid_byte(delimiter.join(cells)):
+                    yield line, RejectedRow(line, _invalid_byte(delimiter.join(cells)))
+                elif len(cells) > len(header):
+                    yield line, RejectedRow(line, f"{len(cells) - len(header)} more cells than the "
+                                                  "header has columns")
+                else:
+                    yield line, dict(zip(header, cells + [None] * (len(header) - len(cells))))
+            return
+        except csv.Error as err:
+            line = start + done + 1
+            if header is None:
+                raise PoolFormatError(f"The CSV header on line {line} cannot be read: {err}.") from None
+            yield line, RejectedRow(line, f"bad CSV: {err} (is a quote left open?); read again from "
+                                          f"line {line + 1}")
+            start = line  # the next physical line, 0-based
 
 
 def _parquet_rows(path: Path):
@@ -248,6 +429,34 @@ def demo_problems(n: int = 40, *, seed: int = 0, mix: tuple[float, ...] = DEMO_S
         problem = demo_problem(rng, steps)
         problems.setdefault(problem.id, problem)
     return list(problems.values())
+
+
+def with_every_step_count(problems: list[Problem], *, seed: int = 0,
+                          mix: tuple[float, ...] = DEMO_STEP_MIX) -> list[Problem]:
+    """The same number of demo problems, with at least one of every step count the mix allows: a
+    missing count replaces the last problem of the most common one (a 40-problem draw at 5 % per
+    long count lacks them now and then, and the Inspect page then has only short chains). A pool
+    that has every count already comes back unchanged."""
+    counts = {k: 0 for k in range(1, len(mix) + 1) if mix[k - 1] > 0}
+    for p in problems:
+        counts[p.meta.get("steps", 0)] = counts.get(p.meta.get("steps", 0), 0) + 1
+    missing = [k for k in sorted(counts) if counts[k] == 0]
+    if not missing or len(problems) < len(counts):
+        return list(problems)
+    rng = random.Random(f"{seed}:every-step-count")  # its own stream: the main draw stays as it was
+    out = list(problems)
+    taken = {p.id for p in out}
+    for steps in missing:
+        common = max(counts, key=lambda k: counts[k])
+        index = max(i for i, p in enumerate(out) if p.meta.get("steps") == common)
+        problem = demo_problem(rng, steps)
+        while problem.id in taken:
+            problem = demo_problem(rng, steps)
+        taken.add(problem.id)
+        out[index] = problem
+        counts[common] -= 1
+        counts[steps] += 1
+    return out
 
 
 def spread_by_steps(problems: list[Problem]) -> list[Problem]:

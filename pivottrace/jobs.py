@@ -13,6 +13,7 @@ runs no SQL (store.py).
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -102,27 +103,41 @@ def start(db, kind: str, args: dict, *, total: int = 0) -> int:
 
 def start_trace(db, *, model: str = DEFAULT_SPEC, limit: int | None = None, samples: int = 4,
                 max_new_tokens: int = 256, batch_size: int = 4, source: str | None = None,
-                route_after: bool = True) -> int:
-    """Trace up to `limit` untraced problems with `model` (then route) in the background."""
+                route_after: bool = True, device: str = "auto", dtype: str = "auto") -> int:
+    """Trace up to `limit` untraced problems with `model` (then route) in the background, on `device`
+    ("auto": the GPU when there is one; a device that is not there fails the job with one line)."""
     from .models import resolve_model  # no torch: validates the spec before a process starts
 
     resolve_model(model)
     if limit is not None and int(limit) < 1:
         raise JobError("Trace at least one problem.")
+    _check_device(device, dtype)
     args = {"model": model, "limit": limit, "samples": int(samples), "max_new_tokens": int(max_new_tokens),
-            "batch_size": int(batch_size), "source": source, "route_after": bool(route_after)}
+            "batch_size": int(batch_size), "source": source, "route_after": bool(route_after),
+            "device": device, "dtype": dtype}
     return start(db, "trace", args, total=int(limit or 0))
 
 
-def start_demo(db, *, model: str = DEFAULT_SPEC, problems: int = 40, traced: int = 6, samples: int = 4,
-               max_new_tokens: int = 256) -> int:
-    """Generate demo problems, trace `traced` of them and route, in the background."""
+DEMO_MODEL_ENV = "PIVOTTRACE_DEMO_MODEL"  # the model the app's "Run the demo" uses (default: the embedded one)
+
+
+def start_demo(db, *, model: str | None = None, problems: int = pipeline.DEMO_PROBLEMS,
+               traced: int = pipeline.DEMO_FIRST, samples: int = 4,
+               max_new_tokens: int = 256, rest: bool = True, seed: int = 0, by=None) -> int:
+    """The demo in the background (pipeline.run_demo): generate `problems` demo problems, set the
+    demo budget, trace `traced` of them and route; then, with `rest`, trace the rest of the demo
+    pool, re-routing as it goes (pipeline.continue_demo). `traced=0`: the demo problems are in
+    already (the CLI traced its handful in the foreground) and only the rest is traced. Without
+    `model`: $PIVOTTRACE_DEMO_MODEL, or the embedded default model. `by`: who starts it (a user
+    name or store.LocalOperator; it sets the demo budget when `traced` > 0)."""
     from .models import resolve_model
 
+    model = model or os.environ.get(DEMO_MODEL_ENV) or DEFAULT_SPEC
     resolve_model(model)
     args = {"model": model, "problems": int(problems), "limit": int(traced), "samples": int(samples),
-            "max_new_tokens": int(max_new_tokens), "batch_size": 4, "source": "demo", "route_after": True}
-    return start(db, "demo", args, total=int(traced))
+            "max_new_tokens": int(max_new_tokens), "batch_size": 4, "rest": bool(rest), "seed": int(seed),
+            "by": by.audit_name if isinstance(by, store.LocalOperator) else by}
+    return start(db, "demo", args, total=int(problems) if rest else int(traced))
 
 
 def start_live(db, *, model: str = DEFAULT_SPEC, problem_id: str, samples: int = 4,
@@ -136,6 +151,18 @@ def start_live(db, *, model: str = DEFAULT_SPEC, problem_id: str, samples: int =
     args = {"model": model, "problem_id": problem_id, "samples": int(samples),
             "max_new_tokens": int(max_new_tokens), "batch_size": 1 + int(samples)}
     return start(db, "live", args, total=1)
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # the Pool page's choices; the CLI also takes cuda:N
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _check_device(device: str, dtype: str) -> None:
+    """The names only (no torch here): whether the device is present is checked by the worker."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device or ""):
+        raise JobError(f"Unknown device {device!r}: choose one of {', '.join(DEVICES)}.")
+    if dtype not in DTYPES:
+        raise JobError(f"Unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
 
 
 def start_route(db) -> int:
@@ -203,8 +230,8 @@ def _tracer(args: dict):
     from .trace import TraceConfig, Tracer  # torch is imported in the worker only
 
     config = TraceConfig(n_samples=args["samples"], max_new_tokens=args["max_new_tokens"],
-                         batch_size=args["batch_size"])
-    return Tracer(args["model"], config=config)
+                         batch_size=args["batch_size"], dtype=args.get("dtype", "auto"))
+    return Tracer(args["model"], config=config, device=args.get("device", "auto"))
 
 
 def run(job_id: int, db=None) -> None:
@@ -222,11 +249,8 @@ def run(job_id: int, db=None) -> None:
 
     try:
         if job["kind"] == "demo":
-            from .datasets import LoadResult, demo_problems
-
-            report = pipeline.ingest_loaded(db, LoadResult(demo_problems(args["problems"]), []))
-            store.update_job(db, job_id, message=f"added {report.added} demo problems; loading the model")
-        if job["kind"] in ("trace", "demo"):
+            _run_demo(db, job_id, args)
+        elif job["kind"] == "trace":
             store.update_job(db, job_id, message="loading the model")
             tracer = _tracer(args)
             pending = len(store.pending_problems(db, tracer.model_id, limit=args.get("limit"),
@@ -239,6 +263,10 @@ def run(job_id: int, db=None) -> None:
                 routed = pipeline.route(db, model_id=tracer.model_id, config=pipeline.current_router_config(db),
                                         note=job["kind"])
                 message += f"; router v{routed.router_version}: " + route_summary(routed.counts)
+            elif args.get("route_after"):  # nothing new, but a routing cut short or stale features
+                routed = pipeline.recalibrate_if_due(db, every=0)
+                if routed is not None:
+                    message += f"; re-routed, router v{routed.router_version}"
             store.update_job(db, job_id, status="done", done=run_.traced, message=message)
         elif job["kind"] == "live":
             store.update_job(db, job_id, message="loading the model")
@@ -264,9 +292,56 @@ def run(job_id: int, db=None) -> None:
     except BaseException as err:  # the row must say what happened, whatever happened
         traceback.print_exc()
         status = "cancelled" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
-        store.update_job(db, job_id, status=status, message=f"{type(err).__name__}: {err}"[:500])
+        storage = store.storage_error(err, _db_file(db))  # a full disk says what to do, in one line
+        message = str(storage) if storage is not None else f"{type(err).__name__}: {err}"
+        store.update_job(db, job_id, status=status, message=message[:500])
         if status == "failed":
             raise
+
+
+def _routes_text(counts: dict) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
+
+
+def _acting(by: str | None):
+    """Who started a job, back from its JSON args: a user name, or the local operator."""
+    if isinstance(by, str) and by.startswith(store.LOCAL_PREFIX):
+        return store.LocalOperator(by[len(store.LOCAL_PREFIX):])
+    return by
+
+
+def _run_demo(db, job_id: int, args: dict) -> None:
+    """The demo job: pipeline.run_demo (the handful), then pipeline.continue_demo (the rest)."""
+    store.update_job(db, job_id, message="loading the model")
+    tracer = _tracer(args)
+    done = 0
+    if args["limit"]:
+        def on_first(n, total, run_):
+            store.update_job(db, job_id, done=n, message=f"tracing the first {total} problems · "
+                                                          f"{run_.tokens_per_second:.1f} tokens/s")
+
+        _, first, routed = pipeline.run_demo(db, tracer, by=_acting(args.get("by")), n_problems=args["problems"],
+                                             n_trace=args["limit"],
+                                             seed=args.get("seed", 0), show_progress=False, on_progress=on_first)
+        done = first.traced
+        store.update_job(db, job_id, done=done, message=f"{done} problems traced, the app is ready; "
+                                                         f"router v{routed.router_version}: {_routes_text(routed.counts)}")
+    if not args.get("rest"):
+        store.update_job(db, job_id, status="done", done=done)
+        return
+    pending = len(store.pending_problems(db, tracer.model_id, source=pipeline.DEMO_SOURCE))
+    total = done + pending
+    store.update_job(db, job_id, total=total)
+
+    def on_more(n, _, run_, routed):
+        store.update_job(db, job_id, done=done + n, message=(
+            f"traced {done + n} of {total} · {run_.tokens_per_second:.1f} tokens/s · "
+            f"router v{routed.router_version}: {_routes_text(routed.counts)}"))
+
+    pipeline.continue_demo(db, tracer, on_progress=on_more)
+    counts = store.route_counts(db)
+    store.update_job(db, job_id, status="done", done=total,
+                     message=f"the demo pool is traced ({total} problems); routes: {_routes_text(counts)}")
 
 
 def _on_sigterm(signum, frame):

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import ClassVar
 from pathlib import Path
 
 from . import store
 from .answers import answers_match, canonical, extract_answer
-from .datasets import LoadResult, RejectedRow, demo_problems, read_pool, spread_by_steps
+from .datasets import LoadResult, RejectedRow, demo_problems, read_pool, spread_by_steps, with_every_step_count
 from .features import FeatureTable, build_features, fit_pool_pivot_weights
 from .route import RouterConfig, route_pool
 from .posterior import estimator_for
@@ -29,6 +30,14 @@ class IngestReport:
     added: int
     existing: int
     rejected: list[RejectedRow] = field(default_factory=list)
+    rows: int = 0  # rows read from the file: loaded + rejected + blank
+    loaded: int = 0  # rows that became a problem (repeats within the file included)
+    blank: int = 0
+
+    def totals(self) -> str:
+        """One line that accounts for every row of the file."""
+        return (f"Read {self.rows} rows: {self.loaded} loaded, {len(self.rejected)} rejected, "
+                f"{self.blank} blank.")
 
 
 def ingest(db, path: str | Path, **options) -> IngestReport:
@@ -38,7 +47,8 @@ def ingest(db, path: str | Path, **options) -> IngestReport:
 
 def ingest_loaded(db, loaded: LoadResult) -> IngestReport:
     added, existing = store.insert_problems(db, loaded.problems)
-    return IngestReport(added, existing, loaded.rejected)
+    return IngestReport(added, existing, loaded.rejected, rows=loaded.rows, loaded=loaded.loaded,
+                        blank=loaded.blank)
 
 
 @dataclass
@@ -56,21 +66,27 @@ def trace_pool(db, tracer, *, limit: int | None = None, source: str | None = Non
                show_progress: bool = True, on_progress=None) -> TraceRun:
     """Trace every problem without a trace for `tracer.model_id`, batch by batch.
 
-    Each problem is written in its own transaction as soon as its batch is done, so an
-    interrupted run loses at most the batch in flight, and a re-run skips what is done.
-    `on_progress(done, total, run)` is called after each batch.
+    Each batch is claimed first (store.claim_problems), so two runs at once never trace the
+    same problem; the claims are released when the run ends, however it ends, and a crashed
+    run's claims lapse. Each problem is written in its own transaction as soon as its batch is
+    done, so an interrupted run loses at most the batch in flight, and a re-run skips what is
+    done. `on_progress(done, total, run)` is called after each batch.
     """
     from tqdm import tqdm
 
     store.upsert_model(db, tracer.model_id, spec=str(tracer.source.path), n_layers=tracer.n_layers)
-    pending = store.pending_problems(db, tracer.model_id, limit=limit, source=source)
+    total = len(store.pending_problems(db, tracer.model_id, limit=limit, source=source))
     run = TraceRun()
+    run_id = uuid.uuid4().hex
     batch_size = max(int(tracer.config.batch_size), 1)
-    bar = tqdm(total=len(pending), unit="problem", disable=not show_progress, dynamic_ncols=True)
+    bar = tqdm(total=total, unit="problem", disable=not show_progress, dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        for offset in range(0, len(pending), batch_size):
-            batch = pending[offset:offset + batch_size]
+        while limit is None or run.traced < limit:
+            wanted = batch_size if limit is None else min(batch_size, limit - run.traced)
+            batch = store.claim_problems(db, tracer.model_id, run_id, n=wanted, source=source)
+            if not batch:
+                break
             results = tracer.trace_batch([p["text"] for p in batch])
             for problem, result in zip(batch, results):
                 store.save_trace(db, problem["id"], tracer.model_id, result)
@@ -79,6 +95,116 @@ def trace_pool(db, tracer, *, limit: int | None = None, source: str | None = Non
             run.seconds = time.perf_counter() - start
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{run.tokens_per_second:.1f}")
+            if on_progress:
+                on_progress(run.traced, max(total, run.traced), run)
+    finally:
+        bar.close()
+        store.release_claims(db, run_id)
+    return run
+
+
+@dataclass
+class RolloutImport:
+    """What import-rollouts did: per model id the groups stored, and how their prompts were matched."""
+
+    rows: int = 0  # sample rows read
+    added: int = 0  # rollout rows stored (re-imported ones are kept once)
+    groups: int = 0
+    matched: dict = field(default_factory=dict)  # "id" | "text" | "contained" -> groups
+    new_problems: list = field(default_factory=list)  # (problem_id, question) of unmatched prompts, stored as new
+    model_ids: list = field(default_factory=list)
+    rejected: list[RejectedRow] = field(default_factory=list)
+
+
+def import_rollouts(db, path: str | Path, *, fmt: str, checkpoint: str, step: int | None = None,
+                    columns=None, source: str | None = None) -> RolloutImport:
+    """Read a rollout file (rollouts.read_rollouts) and store it: K completions per (problem, checkpoint step).
+
+    Prompts are matched to stored problems by id or normalised text; unmatched ones become new problems
+    (reported). The model id is `checkpoint@step<N>` (rollouts.model_id_for), `step` overriding the file's;
+    the checkpoint becomes the model's spec, so `analyse` loads it. Bad rows are reported, good ones load.
+    """
+    from .datasets import Problem
+    from .rollouts import match_groups, model_id_for, new_problem_id, read_rollouts
+
+    path = Path(path)
+    loaded = read_rollouts(path, fmt=fmt, columns=columns)
+    report = RolloutImport(rows=loaded.rows, groups=len(loaded.groups), rejected=loaded.rejected)
+    match_groups(loaded.groups, store.problem_index(db))
+    new = {}
+    for group in loaded.groups:
+        if group.problem_id is None:
+            group.problem_id = new_problem_id(group)
+            new.setdefault(group.problem_id, Problem(group.problem_id, group.question, source or f"rollouts:{path.stem}"))
+        else:
+            report.matched[group.matched_by] = report.matched.get(group.matched_by, 0) + 1
+    store.insert_problems(db, list(new.values()))
+    report.new_problems = [(p.id, p.text) for p in new.values()]
+    rows, seen = [], {}
+    for group in loaded.groups:
+        model_id = model_id_for(checkpoint, group.step if step is None else step)
+        if model_id not in seen:
+            seen[model_id] = store.problems_with_rollouts(db, model_id)
+            if store.model_spec(db, model_id) is None:
+                store.upsert_model(db, model_id, spec=checkpoint, n_layers=None)
+        if group.problem_id in seen[model_id]:  # this checkpoint's rollouts of it are in already
+            continue
+        messages = isinstance(group.prompt, list)
+        for idx, (completion, score, line) in enumerate(zip(group.completions, group.scores, group.lines)):
+            rows.append({"problem_id": group.problem_id, "model_id": model_id, "idx": idx,
+                         "prompt": json.dumps(group.prompt) if messages else group.prompt,
+                         "prompt_is_messages": int(messages), "completion": completion, "score": score,
+                         "step": group.step if step is None else step, "source": path.name, "line": line})
+        seen[model_id].add(group.problem_id)
+    report.added = store.save_rollouts(db, rows)
+    report.model_ids = list(seen)
+    return report
+
+
+def analyse_group(tracer, group: dict):
+    """One problem's imported rollouts -> ProblemTrace: the first completion (file order) is analysed
+    teacher-forced with the prompt the model saw (a verl prompt's special tokens restored when the
+    model's chat template proves them, rollouts.restore_chat_prompt); the other K-1 are its samples
+    (the analysed chain votes too, as the greedy chain does in trace_batch)."""
+    from .answers import extract_answer
+    from .records import ProblemTrace
+
+    from .rollouts import restore_chat_prompt
+
+    started = time.perf_counter()
+    first, *others = group["completions"]
+    prompt = group["prompt"]
+    if isinstance(prompt, str):  # a verl dump's prompt lost its special tokens: restore them when provable
+        prompt = restore_chat_prompt(prompt, tracer.tokenizer) or prompt
+    result = tracer.analyse(group["text"], first, prompt=prompt)
+    return ProblemTrace(trace=result, samples=others, sample_answers=[extract_answer(c) for c in others],
+                        generated_tokens=0, seconds=time.perf_counter() - started)
+
+
+def analyse_pool(db, tracer, *, model_id: str, limit: int | None = None, write_every: int = 8,
+                 show_progress: bool = True, on_progress=None) -> TraceRun:
+    """The teacher-forced analysis pass over imported rollouts of `model_id` with `tracer`'s model.
+
+    Problems go shortest chain first (similar lengths side by side), and results are written every
+    `write_every` problems in one transaction, so a killed run loses at most those and a re-run skips
+    what is done. `run.tokens` counts analysed completion tokens.
+    """
+    from tqdm import tqdm
+
+    store.upsert_model(db, model_id, spec=store.model_spec(db, model_id) or str(tracer.source.path),
+                       n_layers=tracer.n_layers)
+    pending = sorted(store.pending_rollouts(db, model_id, limit=limit), key=lambda g: len(g["completions"][0]))
+    run = TraceRun()
+    bar = tqdm(total=len(pending), unit="problem", disable=not show_progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for offset in range(0, len(pending), max(int(write_every), 1)):
+            batch = [(g["problem_id"], analyse_group(tracer, g)) for g in pending[offset:offset + write_every]]
+            store.save_traces(db, model_id, batch)
+            run.traced += len(batch)
+            run.tokens += sum(r.trace.n_completion_tokens for _, r in batch)
+            run.seconds = time.perf_counter() - start
+            bar.update(len(batch))
             if on_progress:
                 on_progress(run.traced, len(pending), run)
     finally:
@@ -198,12 +324,13 @@ def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfi
     thresholds = dict(routing.thresholds)
     if pivot_weights is not None:  # fitted from step labels when the pool was rescored
         thresholds["pivot_weights"] = pivot_weights.to_dict()
-    version = store.new_router_version(db, kind=estimator.kind, model_id=model_id,
-                                       n_labels=len(labelled), thresholds=thresholds,
-                                       metrics=metrics, note=note)
-    changed = store.save_route_columns(db, routing.problem_ids, routing.model_ids, routing.routes,
-                                       routing.uncertainty, routing.value, version)
-    store.record_route_counts(db, version)
+    with store.immediate(db):  # the version, its routes and its route mix: all or nothing
+        version = store.new_router_version(db, kind=estimator.kind, model_id=model_id,
+                                           n_labels=len(labelled), thresholds=thresholds,
+                                           metrics=metrics, note=note)
+        changed = store.save_route_columns(db, routing.problem_ids, routing.model_ids, routing.routes,
+                                           routing.uncertainty, routing.value, version)
+        store.record_route_counts(db, version)
     return RouteReport(version, estimator.kind, routing.counts(), changed, routing.thresholds, metrics,
                        time.perf_counter() - start)
 
@@ -247,38 +374,56 @@ def explain(report: RouteReport) -> list[str]:
 @dataclass(frozen=True)
 class RecalibrationDue:
     """Why the router should recalibrate now: traces of a checkpoint no router version has seen
-    (`NEW_CHECKPOINT`: its features are computed first), or enough new labels (`NEW_LABELS`)."""
+    (`NEW_CHECKPOINT`), a router version whose routes were never written (`UNFINISHED_ROUTING`: a
+    crash, before routing was one transaction), traces without current features (`STALE_FEATURES`:
+    new, or re-traced with other answers), or enough new labels (`NEW_LABELS`). All but the last
+    compute the features from the traces first."""
 
     NEW_CHECKPOINT: ClassVar[str] = "new_checkpoint"
+    UNFINISHED_ROUTING: ClassVar[str] = "unfinished_routing"
+    STALE_FEATURES: ClassVar[str] = "stale_features"
     NEW_LABELS: ClassVar[str] = "new_labels"
-    cause: str  # NEW_CHECKPOINT or NEW_LABELS
+    cause: str  # one of the four above
     model_id: str  # the checkpoint the recalibration routes
     labels: int = 0  # labels in force (NEW_LABELS)
+    count: int = 0  # the unfinished router version (UNFINISHED_ROUTING), or traces without features (STALE_FEATURES)
 
     @property
     def rescore(self) -> bool:
         """Whether the pool's features must be computed from the traces first."""
-        return self.cause == self.NEW_CHECKPOINT
+        return self.cause != self.NEW_LABELS
 
     @property
     def note(self) -> str:
         """The router version's note."""
-        if self.rescore:
+        if self.cause == self.NEW_CHECKPOINT:
             return f"traces of a new model checkpoint ({self.model_id})"
+        if self.cause == self.UNFINISHED_ROUTING:
+            return f"router version {self.count} left without routes: routed again"
+        if self.cause == self.STALE_FEATURES:
+            return f"{self.count} traces without current features"
         return f"after {self.labels} labels"
 
 
 def recalibration_due(db, *, every: int = RECALIBRATE_EVERY) -> RecalibrationDue | None:
     """Why the router should recalibrate now, or None.
 
-    Due when traces of a model checkpoint that no router version has seen arrive, or when at
-    least `every` labels (0: never) arrived since the last router version.
+    Due when traces of a model checkpoint that no router version has seen arrive; when the
+    last version's routes were never written (a crash, before routing was one transaction);
+    when traces have no current features (new, or re-traced with other answers); or when at
+    least `every` labels (0: never) arrived since the last router version (RecalibrationDue).
     """
     model_id = store.latest_model_id(db)
     if model_id is None:
         return None
-    if store.latest_router_version(db, model_id=model_id) is None:
+    last_of_model = store.latest_router_version(db, model_id=model_id)
+    if last_of_model is None:
         return RecalibrationDue(RecalibrationDue.NEW_CHECKPOINT, model_id)
+    if store.routing_unfinished(db, last_of_model):
+        return RecalibrationDue(RecalibrationDue.UNFINISHED_ROUTING, model_id, count=last_of_model["id"])
+    stale = store.stale_features(db, model_id)
+    if stale:
+        return RecalibrationDue(RecalibrationDue.STALE_FEATURES, model_id, count=stale)
     labelled = len(store.effective_labels(db))
     last = store.latest_router_version(db)
     if every and abs(labelled - (last["n_labels"] or 0)) >= every:
@@ -312,14 +457,16 @@ def current_router_config(db) -> RouterConfig:
 
 def label(db, *, problem_id: str, annotator: str, verdict: str, gold_answer: str | None = None,
           shown_answer: str | None = None, seconds: float | None = None,
-          recalibrate_every: int = RECALIBRATE_EVERY, wait: bool = True) -> RouteReport | None:
+          recalibrate_every: int = RECALIBRATE_EVERY, wait: bool = True,
+          second_label: bool = False) -> RouteReport | None:
     """Save a label, then recalibrate and re-route when `recalibrate_every` labels have arrived.
 
     `wait=False` (the app): return as soon as the label is written, and let the recalibration run
     right behind it on a background thread (`recalibrate_in_background`); returns None then.
     """
-    store.save_label(db, problem_id=problem_id, annotator=annotator, verdict=verdict,
-                     gold_answer=gold_answer, shown_answer=shown_answer, seconds=seconds)
+    save = store.save_second_label if second_label else store.save_label  # an overlap item's second opinion
+    save(db, problem_id=problem_id, annotator=annotator, verdict=verdict,
+         gold_answer=gold_answer, shown_answer=shown_answer, seconds=seconds)
     if verdict == "skip":
         return None
     if not wait:
@@ -412,12 +559,49 @@ def recalibrate_in_background(db, *, every: int = RECALIBRATE_EVERY) -> None:
     background_recalibrator(db).request(every)
 
 
-def run_demo(db, tracer, *, n_problems: int = 40, n_trace: int = 6, seed: int = 0,
-             show_progress: bool = True) -> tuple[IngestReport, TraceRun, RouteReport]:
-    """Generate demo problems, ingest them, trace a handful with `tracer`, and route them.
+DEMO_SOURCE = "demo"
+DEMO_PROBLEMS = 40  # the demo pool: enough for every route and an evaluation, traced in minutes on a CPU
+DEMO_FIRST = 6  # traced before the app opens (about a minute); the rest follows in the background
+DEMO_BUDGET_SHARE = 0.1  # the demo's label budget, as a share of its pool: fewer labels than uncertain
+# problems, so the router has to choose (the rest wait as `deferred`), as on a real pool
+DEMO_ROUTE_EVERY = 8  # while the rest of the demo pool is traced, re-route after this many traces:
+# the route mix on the pages moves every half minute or so; routing 40 problems takes well under a second
+
+
+def demo_budget(n_problems: int) -> int:
+    """The label budget the demo sets: DEMO_BUDGET_SHARE of the pool, at least one label."""
+    return max(1, round(DEMO_BUDGET_SHARE * n_problems))
+
+
+def run_demo(db, tracer, *, by, n_problems: int = DEMO_PROBLEMS, n_trace: int = DEMO_FIRST, seed: int = 0,
+             show_progress: bool = True, on_progress=None) -> tuple[IngestReport, TraceRun, RouteReport]:
+    """Generate demo problems, ingest them, set the demo budget (only where no budget was ever
+    set; `by` is who starts the demo: a lead or researcher, or store.LocalOperator), trace a
+    handful with `tracer`, and route them.
 
     The handful covers every step count (most demo problems are one-step), so the Inspect page
-    has multi-step chains to show from the start."""
-    report = ingest_loaded(db, LoadResult(spread_by_steps(demo_problems(n_problems, seed=seed)), []))
-    run = trace_pool(db, tracer, limit=n_trace, source="demo", show_progress=show_progress)
-    return report, run, route(db, model_id=tracer.model_id, note="demo")
+    has multi-step chains to show from the start. `continue_demo` traces the rest."""
+    problems = with_every_step_count(demo_problems(n_problems, seed=seed), seed=seed)
+    report = ingest_loaded(db, LoadResult(spread_by_steps(problems), []))
+    store.set_initial_budget(db, total=demo_budget(n_problems), set_by=DEMO_SOURCE, by=by)
+    run = trace_pool(db, tracer, limit=n_trace, source=DEMO_SOURCE, show_progress=show_progress,
+                     on_progress=on_progress)
+    return report, run, route(db, model_id=tracer.model_id, config=current_router_config(db), note="demo")
+
+
+def continue_demo(db, tracer, *, route_every: int = DEMO_ROUTE_EVERY, on_progress=None) -> TraceRun:
+    """Trace the demo problems `run_demo` left, re-routing after every `route_every` traces, so
+    the evaluation and every route become possible while people already use the app.
+    `on_progress(done, total, run, routed)` is called after each chunk (routed: its RouteReport)."""
+    total = len(store.pending_problems(db, tracer.model_id, source=DEMO_SOURCE))
+    overall = TraceRun()
+    while True:
+        run = trace_pool(db, tracer, limit=max(int(route_every), 1), source=DEMO_SOURCE, show_progress=False)
+        if not run.traced:
+            return overall
+        overall.traced += run.traced
+        overall.tokens += run.tokens
+        overall.seconds += run.seconds
+        routed = route(db, model_id=tracer.model_id, config=current_router_config(db), note="demo: more traces")
+        if on_progress:
+            on_progress(overall.traced, total, overall, routed)

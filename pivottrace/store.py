@@ -14,6 +14,7 @@ token hashes, never tokens: hashing and sign-in live in auth.py.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -77,6 +78,109 @@ class LocalOperator:
         return f"{LOCAL_PREFIX}{self.login}"
 
 
+class StorageError(StoreError):
+    """The database or a file cannot be read or written. The message says what to do; the
+    exit code tells the failures apart for scripts (see `storage_error`)."""
+
+    exit_code = 9
+
+
+class NotADatabase(StorageError):
+    exit_code = 3
+
+
+class ReadOnlyStorage(StorageError):
+    exit_code = 4
+
+
+class StorageFull(StorageError):
+    exit_code = 5
+
+
+class NoDatabase(StorageError):
+    exit_code = 6
+
+
+class CannotWriteFile(StorageError):
+    exit_code = 7
+
+
+class DatabaseBusy(StorageError):
+    exit_code = 8
+
+
+_READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+LOW_SPACE_BYTES = 1 << 20  # under this much free space, an I/O error in WAL mode is a full disk
+# (SQLite reports a failed write to the -wal/-shm files as a plain I/O error, not SQLITE_FULL)
+
+
+def _low_on_space(path) -> bool:
+    import shutil
+
+    if not path or str(path) == ":memory:":
+        return False
+    try:
+        return shutil.disk_usage(Path(path).resolve().parent).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
+
+
+def storage_error(err: BaseException, path: str | Path | None = None) -> StorageError | None:
+    """A one-line StorageError for a SQLite or file-system failure (None when `err` is neither).
+
+    `path`: the database, when the failure is the database's. Nothing is lost in any of these
+    cases: a failed write rolls its transaction back.
+    """
+    if isinstance(err, StorageError):
+        return err
+    where = str(path) if path else "the database"
+    if isinstance(err, sqlite3.Error):
+        name = getattr(err, "sqlite_errorname", "") or ""
+        text = str(err)
+        if name == "SQLITE_NOTADB" or "file is not a database" in text:
+            return NotADatabase(f"{where} is not a PivotTrace database (SQLite cannot read it). Give "
+                                "--db the path of a PivotTrace database, or a new file name to start one.")
+        if name == "SQLITE_FULL" or "disk is full" in text:
+            return StorageFull(f"The disk holding {where} is full; nothing was written. Free some space "
+                               "and run the command again.")
+        if name.startswith("SQLITE_READONLY") or "readonly database" in text:
+            return ReadOnlyStorage(f"{where} is read-only; nothing was written. Check the permissions of "
+                                   "the file and its folder, or give --db a writable place.")
+        if name.startswith("SQLITE_CANTOPEN") or "unable to open database" in text:
+            return ReadOnlyStorage(f"Cannot open {where}: check that its folder exists and that you may "
+                                   "write there (SQLite also writes -wal and -shm files beside it).")
+        if name in ("SQLITE_BUSY", "SQLITE_LOCKED") or "database is locked" in text:
+            return DatabaseBusy(f"{where} stayed locked by another process for too long; wait for it "
+                                "to finish and run the command again.")
+        if name == "SQLITE_CORRUPT" or "malformed" in text:
+            return NotADatabase(f"{where} is damaged (SQLite: {text}). Restore it from a backup.")
+        if (name.startswith("SQLITE_IOERR") or "disk I/O error" in text) and _low_on_space(path):
+            return StorageFull(f"The disk holding {where} is full; nothing was written. Free some space "
+                               "and run the command again.")
+        if name.startswith("SQLITE_IOERR") or "disk I/O error" in text:
+            return StorageError(f"Reading or writing {where} failed (SQLite: {text}); check the disk "
+                                "and run the command again.")
+        return None
+    if isinstance(err, OSError):
+        target = err.filename or where
+        if err.errno == errno.ENOSPC or err.errno == errno.EDQUOT:
+            return StorageFull(f"The disk holding {target} is full. Free some space and run the "
+                               "command again.")
+        if err.errno in _READ_ONLY_ERRNOS:
+            folder = target if Path(target).is_dir() else Path(target).parent
+            return CannotWriteFile(f"Cannot write in {folder}: the location is read-only. Check the "
+                                   "permissions, or choose another folder.")
+        if err.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+            return CannotWriteFile(f"Cannot write {target}: a part of that path is a file, not a "
+                                   "folder (or the other way round). Choose another path.")
+        if err.errno == errno.ENOENT:
+            return CannotWriteFile(f"{target} does not exist. Check the path.")
+        return CannotWriteFile(f"Cannot read or write {target}: {err.strerror or err}.")
+    return None
+
+
 def default_db_path() -> str:
     return os.environ.get("PIVOTTRACE_DB", DEFAULT_DB)
 
@@ -98,7 +202,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         "n_prompt_tokens": int, "n_completion_tokens": int,
         "steps": str,  # JSON list of {text, char_start, char_end, tok_start, tok_end}
         "tokens": str,  # JSON list of completion token strings
-        "arrays": bytes,  # compressed npz: entropy [L,S], segment_attention [L,S,S+1], ...
+        "arrays": bytes,  # compressed npz: entropy [L,S], segment summary (encode_arrays), ...
         "mean_logprob": float, "min_logprob": float, "answer_prob": float,
         "seconds": float, "created_at": float,
     }, pk=("problem_id", "model_id"))
@@ -223,6 +327,37 @@ def _migration_5(db: sqlite_utils.Database) -> None:
 
 
 def _migration_6(db: sqlite_utils.Database) -> None:
+    """Trace claims: a trace run leases the problems it is tracing, so two runs at once never
+    trace the same problem (claim_problems)."""
+    db["trace_claims"].create({
+        "problem_id": str, "model_id": str, "run_id": str, "host": str, "pid": int, "expires_at": float,
+    }, pk=("problem_id", "model_id"))
+    db["trace_claims"].create_index(["run_id"])
+
+
+def _migration_7(db: sqlite_utils.Database) -> None:
+    """Rollouts sampled elsewhere (import-rollouts): K completions per (problem, checkpoint), kept until
+    `analyse` turns the first into a trace and the rest into its samples."""
+    db["rollouts"].create({
+        "problem_id": str, "model_id": str, "idx": int,  # idx: file order within the group
+        "prompt": str,  # the prompt the model saw: text, or JSON chat messages
+        "prompt_is_messages": int, "completion": str, "score": float, "step": int,
+        "source": str, "line": int, "created_at": float,
+    }, pk=("problem_id", "model_id", "idx"))
+    db["rollouts"].create_index(["model_id"])
+
+
+def _migration_8(db: sqlite_utils.Database) -> None:
+    """Double labelling for agreement: the overlap share a lead sets (append-only, newest in
+    force) and the reviews in which a lead settles a disagreement with a label of their own."""
+    db["overlap_settings"].create({"id": int, "share": float, "set_by": str, "created_at": float}, pk="id")
+    db["reviews"].create({"id": int, "problem_id": str, "lead": str, "label_id": int, "created_at": float},
+                         pk="id")
+    db["reviews"].create_index(["problem_id"])
+    db["reviews"].create_index(["label_id"])  # "is this label a review?", asked per label
+
+
+def _migration_9(db: sqlite_utils.Database) -> None:
     """Sign-in and the audit trail (issue 12):
     - users get an argon2 password hash (None: cannot sign in with a password), an email for
       single sign-on (unique, case-insensitive) and a must-change flag for one-time passwords;
@@ -248,18 +383,61 @@ def _migration_6(db: sqlite_utils.Database) -> None:
                    "select raise(abort, 'the audit trail is append-only'); end")
 
 
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6]  # index i upgrades user_version i -> i+1; append, never edit
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
+              _migration_6, _migration_7, _migration_8, _migration_9]  # index i upgrades user_version i -> i+1; append, never edit
 
 
-def open_db(path: str | Path | None = None) -> sqlite_utils.Database:
-    """Open (and create or migrate) the database. Safe to call from many processes at once."""
+def open_db(path: str | Path | None = None, *, create: bool = True) -> sqlite_utils.Database:
+    """Open (and create or migrate) the database. Safe to call from many processes at once.
+
+    With `create=False` a missing file is a NoDatabase error, not a new empty database (for
+    commands that only read). SQLite and file-system failures become StorageError lines.
+    """
     path = str(path or default_db_path())
+    try:
+        return _open_db(path, create=create)
+    except (sqlite3.Error, OSError) as err:
+        translated = storage_error(err, path)
+        if translated is None:
+            raise
+        raise translated from err
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    """The one place a connection is made (tests inject SQLite failures here)."""
+    return sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+
+
+def _open_db(path: str, *, create: bool) -> sqlite_utils.Database:
     if path != ":memory:":
+        if Path(path).is_dir():
+            raise NotADatabase(f"{path} is a folder; give --db a database file inside it "
+                               f"(e.g. {Path(path) / DEFAULT_DB}).")
+        if not create and not Path(path).exists():
+            raise NoDatabase(f"No database at {path}. Create one with `pivottrace ingest` or "
+                             "`pivottrace demo`, or point --db (or $PIVOTTRACE_DB) at yours.")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+    conn = _connect(path)
+    try:
+        return _prepare(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _prepare(conn: sqlite3.Connection, path: str) -> sqlite_utils.Database:
+    """Check that the file is a PivotTrace database, set the connection up and migrate it."""
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.create_function("fold", 1, _fold, deterministic=True)
     db = sqlite_utils.Database(conn)
+    version = conn.execute("PRAGMA user_version").fetchone()[0]  # reads the header: not a database fails here
+    if version > len(MIGRATIONS):
+        raise NotADatabase(f"{path} was written by a newer PivotTrace (schema {version}; this one "
+                           f"knows {len(MIGRATIONS)}). Upgrade PivotTrace to open it.")
+    if version == 0 and conn.execute("select count(*) from sqlite_master where name not like "
+                                     "'sqlite_%'").fetchone()[0]:
+        raise NotADatabase(f"{path} is an SQLite database of another program, not a PivotTrace "
+                           "database; give --db another file.")
     if path != ":memory:":
         db.enable_wal()
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -279,14 +457,28 @@ def immediate(db: sqlite_utils.Database):
     if conn.in_transaction:  # nested: the outer transaction already holds the lock
         yield db
         return
-    conn.execute("BEGIN IMMEDIATE")
     try:
-        yield db
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    else:
-        conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if conn.in_transaction:  # SQLite has already rolled back after some errors (a full disk)
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+    except sqlite3.Error as err:  # a full disk, a read-only file, a lock held too long: one clear line
+        translated = storage_error(err, _db_file_or_none(db))
+        if translated is None:
+            raise
+        raise translated from err
+
+
+def _db_file_or_none(db: sqlite_utils.Database) -> str | None:
+    try:
+        return next((path for _, name, path in db.execute("PRAGMA database_list") if name == "main" and path), None)
+    except sqlite3.Error:
+        return None
 
 
 def db_file(db: sqlite_utils.Database) -> str:
@@ -313,18 +505,69 @@ def schema_version(db: sqlite_utils.Database) -> int:
 
 # --------------------------------------------------------------------------- arrays
 
+SEGMENT_TOP_K = 16  # segments kept per step of the layer-mean segment attention (the Inspect page's bar
+# chart): the prompt, the step itself, the last steps and the few far-back steps it looks at. On random-
+# token chains of 2k/8k/16k tokens (bench/long_trace.py) they hold 89/78/66 % of a step's mass on average;
+# the rest is spread thin over hundreds of steps, and the per-layer buckets keep all of it (as "earlier").
+SEGMENT_BUCKETS = ("prompt", "earlier", "previous", "current")  # per-layer summary of m[l, s]: steps 0..s-2, s-1, s
+
+
+def summarise_segments(mass: np.ndarray) -> dict[str, np.ndarray]:
+    """m [L, S, S+1] -> what is stored of it, O(L*S) and not O(L*S^2):
+    segment_buckets [L, S, 4] float16: per layer, the mass on the prompt, the earlier steps (0..s-2),
+        the previous step and the step itself (SEGMENT_BUCKETS);
+    segment_top_index [S, K] int32 / segment_top_mass [S, K] float16: the SEGMENT_TOP_K largest
+        segments of the layer-mean m.mean(0)[s] (0 prompt, 1+j step j), largest first.
+    temporal_change and consistency are computed from the full m before it is summarised.
+    """
+    mass = np.asarray(mass, dtype=np.float64)
+    n_layers, n_steps, n_segments = mass.shape
+    steps = np.arange(n_steps)
+    cumulative = np.cumsum(mass, axis=-1)  # [L, S, S+1]
+    current = mass[:, steps, steps + 1]  # [L, S]
+    previous = np.where(steps > 0, mass[:, steps, np.maximum(steps, 1)], 0.0)  # [L, S] step s-1 is segment s
+    earlier = cumulative[:, steps, steps + 1] - mass[:, :, 0] - current - previous  # [L, S]
+    buckets = np.stack([mass[:, :, 0], np.clip(earlier, 0.0, None), previous, current], axis=-1)  # [L, S, 4]
+    mean = mass.mean(0)  # [S, S+1]
+    k = min(SEGMENT_TOP_K, n_segments)
+    top = np.argsort(-mean, axis=-1, kind="stable")[:, :k]  # [S, k]
+    return {"segment_buckets": buckets.astype(np.float16), "segment_top_index": top.astype(np.int32),
+            "segment_top_mass": np.take_along_axis(mean, top, axis=-1).astype(np.float16)}
+
+
+def expand_segments(top_index: np.ndarray, top_mass: np.ndarray) -> np.ndarray:
+    """The stored top-K back to a dense layer-mean segment attention [1, S, S+1] (float32; the
+    segments not kept are 0). Only for one trace at a time (the Inspect page)."""
+    n_steps = top_index.shape[0]
+    dense = np.zeros((1, n_steps, n_steps + 1), dtype=np.float32)
+    np.put_along_axis(dense[0], top_index.astype(np.int64), top_mass.astype(np.float32), axis=-1)
+    return dense
+
+
 def encode_arrays(arrays: dict[str, np.ndarray]) -> bytes:
-    """Per-step arrays -> compressed npz bytes (float32)."""
+    """Per-step arrays -> compressed npz bytes: float32, except segment_attention [L, S, S+1], which is
+    stored as its O(L*S) summary (summarise_segments) so a trace's size grows with its steps, not steps^2."""
+    stored = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items() if k != "segment_attention"}
+    if "segment_attention" in arrays:
+        stored.update(summarise_segments(arrays["segment_attention"]))
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+    np.savez_compressed(buffer, **stored)
     return buffer.getvalue()
 
 
-def decode_arrays(blob: bytes | None) -> dict[str, np.ndarray]:
+def decode_arrays(blob: bytes | None, *, dense_segments: bool = True) -> dict[str, np.ndarray]:
+    """npz bytes -> arrays. With `dense_segments`, a summarised segment attention comes back as the dense
+    layer mean `segment_attention` [1, S, S+1] (expand_segments); traces stored before the summary keep
+    their full [L, S, S+1]."""
     if not blob:
         return {}
     with np.load(io.BytesIO(blob)) as data:
-        return {k: data[k] for k in data.files}
+        arrays = {k: data[k] for k in data.files}
+    if "segment_top_index" in arrays:
+        arrays["segment_buckets"] = arrays["segment_buckets"].astype(np.float32)
+        if dense_segments:
+            arrays["segment_attention"] = expand_segments(arrays["segment_top_index"], arrays["segment_top_mass"])
+    return arrays
 
 
 # --------------------------------------------------------------------------- problems
@@ -371,8 +614,24 @@ def upsert_model(db: sqlite_utils.Database, model_id: str, *, spec: str, n_layer
                              "created_at": now()}, pk="id")
 
 
-def save_trace(db: sqlite_utils.Database, problem_id: str, model_id: str, result) -> None:
-    """Write one ProblemTrace (trace + samples) in its own transaction: all of it or nothing."""
+def save_traces(db: sqlite_utils.Database, model_id: str, results) -> int:
+    """Write many (problem_id, ProblemTrace) in one transaction (a distributed run's driver batches);
+    a trace already there is replaced, never doubled. Returns how many were written."""
+    count = 0
+    with immediate(db):
+        for problem_id, result in results:
+            save_trace(db, problem_id, model_id, result)
+            count += 1
+    return count
+
+
+def save_trace(db: sqlite_utils.Database, problem_id: str, model_id: str, result) -> bool:
+    """Write one ProblemTrace (trace + samples) in its own transaction: all of it or nothing.
+
+    A trace that replaces one with other answers (greedy or sampled) makes the problem's features
+    stale: they are deleted in the same transaction, so the next recalibration rescores it
+    (see stale_features). Returns True in that case.
+    """
     trace = result.trace
     row = {
         "problem_id": problem_id, "model_id": model_id, "prompt": trace.prompt,
@@ -386,9 +645,90 @@ def save_trace(db: sqlite_utils.Database, problem_id: str, model_id: str, result
     samples = [{"problem_id": problem_id, "model_id": model_id, "idx": i, "completion": text,
                 "answer": answer}
                for i, (text, answer) in enumerate(zip(result.samples, result.sample_answers))]
+    key = [problem_id, model_id]
     with immediate(db):
+        before = db.execute("select answer from traces where problem_id = ? and model_id = ?", key).fetchone()
+        changed = before is not None and (
+            before[0] != trace.answer or sample_answers(db, problem_id, model_id) != list(result.sample_answers))
+        db.execute("delete from samples where problem_id = ? and model_id = ?", key)  # K may differ
         db["traces"].insert(row, replace=True)
         db["samples"].insert_all(samples, replace=True)
+        if changed:
+            db.execute("delete from features where problem_id = ? and model_id = ?", key)
+    return changed
+
+
+def stale_features(db: sqlite_utils.Database, model_id: str) -> int:
+    """How many of the model's traces have no feature row (new, or re-traced with other answers)."""
+    traces = db.execute("select count(*) from traces where model_id = ?", [model_id]).fetchone()[0]
+    features = db.execute("select count(*) from features where model_id = ?", [model_id]).fetchone()[0]
+    return max(traces - features, 0)
+
+
+# --------------------------------------------------------------------------- trace claims
+
+TRACE_CLAIM_MINUTES = 30  # a claim outlives a crashed run by at most this; a live run renews it every batch
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def claim_problems(db: sqlite_utils.Database, model_id: str, run_id: str, *, n: int,
+                   source: str | None = None, lease_minutes: float = TRACE_CLAIM_MINUTES) -> list[dict]:
+    """Claim up to `n` problems with no trace for `model_id` that no other live run holds, and
+    renew this run's claims. Atomic across processes (BEGIN IMMEDIATE). A claim ends when its run
+    releases it (release_claims), when it expires, or at once when its process, on this host,
+    is gone (a crash)."""
+    stamp = now()
+    host = _host()
+    with immediate(db):
+        db.execute("delete from trace_claims where expires_at < ?", [stamp])
+        for pid in {row[0] for row in db.execute(
+                "select distinct pid from trace_claims where host = ? and run_id != ?", [host, run_id])}:
+            if not _pid_alive(pid):
+                db.execute("delete from trace_claims where host = ? and pid = ?", [host, pid])
+        db.execute("update trace_claims set expires_at = ? where run_id = ?", [stamp + 60 * lease_minutes, run_id])
+        sql = ("select p.id, p.text from problems p where not exists (select 1 from traces t "
+               "where t.problem_id = p.id and t.model_id = ?) and not exists (select 1 from trace_claims c "
+               "where c.problem_id = p.id and c.model_id = ?)")
+        params: list = [model_id, model_id]
+        if source:
+            sql += " and p.source = ?"
+            params.append(source)
+        rows = list(db.query(sql + " order by p.created_at, p.rowid limit ?", params + [int(n)]))
+        db.conn.executemany(
+            "insert into trace_claims (problem_id, model_id, run_id, host, pid, expires_at) "
+            "values (?, ?, ?, ?, ?, ?)",
+            [(row["id"], model_id, run_id, host, os.getpid(), stamp + 60 * lease_minutes) for row in rows])
+    return rows
+
+
+def release_claims(db: sqlite_utils.Database, run_id: str) -> None:
+    with immediate(db):
+        db.execute("delete from trace_claims where run_id = ?", [run_id])
+
+
+def claimed_problems(db: sqlite_utils.Database, model_id: str | None = None) -> list[dict]:
+    sql, params = "select * from trace_claims", []
+    if model_id:
+        sql += " where model_id = ?"
+        params.append(model_id)
+    return list(db.query(sql + " order by problem_id", params))
 
 
 def load_trace(db: sqlite_utils.Database, problem_id: str, model_id: str | None = None) -> dict | None:
@@ -418,7 +758,7 @@ def iter_trace_arrays(db: sqlite_utils.Database, model_id: str | None = None):
     for row in db.query(sql, params):
         row["steps"] = json.loads(row["steps"] or "[]")
         row["tokens"] = json.loads(row["tokens"] or "[]")
-        row["arrays"] = decode_arrays(row["arrays"])
+        row["arrays"] = decode_arrays(row["arrays"], dense_segments=False)  # scoring reads no segment attention
         yield row
 
 
@@ -457,6 +797,16 @@ def reextract_answers(db: sqlite_utils.Database, extract, model_id: str | None =
             db.conn.executemany(f"update {table} set answer = ? where rowid = ?", updates)
             changed += len(updates)
     return changed
+
+
+def traced_with_gold(db: sqlite_utils.Database, model_id: str | None = None) -> int:
+    """Problems traced by `model_id` (default: the newest model) that have a gold answer: the pool
+    an evaluation can use. Only the count leaves the store."""
+    model_id = model_id or latest_model_id(db)
+    if model_id is None:
+        return 0
+    return db.execute("select count(*) from traces t join problems p on p.id = t.problem_id "
+                      "where t.model_id = ? and p.gold is not null and p.gold != ''", [model_id]).fetchone()[0]
 
 
 def latest_model_id(db: sqlite_utils.Database) -> str | None:
@@ -557,6 +907,14 @@ def new_router_version(db: sqlite_utils.Database, *, kind: str, model_id: str | 
             "thresholds": json.dumps(thresholds), "metrics": json.dumps(metrics), "note": note,
         })
         return table.last_pk
+
+
+def routing_unfinished(db: sqlite_utils.Database, version: dict) -> bool:
+    """True for a router version whose routes were never written: a crash between the two, from
+    before pipeline.route wrote them in one transaction (its `counts` are written with them)."""
+    if version.get("counts") is not None:
+        return False
+    return db.execute("select 1 from routes where router_version = ? limit 1", [version["id"]]).fetchone() is None
 
 
 def record_route_counts(db: sqlite_utils.Database, router_version: int) -> dict[str, int]:
@@ -910,10 +1268,23 @@ def record_target_precision(db: sqlite_utils.Database, *, user, before: float, a
 
 
 def _active_leases(db, stamp: float) -> list[tuple[str, str]]:
-    """(problem_id, annotator) of unexpired leases on unlabelled problems, oldest first."""
+    """(problem_id, annotator) of unexpired leases whose holder has no verdict in force on the
+    problem yet (an unlabelled problem, or an overlap item waiting for their second label),
+    oldest first: each of them may still spend one label."""
     return db.execute(
         "select a.problem_id, a.annotator from assignments a join problems p on p.id = a.problem_id "
-        "where a.expires_at > ? and p.verdict is null order by a.leased_at, a.rowid", [stamp]).fetchall()
+        "where a.expires_at > ? and (p.verdict is null or not exists (select 1 from labels l "
+        f"where l.problem_id = a.problem_id and l.annotator = a.annotator and l.verdict in ({_VERDICT_LIST}) "
+        "and not exists (select 1 from labels u where u.undoes = l.id))) "
+        "order by a.leased_at, a.rowid", [stamp]).fetchall()
+
+
+def _room_for_lease(db, stamp: float) -> bool:
+    room = _budget_room(db, stamp)
+    return room is None or room > 0
+
+
+_VERDICT_LIST = ", ".join(f"'{v}'" for v in VERDICTS)
 
 
 def _budget_room(db, stamp: float) -> int | None:
@@ -924,8 +1295,37 @@ def _budget_room(db, stamp: float) -> int | None:
     return row[0] - labels_spent(db) - len(_active_leases(db, stamp))
 
 
+INITIAL_BUDGET_ROLES = ("lead", "researcher")  # those who may start the demo, which sets one
+
+
+def set_initial_budget(db: sqlite_utils.Database, *, total: int, set_by: str, by) -> bool:
+    """Set a starting budget (e.g. the demo's) only where no budget was ever set: it never
+    overrides a lead's. `by` (a lead or researcher starting the demo, or the local operator) is
+    who acts; the change is audited. Returns whether it was set."""
+    if int(total) < 0:
+        raise StoreError("Budget must not be negative.")
+    with immediate(db):
+        if db.execute("select 1 from budgets limit 1").fetchone():
+            return False
+        actor = _actor(db, by)
+        if not isinstance(by, LocalOperator) and user_role(db, by) not in INITIAL_BUDGET_ROLES:
+            raise PermissionDenied(f"{by!r} is a {user_role(db, by)}; only leads and researchers start the demo.")
+        db["budgets"].insert({"total": int(total), "cost_per_label": 0.0, "set_by": set_by, "created_at": now()})
+        _audit(db, actor=actor, action="budget", subject=set_by, before=None, after=_budget_text(total, 0.0))
+    return True
+
+
+def budget_set_by(db: sqlite_utils.Database) -> str | None:
+    """Who set the budget in force (a lead's name, or "demo"); None when none was set."""
+    row = db.execute("select set_by from budgets order by id desc limit 1").fetchone()
+    return row[0] if row else None
+
+
 def labels_spent(db: sqlite_utils.Database) -> int:
-    return db.execute("select count(*) from problems where verdict is not null").fetchone()[0]
+    """Labels that spend budget: one per labelled problem, plus each second label of an overlap
+    item (an item labelled by two annotators counts twice)."""
+    first = db.execute("select count(*) from problems where verdict is not null").fetchone()[0]
+    return first + second_labels_spent(db)
 
 
 def budget_status(db: sqlite_utils.Database) -> dict:
@@ -1128,7 +1528,7 @@ def undo_last_label(db: sqlite_utils.Database, annotator: str) -> dict:
         if verdict == SKIP:
             db.execute("delete from skips where problem_id = ? and annotator = ?", [problem_id, annotator])
         else:
-            db.execute("update problems set verdict = null where id = ?", [problem_id])
+            _refresh_verdict(db, problem_id)  # the newest label still in force (a second label's undo keeps the first)
         route = db.execute("select route from routes where problem_id = ?", [problem_id]).fetchone()
         holder = _lease_holder(db, problem_id, stamp)
         room = _budget_room(db, stamp)
@@ -1240,13 +1640,6 @@ def effective_step_labels(db: sqlite_utils.Database, *, problem_id: str | None =
 
 
 # --------------------------------------------------------------------------- labels for analytics and export
-
-def verdicts_in_force_by_annotator(db: sqlite_utils.Database) -> list[tuple[str, str, str]]:
-    """(annotator, problem_id, verdict) of every verdict not undone, oldest first (analytics keeps
-    the latest per annotator and problem)."""
-    return db.execute(
-        f"select annotator, problem_id, verdict from ({labels_not_undone_sql(VERDICTS)}) order by id").fetchall()
-
 
 def skip_undo_counts(db: sqlite_utils.Database) -> list[tuple[str, str, int]]:
     """(annotator, "skip" or "undo", count) over the skip and undo rows not themselves undone."""
@@ -1402,3 +1795,251 @@ def route_history(db: sqlite_utils.Database) -> list[dict]:
 
 def source_counts(db: sqlite_utils.Database) -> list[dict]:
     return list(db.query("select source, count(*) as problems from problems group by source order by 2 desc"))
+
+
+# --------------------------------------------------------------------------- rollouts sampled elsewhere
+
+def problem_index(db: sqlite_utils.Database) -> list[dict]:
+    """Every problem's id and text (import-rollouts matches prompts against them)."""
+    return list(db.query("select id, text from problems order by rowid"))
+
+
+def problems_with_rollouts(db: sqlite_utils.Database, model_id: str) -> set[str]:
+    return {r[0] for r in db.execute("select distinct problem_id from rollouts where model_id = ?", [model_id])}
+
+
+def save_rollouts(db: sqlite_utils.Database, rows: list[dict]) -> int:
+    """Insert rollout rows (one transaction); rows already there are kept as they are. Returns rows added."""
+    stamp = now()
+    for row in rows:
+        row.setdefault("created_at", stamp)
+    with immediate(db):
+        before = db["rollouts"].count
+        db["rollouts"].insert_all(rows, ignore=True, batch_size=1000)
+        return db["rollouts"].count - before
+
+
+def rollout_models(db: sqlite_utils.Database) -> list[str]:
+    """Model ids with imported rollouts, oldest import first."""
+    return [r[0] for r in db.execute("select model_id from rollouts group by model_id order by min(created_at)")]
+
+
+def traced_problem_ids(db: sqlite_utils.Database, model_id: str, *, limit: int | None = None) -> list[str]:
+    return [r[0] for r in db.execute("select problem_id from traces where model_id = ? order by rowid limit ?",
+                                     [model_id, -1 if limit is None else int(limit)])]
+
+
+def model_spec(db: sqlite_utils.Database, model_id: str) -> str | None:
+    row = db.execute("select spec from models where id = ?", [model_id]).fetchone()
+    return row[0] if row else None
+
+
+def pending_rollouts(db: sqlite_utils.Database, model_id: str, *, limit: int | None = None) -> list[dict]:
+    """Problems with rollouts of this model and no trace yet (what a resumed analysis still has to do),
+    oldest import first: [{problem_id, text, prompt (text or messages), completions [K]}]."""
+    sql = ("select r.problem_id, p.text, r.prompt, r.prompt_is_messages, r.completion from rollouts r "
+           "join problems p on p.id = r.problem_id where r.model_id = ? and not exists (select 1 from traces t "
+           "where t.problem_id = r.problem_id and t.model_id = r.model_id) order by r.created_at, r.rowid")
+    groups: dict[str, dict] = {}
+    for row in db.query(sql, [model_id]):
+        group = groups.get(row["problem_id"])
+        if group is None:
+            if limit is not None and len(groups) >= limit:
+                continue
+            prompt = json.loads(row["prompt"]) if row["prompt_is_messages"] else row["prompt"]
+            group = groups[row["problem_id"]] = {"problem_id": row["problem_id"], "text": row["text"],
+                                                 "prompt": prompt, "completions": []}
+        group["completions"].append(row["completion"])
+    return list(groups.values())
+
+
+# --------------------------------------------------------------------------- overlap: two labels on one item
+
+OVERLAP_HASH_SPAN = 16 ** 8  # the first 8 hex digits of a sha256 as a fraction in [0, 1)
+
+
+def _refresh_verdict(db, problem_id: str) -> None:
+    """problems.verdict := the newest label in force on the problem (None when none is left)."""
+    db.execute(f"update problems set verdict = (select f.verdict from ({labels_not_undone_sql(VERDICTS)}) f "
+               "where f.problem_id = ? order by f.id desc limit 1) where id = ?", [problem_id, problem_id])
+
+
+def set_overlap_share(db: sqlite_utils.Database, *, user, share: float) -> None:
+    """A lead (or the local operator) sets the share of annotate picks that a second, different
+    annotator also labels. Audited."""
+    if not 0.0 <= float(share) <= 1.0:
+        raise StoreError("The overlap share must be between 0 and 1 (e.g. 0.1 for 10 %).")
+    with immediate(db):
+        actor = _actor(db, user, "lead")
+        before = db.execute("select share from overlap_settings order by id desc limit 1").fetchone()
+        db["overlap_settings"].insert({"share": float(share), "set_by": actor, "created_at": now()})
+        _audit(db, actor=actor, action="overlap share", subject=None,
+               before=None if before is None else f"{before[0]:g}", after=f"{float(share):g}")
+
+
+def overlap_share(db: sqlite_utils.Database) -> float:
+    """The overlap share in force (0 until a lead sets one)."""
+    row = db.execute("select share from overlap_settings order by id desc limit 1").fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def is_overlap_pick(problem_id: str, share: float) -> bool:
+    """Whether an item is among the `share` of items labelled twice. A hash of the id, not the
+    router's value or a random draw: a uniform sample of the picks, the same in every process and
+    after every re-route, so raising the share only adds items."""
+    import hashlib
+
+    point = int(hashlib.sha256(str(problem_id).encode("utf-8")).hexdigest()[:8], 16) / OVERLAP_HASH_SPAN
+    return point < float(share)
+
+
+def verdicts_by_annotator(db: sqlite_utils.Database) -> list[dict]:
+    """Each annotator's newest verdict in force per problem (a lead's review label left out):
+    {label_id, problem_id, annotator, verdict, gold_answer, shown_answer, created_at}, oldest first."""
+    return list(db.query(
+        "select l.id as label_id, l.problem_id, l.annotator, l.verdict, l.gold_answer, l.shown_answer, "
+        f"l.created_at from labels l join ({_NEWEST_PER_ANNOTATOR}) m on m.id = l.id order by l.id"))
+
+
+# the id of each annotator's newest verdict in force per problem, a lead's review label left out
+_NEWEST_PER_ANNOTATOR = (f"select max(f.id) as id from ({labels_not_undone_sql(VERDICTS)}) f "
+                         "where not exists (select 1 from reviews r where r.label_id = f.id) "
+                         "group by f.problem_id, f.annotator")
+
+
+def _labellers(db) -> dict[str, list[str]]:
+    """{problem_id: annotators with a verdict in force on it, first labeller first}."""
+    out: dict[str, list[str]] = {}
+    for row in verdicts_by_annotator(db):
+        names = out.setdefault(row["problem_id"], [])
+        if row["annotator"] not in names:
+            names.append(row["annotator"])
+    return out
+
+
+def second_labels_spent(db: sqlite_utils.Database) -> int:
+    """Verdicts in force beyond the first on a problem (a lead's review label is not one)."""
+    return db.execute(f"select count(*) - count(distinct l.problem_id) from labels l "
+                      f"join ({_NEWEST_PER_ANNOTATOR}) m on m.id = l.id").fetchone()[0]
+
+
+def _waiting_second_label(db, annotator: str, stamp: float) -> list[str]:
+    """Overlap picks with one labeller (not `annotator`), nobody else leasing them and not
+    skipped by `annotator`: best router value first."""
+    share = overlap_share(db)
+    if share <= 0:
+        return []
+    held = {pid for pid, who in db.execute(
+        "select problem_id, annotator from assignments where expires_at > ?", [stamp]) if who != annotator}
+    skipped = {r[0] for r in db.execute("select problem_id from skips where annotator = ?", [annotator])}
+    open_items = [pid for pid, names in _labellers(db).items()
+                  if len(names) == 1 and names[0] != annotator and pid not in held and pid not in skipped
+                  and is_overlap_pick(pid, share)]
+    if not open_items:
+        return []
+    value = dict(db.execute("select problem_id, coalesce(value, 0) from routes where problem_id in "
+                            f"({', '.join('?' for _ in open_items)})", open_items).fetchall())
+    return sorted(open_items, key=lambda pid: -value.get(pid, 0.0))
+
+
+def next_item_with_overlap(db: sqlite_utils.Database, annotator: str, *,
+                           lease_minutes: float = LEASE_MINUTES) -> dict | None:
+    """next_item, with overlap: an annotator's live lease first; then an overlap pick waiting for
+    a second label from someone who did not label it (while the budget lasts); then next_item.
+    The returned dict has `second_label` True for an overlap item (save it with save_second_label).
+    Only known users who may label get items; a second-label lease is taken only while the budget
+    has room beyond the labels spent and the items leased, like next_item's."""
+    stamp = now()
+    with immediate(db):
+        _labeller(db, annotator)
+        held = db.execute("select a.problem_id, p.verdict from assignments a join problems p on "
+                          "p.id = a.problem_id where a.annotator = ? and a.expires_at > ? "
+                          "order by a.leased_at desc limit 1", [annotator, stamp]).fetchone()
+        problem_id = None
+        if held and held[1] is not None and annotator not in _labellers(db).get(held[0], [annotator]):
+            problem_id = held[0]
+        elif held is None and overlap_share(db) > 0 and _room_for_lease(db, stamp):  # leases reserve budget
+            waiting = _waiting_second_label(db, annotator, stamp)
+            problem_id = waiting[0] if waiting else None
+        if problem_id is not None:
+            db.execute("insert or replace into assignments (problem_id, annotator, leased_at, expires_at) "
+                       "values (?, ?, ?, ?)", [problem_id, annotator, stamp, stamp + 60 * lease_minutes])
+            return {**queue_item(db, problem_id), "second_label": True}
+    item = next_item(db, annotator, lease_minutes=lease_minutes)
+    return None if item is None else {**item, "second_label": False}
+
+
+def save_second_label(db: sqlite_utils.Database, *, problem_id: str, annotator: str, verdict: str,
+                      gold_answer: str | None = None, shown_answer: str | None = None,
+                      seconds: float | None = None) -> int:
+    """Append the second label of an overlap item: refused for anyone who labelled it already,
+    when another annotator holds the lease, or when the item is not an overlap pick waiting for
+    one. The newest verdict is the one in force until a lead reviews a disagreement. Like
+    save_label: only a known user who may label, under their own unexpired lease, and within the
+    budget (spent never passes the total)."""
+    if verdict not in VERDICTS + ("skip",):
+        raise InvalidLabel(f"Unknown verdict {verdict!r}.")
+    if verdict == "wrong" and not gold_answer:
+        raise InvalidLabel("A 'wrong' label needs the gold answer.")
+    stamp = now()
+    with immediate(db):
+        _labeller(db, annotator)
+        names = _labellers(db).get(problem_id, [])
+        if annotator in names:
+            raise LeaseError("You labelled this problem already; a second label must come from someone else.")
+        if not _holds_lease(db, problem_id, annotator, stamp):
+            holder = _lease_holder(db, problem_id, stamp)
+            if holder is not None and holder != annotator:
+                raise LeaseError(f"{holder} is labelling this problem right now.")
+            raise LeaseError("You hold no lease on this problem (it expired, or a budget change released it); "
+                             "take the next item from the queue.")
+        if len(names) != 1 or not is_overlap_pick(problem_id, overlap_share(db)):
+            raise LeaseError("This problem is not waiting for a second label.")
+        if verdict != "skip":
+            budget = db.execute("select total from budgets order by id desc limit 1").fetchone()
+            if budget is not None and labels_spent(db) >= budget[0]:
+                raise BudgetSpent("The label budget is spent; a lead can raise it on the Budget page.")
+        version = db.execute("select router_version from routes where problem_id = ?", [problem_id]).fetchone()
+        label_id = db["labels"].insert({
+            "problem_id": problem_id, "annotator": annotator, "verdict": verdict,
+            "gold_answer": gold_answer, "shown_answer": shown_answer, "seconds": seconds,
+            "created_at": stamp, "undoes": None, "router_version": version[0] if version else None,
+        }).last_pk
+        if verdict == "skip":
+            db.execute("insert or replace into skips values (?, ?, ?)", [problem_id, annotator, stamp])
+        else:
+            _refresh_verdict(db, problem_id)
+        db.execute("delete from assignments where problem_id = ?", [problem_id])
+    return label_id
+
+
+def reviews(db: sqlite_utils.Database) -> list[dict]:
+    """Reviews whose label is in force (not undone), oldest first: {problem_id, lead, label_id, created_at}."""
+    return list(db.query("select r.problem_id, r.lead, r.label_id, r.created_at from reviews r where not exists "
+                         "(select 1 from labels u where u.undoes = r.label_id) order by r.id"))
+
+
+def resolve_review(db: sqlite_utils.Database, *, lead: str, problem_id: str, verdict: str,
+                   gold_answer: str | None = None, shown_answer: str | None = None) -> int:
+    """A lead settles a disagreement: their verdict is appended as the label in force (it spends
+    no budget and is left out of agreement) and the review is recorded, with the change of the
+    verdict in force in the audit trail. Returns the label id."""
+    if verdict not in VERDICTS:
+        raise StoreError(f"Unknown verdict {verdict!r}.")
+    if verdict == "wrong" and not gold_answer:
+        raise StoreError("A 'wrong' label needs the gold answer.")
+    stamp = now()
+    with immediate(db):
+        actor = _actor(db, lead, "lead")
+        if len(_labellers(db).get(problem_id, [])) < 2:
+            raise StoreError("Only a problem labelled by two annotators can be reviewed.")
+        before = db.execute("select verdict from problems where id = ?", [problem_id]).fetchone()
+        label_id = db["labels"].insert({
+            "problem_id": problem_id, "annotator": actor, "verdict": verdict, "gold_answer": gold_answer,
+            "shown_answer": shown_answer, "seconds": None, "created_at": stamp, "undoes": None,
+            "router_version": None}).last_pk
+        db["reviews"].insert({"problem_id": problem_id, "lead": actor, "label_id": label_id, "created_at": stamp})
+        _refresh_verdict(db, problem_id)
+        _audit(db, actor=actor, action="review", subject=problem_id, before=before[0] if before else None,
+               after=verdict if verdict != "wrong" else f"wrong (gold {gold_answer})")
+    return label_id

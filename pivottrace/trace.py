@@ -50,6 +50,9 @@ PROMPT_EXAMPLES = (
     ("Ken has 8 books. Ken loses 3 of the books. How many books does Ken have in the end?",
      "Ken has 8 - 3 = 5 books.\nAnswer: 5"),
 )
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES_HELP = "auto | cpu | cuda | cuda:N | mps"
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 ATTN_IMPL = "pivottrace"  # SDPA, plus streamed statistics while a collector is active
 ARRAY_KEYS = ("entropy", "segment_attention", "temporal_change", "consistency", "pred_entropy_mean",
               "pred_entropy_max", "cue", "token_entropy", "token_logprob", "token_attention_entropy",
@@ -76,7 +79,7 @@ class TraceConfig:
     prompt_template: str = PROMPT_TEMPLATE  # "{problem}" is replaced by the problem text
     prompt_examples: tuple = PROMPT_EXAMPLES  # (problem, worked solution) pairs shown first; () for none
     stop_at_answer: bool = True  # stop a completion after its "Answer: <number>" line (EOS stops anyway)
-    dtype: str = "auto"  # "float32" | "bfloat16" | "auto": bfloat16 where the CPU has native bf16 (~1.4x faster)
+    dtype: str = "auto"  # "float32" | "bfloat16" | "float16" | "auto": bfloat16 on a GPU, or where the CPU has native bf16 (~1.4x faster)
 
     def __post_init__(self):
         checks = {"max_new_tokens": self.max_new_tokens >= 1, "n_samples": self.n_samples >= 0,
@@ -85,7 +88,7 @@ class TraceConfig:
                   "prompt_template": "{problem}" in self.prompt_template,
                   "prompt_examples": all(len(pair) == 2 and all(isinstance(x, str) and x.strip() for x in pair)
                                          for pair in self.prompt_examples),
-                  "dtype": self.dtype in ("auto", "float32", "bfloat16")}
+                  "dtype": self.dtype in DTYPES}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid TraceConfig {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
@@ -104,7 +107,7 @@ class _Collector:
     """Per-step sums, filled layer by layer by the attention function during one analysis forward."""
 
     q_start: int  # position of the first completion token: queries q_start..T-1 are analysed
-    seg_onehot: torch.Tensor  # [T, S+1] key position -> segment one-hot (0 prompt, 1+j step j)
+    key_segment: torch.Tensor  # [T] segment of each key position (0 prompt, 1+j step j), long
     query_step: torch.Tensor  # [Tc] step of each completion query (long)
     query_chunk: int
     entropy_sum: torch.Tensor  # [L, S] sum of normalised entropies
@@ -166,7 +169,8 @@ class _Collector:
             entropy = -torch.linalg.vecdot(mean_probs, mean_probs.clamp_min(1e-30).log())  # [c] nats (0 log 0 = 0)
             log_n = n_visible.to(entropy.dtype).log()  # [c]
             norm_entropy = torch.where(n_visible > 1, entropy / log_n.clamp_min(1e-12), 0.0).clamp_(0.0, 1.0)  # [c]
-            mass = mean_probs @ self.seg_onehot[:b]  # [c, S+1]
+            mass = mean_probs.new_zeros(c, self.mass_sum.shape[-1]).index_add_(
+                1, self.key_segment[:b], mean_probs)  # [c, S+1]: O(c*b), where a one-hot matmul was O(c*b*S)
             steps = self.query_step[a - self.q_start:b - self.q_start]  # [c]
             self.entropy_sum[layer].index_add_(0, steps, norm_entropy)
             self.mass_sum[layer].index_add_(0, steps, mass)
@@ -309,7 +313,7 @@ def analyse_ids(model, prompt_ids: list[int], completion_ids: list[int], token_s
     segment = torch.cat([torch.zeros(prompt_len, dtype=torch.long, device=device), step_t + 1])  # [T]
     collector = _Collector(
         q_start=prompt_len,
-        seg_onehot=torch.nn.functional.one_hot(segment, n_steps + 1).float(),  # [T, S+1]
+        key_segment=segment,  # [T]
         query_step=step_t,
         query_chunk=query_chunk,
         entropy_sum=torch.zeros(n_layers, n_steps, device=device),  # [L, S]
@@ -437,10 +441,33 @@ def _answer_span(completion: str, answer: str | None) -> tuple[int, int] | None:
 # Loading
 
 
+def resolve_device(device: str = "auto") -> str:
+    """"auto" -> "cuda" when a CUDA GPU is present, else "mps" on Apple silicon, else "cpu"; an explicit
+    device is checked (ValueError with what to do when it is not there)."""
+    if not _DEVICE_RE.match(device or ""):
+        raise ValueError(f"unknown device {device!r}: use {DEVICES_HELP}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA GPU is visible to torch here (use --device cpu or auto)")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps': Apple's Metal backend is not available here (use --device cpu or auto)")
+    return device
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """"float32" / "bfloat16", or "auto": bfloat16 on a GPU or on a CPU with native bf16 kernels, else float32."""
+    """"float32" / "bfloat16" / "float16", or "auto": bfloat16 on a GPU or on a CPU with native bf16
+    kernels, else float32. The streamed attention statistics are computed in float32 whatever the dtype."""
     if dtype != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}: use {' | '.join(DTYPES)}")
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     if device != "cpu":
         return torch.bfloat16
     try:
@@ -458,6 +485,7 @@ def load_model(spec_or_source: str | ModelSource = DEFAULT_SPEC, *, device: str 
     Raises ModelNotFoundError when the weights cannot be found or downloaded.
     """
     source = resolve_model(spec_or_source) if isinstance(spec_or_source, str) else spec_or_source
+    device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     try:
         if source.kind in ("default", "gguf"):
@@ -542,8 +570,8 @@ class Tracer:
                  device: str = "cpu"):
         self.source = resolve_model(spec) if isinstance(spec, str) else spec
         self.config = config or TraceConfig()
-        self.device = device
-        self.model, self.tokenizer = load_model(self.source, device=device, dtype=self.config.dtype)
+        self.device = resolve_device(device)  # "auto" -> the GPU when there is one
+        self.model, self.tokenizer = load_model(self.source, device=self.device, dtype=self.config.dtype)
         self.model_id = self.source.model_id
         self.n_layers = self.model.config.num_hidden_layers
         parameters = inspect.signature(self.model.base_model.forward).parameters
@@ -551,7 +579,7 @@ class Tracer:
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self._stop_ids = torch.tensor(sorted({i for i in eos + [self.tokenizer.eos_token_id] if i is not None}),
-                                      device=device)
+                                      device=self.device)
 
     # -- generation ---------------------------------------------------------------------------
 
@@ -632,9 +660,17 @@ class Tracer:
 
     # -- analysis -----------------------------------------------------------------------------
 
-    def analyse(self, problem_text: str, completion: str) -> TraceResult:
-        """Teacher-forced analysis of one completion (from generate_greedy, or sampled elsewhere)."""
-        prompt = build_prompt(self.tokenizer, problem_text, self.config.prompt_template, self.config.prompt_examples)
+    def analyse(self, problem_text: str, completion: str, *, prompt: str | list | None = None) -> TraceResult:
+        """Teacher-forced analysis of one completion (from generate_greedy, or sampled elsewhere).
+
+        `prompt`: what the model saw when it was sampled elsewhere: the rendered prompt text (used as
+        it is), or chat messages (rendered with the model's chat template); None builds ours.
+        """
+        if isinstance(prompt, list):
+            prompt = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        elif prompt is None:
+            prompt = build_prompt(self.tokenizer, problem_text, self.config.prompt_template,
+                                  self.config.prompt_examples)
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         enc = self.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
         completion_ids, offsets = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]

@@ -18,6 +18,15 @@ UNDO = "undo"  # a label row that undoes an earlier row (its `undoes` column say
 ROUTE_NAMES: dict[Route, str] = {route: route.replace("_", " ") for route in ROUTES}  # on screen
 
 
+ROUTE_MEANINGS: dict[Route, str] = {  # what each route means, in one line (the Budget page's route table)
+    "annotate": "sent to annotators, most valuable first: the budget covers them",
+    "self_train": "the model's majority answer is a pseudo-label: probe labels certify the band's precision",
+    "self_train_pending": "would be self-trained, but waits until probe labels certify the band's precision",
+    "low_priority": "every sample agrees and the error is low: nothing to learn here now",
+    "deferred": "annotators would be worth it, but the budget does not cover them yet",
+}
+
+
 def route_name(route: str) -> str:
     """A route as it reads on screen ("self train"); an unknown name passes through."""
     return ROUTE_NAMES.get(route, route)

@@ -1,6 +1,7 @@
 """AppTest per page, against databases prepared by the package: each page renders without an
 exception, and its main action changes the database as expected."""
 
+import json
 import time
 from pathlib import Path
 
@@ -336,11 +337,14 @@ def test_pool_traces_with_a_model_in_the_background(db, tiny_model_dir):
     by_label(at.number_input, "Problems").set_value(2)
     by_label(at.number_input, "Samples (K)").set_value(1)
     by_label(at.number_input, "Max new tokens").set_value(16)
+    by_label(at.selectbox, "Device").set_value("cpu")
+    by_label(at.selectbox, "Precision").set_value("float32")
     by_label(at.button, "Start tracing").click().run()
     ok(at)
     assert "keeps running" in at.success[0].value
     job = store.jobs(db)[0]
     assert job["kind"] == "trace" and job["pid"]
+    assert (json.loads(job["args"])["device"], json.loads(job["args"])["dtype"]) == ("cpu", "float32")
     finished = wait_for_job(db, job["id"])
     assert finished["status"] == "done", finished["message"]
     assert (finished["done"], finished["total"]) == (2, 2)
@@ -363,7 +367,8 @@ def test_pool_refuses_an_unknown_model_cleanly(db):
 
 def test_demo_job_ingests_traces_and_routes(tmp_path, tiny_model_dir):
     db = store.open_db(tmp_path / "demo.db")
-    job_id = jobs.start_demo(db, model=str(tiny_model_dir), problems=6, traced=2, samples=1, max_new_tokens=16)
+    job_id = jobs.start_demo(db, model=str(tiny_model_dir), problems=6, traced=2, samples=1, max_new_tokens=16,
+                             rest=False, by=OPERATOR)
     finished = wait_for_job(db, job_id)
     assert finished["status"] == "done", finished["message"]
     assert db["problems"].count == 6 and db["traces"].count == 2

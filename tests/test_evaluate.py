@@ -141,6 +141,7 @@ def test_cli_eval_writes_a_report_and_rejects_bad_input(synthetic_db_path, tmp_p
     unknown = runner.invoke(app, ["eval", "--db", str(synthetic_db_path), "--out", str(out),
                                   "--strategies", "magic", "--no-png"])
     assert unknown.exit_code == 1 and "Unknown strategies" in unknown.output
+    store.open_db(tmp_path / "empty.db")  # a missing --db is its own error (test_storage_errors)
     empty = runner.invoke(app, ["eval", "--db", str(tmp_path / "empty.db"), "--out", str(out)])
     assert empty.exit_code == 1 and "Nothing is traced yet" in empty.output
 

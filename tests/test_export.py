@@ -268,8 +268,9 @@ def test_cli_export_and_clean_error(labelled_db, tmp_path):
     assert done.exit_code == 0, done.output
     assert "Wrote" in done.output and "human 2" in done.output
     assert list(json.loads((tmp_path / "o.jsonl").read_text().splitlines()[0]))[:2] == ["prompt", "gt"]
+    store.open_db(tmp_path / "empty.db")  # a missing --db is its own error (test_storage_errors)
     failed = runner.invoke(app, ["export", "--format", "verl", "--out", str(tmp_path / "x.parquet"),
-                                 "--db", str(tmp_path / "none.db")])
+                                 "--db", str(tmp_path / "empty.db")])
     assert failed.exit_code == 1
     assert "Error: Nothing to export" in failed.output and "Traceback" not in failed.output
 

@@ -33,8 +33,11 @@ def test_three_demo_problems_trace_and_route(tmp_path, tracer):
         arrays = trace["arrays"]
         assert n_steps >= 1 and trace["completion"]
         assert arrays["entropy"].shape == (n_layers, n_steps)
-        assert arrays["segment_attention"].shape == (n_layers, n_steps, n_steps + 1)
-        assert np.allclose(arrays["segment_attention"].sum(-1), 1.0, atol=1e-4)
+        # stored as a summary (store.encode_arrays): per-layer buckets, and the layer mean's top segments
+        assert arrays["segment_buckets"].shape == (n_layers, n_steps, 4)
+        assert np.allclose(arrays["segment_buckets"].sum(-1), 1.0, atol=3e-3)
+        assert arrays["segment_attention"].shape == (1, n_steps, n_steps + 1)
+        assert np.all(arrays["segment_attention"].sum(-1) <= 1.0 + 3e-3)
         assert np.all((arrays["entropy"] >= 0) & (arrays["entropy"] <= 1))
         assert arrays["token_logprob"].shape == (trace["n_completion_tokens"],)
         assert trace["steps"][-1]["tok_end"] == trace["n_completion_tokens"]

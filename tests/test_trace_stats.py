@@ -277,7 +277,7 @@ def test_trace_config_is_validated_once():
     with pytest.raises(ValueError, match="prompt_examples"):
         trace.TraceConfig(prompt_examples=(("a problem", ""),))
     with pytest.raises(ValueError, match="dtype"):
-        trace.TraceConfig(dtype="float16")
+        trace.TraceConfig(dtype="int8")
 
 
 # --- the real default model -----------------------------------------------------------------

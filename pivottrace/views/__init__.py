@@ -12,9 +12,11 @@ from .common import (  # noqa: F401
     StepView, build_steps, score_colour, steps_html, problem_html, open_db, StoreError, ROLES,
     user_role, user_rows, is_empty, JobError, JOB_ACTIVE, active_jobs, refresh_jobs,
     cancel_job, start_demo_job, start_trace_job, start_route_job, start_eval_job,
+    TRACE_DEVICES, TRACE_DTYPES,
+    JOB_TITLES, JobProgress, running_jobs, latest_job, demo_description,
 )
 from ..models import DEFAULT_SPEC  # noqa: F401
-from ..vocab import ROUTES, VERDICTS, Route, Verdict, route_name, route_summary  # noqa: F401
+from ..vocab import ROUTE_MEANINGS, ROUTES, VERDICTS, Route, Verdict, route_name, route_summary  # noqa: F401
 from .annotate import (  # noqa: F401
     ACTIONS, Candidate, QueueItemView, candidates_from, item_view, next_item, LabelOutcome,
     submit_label, undo_last, Progress, progress, seconds_since,
@@ -29,6 +31,8 @@ from .budget import (  # noqa: F401
     BudgetView, budget_view, route_mix_series, router_history, filled_columns,
     current_target_precision, set_budget, set_target_precision, MIN_TARGET_PRECISION,
     band_state, band_rows, current_delta,
+    route_rows, budget_explanation, AgreementView, agreement_view,
+    annotator_rows, set_overlap_share, ReviewItem, review_queue, resolve_review,
 )
 from .pool import (  # noqa: F401
     ingest_upload, rejected_rows, pool_summary,
@@ -38,5 +42,5 @@ from .signin import (  # noqa: F401
     sign_out, change_password, add_person, set_person_role, may_label, may_change_pool, audit_rows,
 )
 from .evaluation import (  # noqa: F401
-    evaluation_folder, EvaluationView, evaluation_view, step_localisation_rows,
+    evaluation_folder, EvaluationView, evaluation_view, step_localisation_rows, evaluation_blocker,
 )

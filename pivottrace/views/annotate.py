@@ -42,6 +42,7 @@ class QueueItemView:
     vote_share: float
     n_pivots: int
     pivot_density: float
+    second_label: bool = False  # an overlap item another annotator labelled: a second, blind opinion
 
     @property
     def steps_html(self) -> str:
@@ -83,8 +84,12 @@ def next_item(db, annotator: str) -> QueueItemView | None:
     """Lease (or keep) this annotator's next queue item; None when the queue is empty."""
     if not (annotator or "").strip():
         raise InvalidInput("Pick your name in the sidebar first.")
-    item = store.next_item(db, annotator)
-    return item_view(db, item["problem_id"]) if item else None
+    item = store.next_item_with_overlap(db, annotator)
+    if item is None:
+        return None
+    view = item_view(db, item["problem_id"])
+    view.second_label = item["second_label"]
+    return view
 
 
 @dataclass
@@ -94,9 +99,11 @@ class LabelOutcome:
 
 
 def submit_label(db, *, annotator: str, problem_id: str, action: str, gold_text: str | None = None,
-                 shown_answer: str | None = None, seconds: float | None = None) -> LabelOutcome:
+                 shown_answer: str | None = None, seconds: float | None = None,
+                 second_label: bool = False) -> LabelOutcome:
     """Translate one action (accept, wrong + gold, flawed, skip) into a verdict and save it; the
     recalibration runs on a background thread right behind it (pipeline.label(wait=False)).
+    `second_label`: the item is an overlap item's second opinion (QueueItemView.second_label).
 
     The store keeps the label invariants (a known verdict; `wrong` needs the gold answer); here its
     refusal, an unknown action or a gold answer that cannot be parsed raises InvalidInput, and
@@ -115,7 +122,8 @@ def submit_label(db, *, annotator: str, problem_id: str, action: str, gold_text:
     try:
         pipeline.label(db, problem_id=problem_id, annotator=annotator, verdict=ACTIONS[action],
                        gold_answer=gold, shown_answer=shown_answer,
-                       seconds=None if seconds is None else round(float(seconds), 2), wait=False)
+                       seconds=None if seconds is None else round(float(seconds), 2), wait=False,
+                       second_label=second_label)
     except store.InvalidLabel as err:
         raise InvalidInput(f"{md(err)} {GOLD_HINT}" if action == "wrong" else md(err)) from None
     words = {"accept": "Accepted the majority answer", "wrong": f"Saved gold answer {md(gold)}",

@@ -1,5 +1,6 @@
 """The Budget page's view-models and lead actions: spending, burn rate, annotators, route mix over
-router versions, router history, budget and precision-target changes.
+router versions, router history, budget and precision-target changes, the routes and the budget
+explained, agreement between annotators, the overlap share and the lead's review queue.
 
 Numbers come from analytics.py and the store; leads are checked by the store. It never calls
 Streamlit, never builds figures (charts.py) and runs no SQL (store.py).
@@ -12,8 +13,8 @@ from dataclasses import dataclass, field
 
 from .. import analytics, pipeline, store
 from ..route import MIN_TARGET_PRECISION, RouterConfig
-from ..vocab import ROUTES
-from .common import InvalidInput
+from ..vocab import ROUTE_MEANINGS, ROUTES, route_name
+from .common import InvalidInput, md, problem_html
 
 
 @dataclass
@@ -30,7 +31,7 @@ class BudgetView:
     queue: int  # unlabelled problems in the annotate queue
     per_day: list[dict] = field(default_factory=list)  # [{day, labels, spent}] spent = cumulative
     annotators: list[dict] = field(default_factory=list)  # one row per annotator, for a table
-    agreement: float | None = None  # pairwise agreement over everyone
+    agreement: float | None = None  # share of double-labelled items whose labels agree (agreement.py)
 
 
 def budget_view(db, *, now: float | None = None) -> BudgetView:
@@ -196,3 +197,114 @@ def band_rows(db) -> list[dict]:
         })
     return rows
 
+
+
+# --------------------------------------------------------------------------- routes and budget, explained
+
+def route_rows(db) -> list[dict]:
+    """Every route the router has (zeros included), with its count and what it means."""
+    counts = store.route_counts(db)
+    return [{"route": route_name(route), "problems": counts.get(route, 0),
+             "meaning": ROUTE_MEANINGS.get(route, "")} for route in counts]
+
+
+def budget_explanation(db) -> str:
+    """Where the budget comes from and how labels spend it (Markdown)."""
+    budget = store.budget_status(db)
+    if budget["total"] is None:
+        return "No budget is set: every problem the router finds worth a label goes to annotators. A lead sets one here."
+    set_by = store.budget_set_by(db)
+    if set_by == pipeline.DEMO_SOURCE:
+        pool = store.problem_count(db)
+        text = (f"The demo set a budget of **{budget['total']} labels**, about "
+                f"{pipeline.DEMO_BUDGET_SHARE:.0%} of its {pool} problems: fewer labels than uncertain "
+                "problems, so the router sends the most valuable to annotators and *defers* the rest "
+                "until the budget grows. A lead can change it here.")
+    else:
+        text = f"**{budget['total']} labels**, set by {md(set_by)}."
+    share = store.overlap_share(db)
+    if share > 0:
+        text += (f" {share:.0%} of the items are labelled by two annotators for agreement; each of those "
+                 "counts **twice** against the budget.")
+    return text
+
+
+# --------------------------------------------------------------------------- agreement and review
+
+@dataclass
+class AgreementView:
+    items: int  # double-labelled problems
+    share: float | None  # share of them where the labels assert the same
+    alpha: float | None  # Krippendorff's alpha (nominal)
+    note: str  # why alpha is missing
+    overlap_share: float  # the share of items labelled twice, as a lead set it
+    second_labels: int  # labels that are a second opinion (each spends budget)
+    per_annotator: dict = field(default_factory=dict)  # {annotator: (share, alpha, items)}
+
+
+def agreement_view(db) -> AgreementView:
+    from ..agreement import agreement
+
+    result = agreement(store.verdicts_by_annotator(db))
+    per = {p.annotator: (p.share, p.alpha, p.items) for p in result.per_annotator}
+    return AgreementView(result.items, result.share, result.alpha, result.note, store.overlap_share(db),
+                         store.second_labels_spent(db), per)
+
+
+def annotator_rows(db, view: BudgetView | None = None) -> list[dict]:
+    """The Budget page's annotator table, with Krippendorff's alpha and the double-labelled count."""
+    view = view or budget_view(db)
+    per = agreement_view(db).per_annotator
+    rows = []
+    for row in view.annotators:
+        _, alpha, items = per.get(row["annotator"], (None, None, 0))
+        rows.append({**row, "alpha": alpha, "double-labelled": items})
+    return rows
+
+
+def set_overlap_share(db, *, user: str, percent: float) -> None:
+    """A lead sets the share of annotate picks labelled by two different annotators (in %)."""
+    try:
+        share = float(percent) / 100.0
+    except (TypeError, ValueError):
+        raise InvalidInput("The overlap share is a percentage, e.g. 10.") from None
+    store.set_overlap_share(db, user=user, share=share)
+
+
+@dataclass
+class ReviewItem:
+    problem_id: str
+    text: str
+    labels: list[dict]  # [{label_id, annotator, verdict, answer}] the verdicts that disagree
+
+    @property
+    def problem_html(self) -> str:
+        return problem_html(self.text)
+
+
+def review_queue(db) -> list[ReviewItem]:
+    """Disagreements between annotators that no lead has settled, oldest first."""
+    from ..agreement import asserted, disagreements
+
+    out = []
+    for item in disagreements(store.verdicts_by_annotator(db), store.reviews(db)):
+        problem = store.get_problem(db, item.problem_id)
+        out.append(ReviewItem(item.problem_id, problem["text"] if problem else "", [
+            {"label_id": r["label_id"], "annotator": r["annotator"], "verdict": r["verdict"], "answer": asserted(r)}
+            for r in item.labels]))
+    return out
+
+
+def resolve_review(db, *, lead: str, problem_id: str, label_id: int):
+    """A lead keeps one annotator's label on a disagreement; the router recalibrates on it."""
+    chosen = next((r for r in store.verdicts_by_annotator(db)
+                   if r["problem_id"] == problem_id and r["label_id"] == int(label_id)), None)
+    if chosen is None:
+        raise InvalidInput("That label is no longer in force; reload the page.")
+    store.resolve_review(db, lead=lead, problem_id=problem_id, verdict=chosen["verdict"],
+                         gold_answer=chosen["gold_answer"], shown_answer=chosen["shown_answer"])
+    if store.latest_model_id(db) is None:
+        return None
+    # the label in force changed (their number did not): recalibrate on it
+    return pipeline.route(db, rescore=False, config=pipeline.current_router_config(db),
+                          note=f"disagreement settled by {lead}")

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import jobs, store
 from ..pivots import PIVOT_THRESHOLD
+from ..safe_text import visible_bidi
 
 # Plain-words names of the pivot signals, for tooltips and expanders.
 SIGNAL_NAMES = {
@@ -36,7 +37,7 @@ class InvalidInput(ValueError):
 
 def esc(text) -> str:
     """HTML-escape anything shown to the user (None -> empty)."""
-    return html.escape("" if text is None else str(text), quote=True)
+    return html.escape(visible_bidi("" if text is None else str(text)), quote=True)
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$:&])")
@@ -46,11 +47,11 @@ def md(text) -> str:
     """Backslash-escape Markdown (and Streamlit's :directive: syntax) in text shown via st.markdown,
     st.caption, alerts or widget labels, so user and model text is never read as formatting,
     links or images. Every ASCII punctuation mark may be backslash-escaped in CommonMark."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", "" if text is None else str(text))
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", visible_bidi("" if text is None else str(text)))
 
 
 def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str:
-    text = " ".join((text or "").split())
+    text = " ".join(visible_bidi(text or "").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -159,5 +160,66 @@ refresh_jobs = jobs.refresh
 cancel_job = jobs.cancel
 start_demo_job = jobs.start_demo
 start_trace_job = jobs.start_trace
+TRACE_DEVICES = jobs.DEVICES  # the Pool page's device choice ("auto": the GPU when the worker has one)
+TRACE_DTYPES = jobs.DTYPES
 start_route_job = jobs.start_route
 start_eval_job = jobs.start_eval
+
+
+JOB_TITLES = {"demo": "Tracing the demo pool", "trace": "Tracing", "route": "Routing", "eval": "Evaluation"}
+
+
+@dataclass
+class JobProgress:
+    """One background job as a progress bar shows it (every page shows the running ones)."""
+    job_id: int
+    kind: str
+    status: str  # queued, running, done, failed, cancelled
+    done: int
+    total: int
+    message: str
+
+    @property
+    def active(self) -> bool:
+        return self.status in jobs.ACTIVE
+
+    @property
+    def fraction(self) -> float:
+        return min(self.done / self.total, 1.0) if self.total else 0.0
+
+    @property
+    def title(self) -> str:
+        return JOB_TITLES.get(self.kind, self.kind)
+
+    @property
+    def text(self) -> str:
+        """One line for a progress bar or an alert (Markdown-escaped)."""
+        count = f" · {self.done} of {self.total}" if self.total > 1 else ""
+        return f"{self.title} #{self.job_id} · {self.status}{count} · {md(self.message or 'starting')}"
+
+
+def _job_progress(row: dict) -> JobProgress:
+    return JobProgress(row["id"], row["kind"], row["status"], int(row["done"] or 0), int(row["total"] or 0),
+                       row["message"] or "")
+
+
+def running_jobs(db) -> list[JobProgress]:
+    """Jobs still running (workers that died are marked failed first), newest first."""
+    return [_job_progress(row) for row in jobs.active(db)]
+
+
+def latest_job(db, kind: str) -> JobProgress | None:
+    """The newest job of a kind, whatever its state (a page shows its progress, result or error)."""
+    rows = [row for row in jobs.refresh(db) if row["kind"] == kind]
+    return _job_progress(rows[0]) if rows else None
+
+
+def demo_description() -> str:
+    """What "Run the demo" does, in words, from the demo's own settings."""
+    from ..pipeline import DEMO_FIRST, DEMO_PROBLEMS, demo_budget
+
+    return (f"Generates {DEMO_PROBLEMS} arithmetic word problems of one to four steps, sets a budget of "
+            f"{demo_budget(DEMO_PROBLEMS)} labels, traces {DEMO_FIRST} problems with the embedded SmolLM2-135M "
+            f"model and routes them (about a minute), then traces the other {DEMO_PROBLEMS - DEMO_FIRST} in the "
+            "background while you look around (a few minutes on a laptop CPU; the progress shows in the "
+            "sidebar on every page).")

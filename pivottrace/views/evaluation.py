@@ -1,6 +1,7 @@
 """The Evaluation page's view-model: the latest oracle-evaluation report, shaped for a table.
 
-It reads the report files evaluate.py wrote; it runs no evaluation, no SQL and never calls Streamlit.
+It reads the report files evaluate.py wrote, and says why an evaluation cannot run yet; it runs no
+evaluation, no SQL and never calls Streamlit.
 """
 
 from __future__ import annotations
@@ -64,3 +65,19 @@ def evaluation_view(folder: str | Path) -> EvaluationView:
                                                 "leaked")}}
              for row in report.results]
     return EvaluationView(report, "", table, summary_lines(report.results))
+
+
+def evaluation_blocker(db) -> str | None:
+    """Why the evaluation cannot run yet, in words (None: it can)."""
+    from ..evaluate import MIN_POOL
+    from .common import running_jobs
+
+    if store.latest_model_id(db) is None:
+        return "Nothing is traced yet: run the demo or trace a pool first."
+    have = store.traced_with_gold(db)
+    if have >= MIN_POOL:
+        return None
+    tracing = any(job.kind in ("demo", "trace") for job in running_jobs(db))
+    return (f"The evaluation needs at least {MIN_POOL} traced problems with a gold answer; {have} so far."
+            + (" Tracing is under way: the button turns on when there are enough." if tracing
+               else " Trace more problems that have a gold answer on the Pool page."))

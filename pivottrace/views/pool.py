@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .. import pipeline, store
 from ..datasets import PoolFormatError, read_pool_bytes
+from ..safe_text import visible_bidi
 from .common import InvalidInput
 
 
@@ -19,11 +20,15 @@ def ingest_upload(db, data: bytes, filename: str, *, question_field: str | None 
                                  answer_field=answer_field or None)
     except PoolFormatError as err:
         raise InvalidInput(str(err)) from None
-    return pipeline.ingest_loaded(db, loaded)
+    try:
+        return pipeline.ingest_loaded(db, loaded)
+    except store.StorageError as err:  # a full disk, a read-only database: one line, nothing half-written
+        raise InvalidInput(str(err)) from None
 
 
 def rejected_rows(report: pipeline.IngestReport) -> list[dict]:
-    return [{"line": r.line, "reason": r.reason} for r in report.rejected]
+    return [{"line": r.line, "reason": visible_bidi(r.reason if r.item is None else f"item {r.item}: {r.reason}")}
+            for r in report.rejected]
 
 
 def pool_summary(db) -> dict:

@@ -1,0 +1,151 @@
+"""The first ten minutes in a real browser, from an empty database: run the demo, see its progress,
+add yourself, label an item, run the evaluation and see its report, and see every route on the
+Budget page. Debian's chromium, driven by Playwright, against a `streamlit run` server.
+
+The demo's model is the tiny random one (plumbing; a few minutes on a free machine) unless
+$PIVOTTRACE_E2E_MODEL names another, e.g. `default` for the embedded SmolLM2: that run (a heavy
+job: under the shared lock) also retakes the README's screenshots in assets/ from the real demo.
+"""
+
+import os
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+from test_browser_e2e import (ASSETS, CHROMIUM, CHROMIUM_ARGS, ROOT, WIDTH, free_port, idle, screenshot,
+                              truncated, wait_until)
+
+from pivottrace import store, views
+from pivottrace.evaluate import MIN_POOL
+
+pytestmark = pytest.mark.browser
+
+MODEL_ENV = "PIVOTTRACE_E2E_MODEL"
+NARROW = 1400  # px: the width at which "Flawed" used to read "Flaw…"
+DEMO_MINUTES = 20  # upper bound for tracing the whole demo pool on a busy shared 2-core CPU (the tiny
+# model took about 12 minutes there at low priority; a free machine is several times faster)
+
+
+@pytest.fixture
+def empty_app(tmp_path, request):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed at /usr/bin/chromium")
+    model = os.environ.get(MODEL_ENV) or str(request.getfixturevalue("tiny_model_dir"))
+    path = tmp_path / "first.db"
+    port = free_port()
+    env = {**os.environ, "PIVOTTRACE_DB": str(path), "PIVOTTRACE_DEMO_MODEL": model}
+    log = (tmp_path / "server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(healthy, 30, "the app server")
+        yield base, path, model
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        db = store.open_db(path) if path.exists() else None
+        for job in (store.jobs(db) if db else []):  # never leave a worker behind
+            if job["status"] in ("queued", "running") and job["pid"]:
+                try:
+                    os.kill(job["pid"], 15)
+                except ProcessLookupError:
+                    pass
+
+
+def main_heading(page, name: str):
+    return page.get_by_test_id("stMainBlockContainer").get_by_role("heading", name=name, exact=True)
+
+
+def test_first_ten_minutes_from_an_empty_database(empty_app):
+    playwright = pytest.importorskip("playwright.sync_api")
+    base, path, model = empty_app
+    real = model == "default"
+    minutes = DEMO_MINUTES
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+        page.goto(base)
+        idle(page)
+
+        # 1. the empty database offers the demo; it starts in the background and its progress shows
+        main_heading(page, "Welcome to PivotTrace").wait_for()
+        page.get_by_role("button", name="Run the demo").click()
+        main_heading(page, "Pool").wait_for(timeout=30_000)
+        page.get_by_test_id("stSidebar").get_by_test_id("stProgress").first.wait_for(timeout=60_000)
+        assert "Tracing the demo pool" in page.get_by_test_id("stSidebar").inner_text()
+        db = store.open_db(path)
+        [demo] = store.jobs(db)
+        assert demo["kind"] == "demo" and demo["pid"]
+
+        # 2. add yourself as the lead (the sidebar's form opens by itself on an empty users table)
+        page.locator(".st-key-new_name input").fill("ana")
+        page.locator(".st-key-new_role [data-testid=stSelectbox]").click()
+        page.get_by_role("option", name="lead", exact=True).click()
+        page.get_by_test_id("stSidebar").get_by_role("button", name="Add").click()
+        wait_until(lambda: store.user_role(db, "ana") == "lead", what="the new user")
+
+        # 3. label an item once the first handful is routed (the app is usable from here on)
+        wait_until(lambda: store.route_counts(db)["annotate"] >= 1, 60 * minutes, "the first annotate routes")
+        page.set_viewport_size({"width": NARROW, "height": 1000})
+        page.goto(f"{base}/?user=ana")
+        idle(page)
+        page.locator(".st-key-flawed").first.wait_for(timeout=60_000)
+        assert truncated(page, ".st-key-flawed, .st-key-skip, .st-key-undo") == []  # "Flawed" reads in full
+        page.set_viewport_size({"width": WIDTH, "height": 1000})
+        idle(page)
+        if real:
+            screenshot(page, "annotate")
+        main_heading(page, "Annotate").click()  # focus off any input, for the shortcut
+        page.keyboard.press("f")
+        [label] = wait_until(lambda: list(db.query("select * from labels where annotator = 'ana'")), what="a label")
+        assert label["verdict"] == "flawed"
+
+        # 4. the evaluation: disabled with a reason until enough is traced, then it runs and reports
+        wait_until(lambda: store.traced_with_gold(db) >= MIN_POOL, 60 * minutes, "enough traced problems")
+        page.goto(f"{base}/evaluation?user=ana")
+        idle(page)
+        button = page.get_by_role("button", name="Run the evaluation")
+        button.wait_for()
+        assert button.is_enabled()
+        button.click()
+        wait_until(lambda: [j for j in store.jobs(db) if j["kind"] == "eval"], 30, "the evaluation job")
+        page.get_by_text("Problems with gold").wait_for(timeout=900_000)  # the report's first metric
+        [job] = [j for j in store.jobs(db) if j["kind"] == "eval"]
+        assert job["status"] == "done", job["message"]
+        idle(page)
+        assert not page.get_by_test_id("stException").count()
+
+        # 5. the demo pool traced: every route the router has is on the Budget page, with its count
+        wait_until(lambda: store.get_job(db, demo["id"])["status"] != "running", 60 * minutes, "the demo job")
+        assert store.get_job(db, demo["id"])["status"] == "done", store.get_job(db, demo["id"])["message"]
+        page.goto(f"{base}/budget?user=ana")
+        idle(page)
+        text = page.get_by_test_id("stMainBlockContainer").inner_text()
+        counts = store.route_counts(db)
+        for route, n in counts.items():
+            assert f"{views.route_name(route)}\t{n}" in text, (route, n)
+        assert "The demo set a budget" in text
+        assert sum(counts.values()) == db["problems"].count  # the whole demo pool is routed
+        if real:
+            screenshot(page, "budget")
+            for name in ("inspect", "pool", "evaluation"):
+                page.goto(f"{base}/{name}?user=ana")
+                idle(page)
+                main_heading(page, name.title()).wait_for()
+                screenshot(page, name)
+        browser.close()
+    if real:
+        assert all((ASSETS / f"{n}.png").stat().st_size > 20_000
+                   for n in ("annotate", "inspect", "budget", "pool", "evaluation"))
