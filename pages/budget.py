@@ -84,19 +84,22 @@ with a1:
     if agree.note:
         st.caption(views.md(agree.note))
 with a2:
-    with st.form("overlap", border=True):
-        percent = st.number_input("Overlap: % of items labelled by two annotators", min_value=0, max_value=100,
-                                  step=5, value=int(round(agree.overlap_share * 100)), disabled=not is_lead,
-                                  help="A second, different annotator labels this share of the picks, blind. "
-                                       "Each such item counts twice against the budget.")
-        if st.form_submit_button("Save overlap", disabled=not is_lead):
-            try:
-                views.set_overlap_share(db, user=user, percent=percent)
-            except (views.StoreError, views.InvalidInput) as err:
-                st.session_state["budget_flash"] = ("error", views.md(err))
-            else:
-                st.session_state["budget_flash"] = ("success", f"Overlap set to {int(percent)} %.")
-            st.rerun()
+    if not is_lead:  # only a lead sets the overlap share (the package refuses anyone else)
+        st.caption(f"Overlap: {agree.overlap_share:.0%} of the picks are labelled by two annotators; a lead sets it.")
+    else:
+        with st.form("overlap", border=True):
+            percent = st.number_input("Overlap: % of items labelled by two annotators", min_value=0, max_value=100,
+                                      step=5, value=int(round(agree.overlap_share * 100)),
+                                      help="A second, different annotator labels this share of the picks, blind. "
+                                           "Each such item counts twice against the budget.")
+            if st.form_submit_button("Save overlap"):
+                try:
+                    views.set_overlap_share(db, user=user, percent=percent)
+                except (views.StoreError, views.InvalidInput) as err:
+                    st.session_state["budget_flash"] = ("error", views.md(err))
+                else:
+                    st.session_state["budget_flash"] = ("success", f"Overlap set to {int(percent)} %.")
+                st.rerun()
 
 reviews = views.review_queue(db)
 st.markdown(f"##### Disagreements to review ({len(reviews)})")
@@ -110,8 +113,8 @@ for review in reviews[:10]:
         for col, label in zip(keep, review.labels):
             col.markdown(f"**{views.md(label['annotator'])}**: {label['verdict']} · answer "
                          f"**{views.md(label['answer'])}**")
-            if col.button(f"Keep {views.md(label['annotator'])}'s label", key=f"keep-{review.problem_id}-{label['label_id']}",
-                          disabled=not is_lead):
+            if is_lead and col.button(f"Keep {views.md(label['annotator'])}'s label",
+                                      key=f"keep-{review.problem_id}-{label['label_id']}"):
                 try:
                     views.resolve_review(db, lead=user, problem_id=review.problem_id, label_id=label["label_id"])
                 except (views.StoreError, views.InvalidInput) as err:

@@ -144,6 +144,9 @@ def test_budget_page_sets_overlap_and_a_lead_settles_a_disagreement(app_db):
     at = ok(page("pages/budget.py", "lee"))
     assert any("Disagreements to review (1)" in m.value for m in at.markdown)
     assert any("counts **twice**" in m.value for m in at.markdown)
+    annotator = ok(page("pages/budget.py", "ann"))  # sees the queue, but no lead's controls (issue 12)
+    assert any("Disagreements to review (1)" in m.value for m in annotator.markdown)
+    assert not [b.label for b in annotator.button if b.label == "Save overlap" or b.label.startswith("Keep ")]
     by_label(at.button, "Keep bob's label").click().run()
     ok(at)
     assert views.review_queue(db) == [] and store.get_problem(db, first.problem_id)["verdict"] == "flawed"
@@ -180,6 +183,10 @@ def test_cli_demo_traces_a_handful_then_hands_the_rest_to_a_background_job(tmp_p
     assert finished["status"] == "done", finished["message"]
     assert db["traces"].count == 8 and db["routes"].count == 8
     assert len(store.router_versions(db)) == 2  # the handful's routing, then one more after the other 6
+    # the demo budget was set by the local operator, and says so in the audit trail and on stderr
+    [budget] = [a for a in store.audit_trail(db) if a["action"] == "budget"]
+    assert budget["actor"].startswith(store.LOCAL_PREFIX) and budget["after"] == "1 labels"
+    assert "local operator" in out.stderr
 
 
 def test_the_demo_pool_has_every_step_count_and_larger_pools_are_unchanged():
