@@ -136,20 +136,16 @@ ActorsOption = typer.Option(None, "--actors", help="Ray actors, one model each (
 WriteEveryOption = typer.Option(16, "--write-every", help="--engine ray: results per store transaction.")
 
 
-def _tracer(model: str, *, samples: int = 4, max_new_tokens: int = 256, batch_size: int = 8, seed: int = 0,
-            device: str = "auto", dtype: str = "auto"):
-    from .trace import TraceConfig, Tracer  # torch loads only for commands that trace
+def _tracer(model: str, **options):
+    from .trace import make_tracer  # torch loads only for commands that trace
 
-    return Tracer(model, config=_trace_config(samples=samples, max_new_tokens=max_new_tokens,
-                                              batch_size=batch_size, seed=seed, dtype=dtype), device=device)
+    return make_tracer(model, **options)
 
 
-def _trace_config(*, samples: int = 4, max_new_tokens: int = 256, batch_size: int = 8, seed: int = 0,
-                  dtype: str = "auto"):
-    from .trace import TraceConfig
+def _trace_config(**options):
+    from .trace import tracer_config
 
-    return TraceConfig(n_samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                       dtype=dtype)
+    return tracer_config(**options)
 
 
 @app.command()

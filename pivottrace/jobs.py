@@ -227,12 +227,10 @@ def cancel(db, job_id: int) -> None:
 # --------------------------------------------------------------------------- worker
 
 def _tracer(args: dict):
-    from .trace import TraceConfig, Tracer  # torch is imported in the worker only
+    from .trace import make_tracer  # torch is imported in the worker only
 
-    config = TraceConfig(n_samples=args["samples"], max_new_tokens=args["max_new_tokens"],
-                         batch_size=args["batch_size"], dtype=args.get("dtype", "auto"))
-    return Tracer(args["model"], config=config, device=args.get("device", "auto"))
-
+    return make_tracer(args["model"], samples=args["samples"], max_new_tokens=args["max_new_tokens"],
+                       batch_size=args["batch_size"], dtype=args.get("dtype"), device=args.get("device", "auto"))
 
 def run(job_id: int, db=None) -> None:
     """Run one recorded job to the end in this process, reporting progress to its row."""
@@ -299,10 +297,6 @@ def run(job_id: int, db=None) -> None:
             raise
 
 
-def _routes_text(counts: dict) -> str:
-    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
-
-
 def _acting(by: str | None):
     """Who started a job, back from its JSON args: a user name, or the local operator."""
     if isinstance(by, str) and by.startswith(store.LOCAL_PREFIX):
@@ -325,7 +319,7 @@ def _run_demo(db, job_id: int, args: dict) -> None:
                                              seed=args.get("seed", 0), show_progress=False, on_progress=on_first)
         done = first.traced
         store.update_job(db, job_id, done=done, message=f"{done} problems traced, the app is ready; "
-                                                         f"router v{routed.router_version}: {_routes_text(routed.counts)}")
+                                                         f"router v{routed.router_version}: {route_summary(routed.counts, readable=True)}")
     if not args.get("rest"):
         store.update_job(db, job_id, status="done", done=done)
         return
@@ -336,12 +330,12 @@ def _run_demo(db, job_id: int, args: dict) -> None:
     def on_more(n, _, run_, routed):
         store.update_job(db, job_id, done=done + n, message=(
             f"traced {done + n} of {total} · {run_.tokens_per_second:.1f} tokens/s · "
-            f"router v{routed.router_version}: {_routes_text(routed.counts)}"))
+            f"router v{routed.router_version}: {route_summary(routed.counts, readable=True)}"))
 
     pipeline.continue_demo(db, tracer, on_progress=on_more)
     counts = store.route_counts(db)
     store.update_job(db, job_id, status="done", done=total,
-                     message=f"the demo pool is traced ({total} problems); routes: {_routes_text(counts)}")
+                     message=f"the demo pool is traced ({total} problems); routes: {route_summary(counts, readable=True)}")
 
 
 def _on_sigterm(signum, frame):

@@ -563,6 +563,20 @@ def _next_tokens(logits: torch.Tensor, greedy: torch.Tensor, *, temperature: flo
     return chosen
 
 
+def tracer_config(*, samples: int | None = None, max_new_tokens: int | None = None, batch_size: int | None = None,
+                  seed: int | None = None, dtype: str | None = None) -> TraceConfig:
+    """A TraceConfig from the option names the CLI and the app's jobs use (`samples` is K); an option
+    left at None keeps TraceConfig's default."""
+    given = {"n_samples": samples, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed,
+             "dtype": dtype}
+    return TraceConfig(**{name: value for name, value in given.items() if value is not None})
+
+
+def make_tracer(spec: str | ModelSource = DEFAULT_SPEC, *, device: str = "auto", **options) -> "Tracer":
+    """The one Tracer factory of the CLI and the app's jobs (options: see tracer_config)."""
+    return Tracer(spec, config=tracer_config(**options), device=device)
+
+
 class Tracer:
     """A loaded model plus a TraceConfig: generate, analyse, or both (trace_batch)."""
 
