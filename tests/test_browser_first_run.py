@@ -135,10 +135,13 @@ def test_first_ten_minutes_from_an_empty_database(empty_app):
         wait_until(lambda: store.get_job(db, demo["id"])["status"] != "running", 60 * minutes, "the demo job")
         assert store.get_job(db, demo["id"])["status"] == "done", store.get_job(db, demo["id"])["message"]
         go(page, "Budget")
-        text = page.get_by_test_id("stMainBlockContainer").inner_text()
         counts = store.route_counts(db)
-        for route, n in counts.items():
-            assert f"{views.route_name(route)}\t{n}" in text, (route, n)
+
+        def routes_shown():  # the sidebar's job fragment may rerun the page: wait for the whole table
+            text = page.get_by_test_id("stMainBlockContainer").inner_text()
+            return text if all(f"{views.route_name(r)}\t{n}" in text for r, n in counts.items()) else None
+
+        text = wait_until(routes_shown, 60, f"every route with its count on the Budget page: {counts}")
         assert "The demo set a budget" in text
         assert sum(counts.values()) == db["problems"].count  # the whole demo pool is routed
         assert [(a["actor"], a["action"], a["subject"]) for a in store.audit_trail(db)
