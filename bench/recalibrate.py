@@ -73,20 +73,25 @@ def build_pool(db, n_problems: int, seed: int) -> list[dict]:
     return rows
 
 
+ORACLES = [f"bench-oracle-{k}" for k in range(250)]  # labels per routing round
+
+
 def label_router_picks(db, rows: list[dict], gold: dict[str, str], n_labels: int) -> None:
     """Label what the router sends to humans (as the app would), until n_labels are in."""
     majority = {r["problem_id"]: r["majority_answer"] for r in rows}
     while store.labels_spent(db) < n_labels:
         report = pipeline.route(db, rescore=False, note="bench set-up")
-        picks = [r["problem_id"] for r in db.query(
-            "select r.problem_id from routes r join problems p on p.id = r.problem_id "
-            "where r.route = 'annotate' and p.verdict is null order by r.value desc limit ?",
-            [min(250, n_labels - store.labels_spent(db))])]
+        picks = []  # the queue's best items, each leased by one oracle (a label needs a lease)
+        for oracle in ORACLES[:min(len(ORACLES), n_labels - store.labels_spent(db))]:
+            item = store.next_item(db, oracle)
+            if item is None:
+                break
+            picks.append((oracle, item["problem_id"]))
         if not picks:
             raise SystemExit(f"router sent nothing to annotate ({report.counts})")
-        for pid in picks:
+        for oracle, pid in picks:
             right = answers_match(majority[pid], gold[pid])
-            store.save_label(db, problem_id=pid, annotator="bench-oracle",
+            store.save_label(db, problem_id=pid, annotator=oracle,
                              verdict="correct" if right else "wrong",
                              gold_answer=None if right else gold[pid], shown_answer=majority[pid])
 
@@ -121,7 +126,9 @@ def main() -> None:
         db = store.open_db(Path(tmp) / "bench.db")
         (rows, t_build) = timed(build_pool, db, args.problems, args.seed)
         gold = {r["id"]: r["gold"] for r in db.query("select id, gold from problems")}
-        store.add_user(db, "bench-lead", "lead")
+        store.add_user(db, "bench-lead", "lead", by=store.LocalOperator("bench"))
+        for oracle in ORACLES:
+            store.add_user(db, oracle, "annotator", by=store.LocalOperator("bench"))
         store.set_budget(db, user="bench-lead", total=2 * args.labels)
         cold = [timed_cpu(pipeline.route, db, rescore=False, note="bench cold start")[1:]  # nothing to fit
                 for _ in range(args.repeats)]

@@ -345,9 +345,11 @@ def main() -> None:
         print(f"  (per-table sizes unavailable: {err})")
 
     # ---------------------------------------------------------------- cold-start route and labels
-    store.add_user(db, "lee", "lead")
+    store.add_user(db, "lee", "lead", by=store.LocalOperator("bench"))
     for name in ANNOTATORS:
-        store.add_user(db, name, "annotator")
+        store.add_user(db, name, "annotator", by=store.LocalOperator("bench"))
+    for k in range(2 * args.repeats + 1):  # next_item serves known users only (issue 12)
+        store.add_user(db, f"fresh-{k}", "annotator", by=store.LocalOperator("bench"))
     store.set_budget(db, user="lee", total=args.budget)
     report, seconds = timed(pipeline.route, db, rescore=False, note="bench cold start")
     print(f"\ncold-start route of the pool (no labels): {seconds:.2f} s -> {report.counts}")

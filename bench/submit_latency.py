@@ -34,6 +34,8 @@ from store_scale import ANNOTATORS, MODEL_ID, bulk_write, make_pool, pool_featur
 from pivottrace import pipeline, store  # noqa: E402
 from pivottrace.answers import canonical  # noqa: E402
 
+OPERATOR = store.LocalOperator("bench")  # who registers the bench's users (as the CLI would)
+
 TARGET_P99_MS = 100.0
 THINK_SECONDS = 0.2  # pause between two submits of one annotator: a fast annotator is ~10 s, this is a
 # stress test (labels arrive far faster than a recalibration at 100k, so passes must fold them)
@@ -53,9 +55,9 @@ def build(path: Path, n: int, unique: int, budget: int, seed: int):
     bulk_write(db, problems[:unique], traces, blobs, 0, unique)
     rows = pool_features(problems, traces, blobs, unique)
     store.save_features(db, rows)
-    store.add_user(db, "lee", "lead")
+    store.add_user(db, "lee", "lead", by=OPERATOR)
     for name in ANNOTATORS:
-        store.add_user(db, name, "annotator")
+        store.add_user(db, name, "annotator", by=OPERATOR)
     store.set_budget(db, user="lee", total=budget)
     start = time.perf_counter()
     pipeline.route(db, model_id=MODEL_ID, rescore=False, note="bench")

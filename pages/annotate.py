@@ -7,11 +7,15 @@ import streamlit as st
 from pivottrace import charts, views
 
 db = views.open_db()
-user = st.session_state.get("user")
+me = views.session_identity(db, st.session_state.get(views.SESSION_KEY))  # the session, never the URL
+if me is None:
+    st.info("Sign in first.", icon=":material/login:")
+    st.stop()
+user = me.name
 
 st.title("Annotate", anchor=False)
-if not user:
-    st.info("Pick your name in the sidebar (or add yourself) to start labelling.", icon=":material/person:")
+if not views.may_label(me):
+    st.info(f"You are a {me.role}: annotators and leads label. The Inspect page is yours.", icon=":material/person:")
     st.stop()
 
 

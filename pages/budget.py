@@ -5,8 +5,11 @@ import streamlit as st
 from pivottrace import charts, views
 
 db = views.open_db()
-user = st.session_state.get("user")
-is_lead = bool(user) and views.user_role(db, user) == "lead"
+me = views.session_identity(db, st.session_state.get(views.SESSION_KEY))  # the session, never the URL
+if me is None:
+    st.info("Sign in first.", icon=":material/login:")
+    st.stop()
+user, is_lead = me.name, me.is_lead  # the package checks the role again on every change
 
 st.title("Budget", anchor=False)
 if not is_lead:
@@ -40,19 +43,20 @@ with left:
     st.plotly_chart(charts.burn_figure(view.per_day, total=view.total, run_out=view.run_out),
                     config={"displayModeBar": False})
 with right:
-    st.markdown("##### Set the budget")
-    with st.form("budget", border=True):
-        total = st.number_input("Labels", min_value=0, step=10, value=view.total or 100, disabled=not is_lead)
-        cost = st.number_input("Cost per label (optional)", min_value=0.0, step=0.5, value=float(view.cost_per_label),
-                               disabled=not is_lead)
-        if st.form_submit_button("Save budget", type="primary", disabled=not is_lead):
-            try:
-                views.set_budget(db, user=user, total=int(total), cost_per_label=float(cost))
-            except (views.StoreError, views.InvalidInput) as err:
-                st.session_state["budget_flash"] = ("error", views.md(err))
-            else:
-                st.session_state["budget_flash"] = ("success", f"Budget set to {int(total)} labels; the pool was re-routed.")
-            st.rerun()
+    if is_lead:
+        st.markdown("##### Set the budget")
+        with st.form("budget", border=True):
+            total = st.number_input("Labels", min_value=0, step=10, value=view.total or 100)
+            cost = st.number_input("Cost per label (optional)", min_value=0.0, step=0.5, value=float(view.cost_per_label))
+            if st.form_submit_button("Save budget", type="primary"):
+                try:
+                    views.set_budget(db, user=user, total=int(total), cost_per_label=float(cost))
+                except (views.StoreError, views.InvalidInput) as err:
+                    st.session_state["budget_flash"] = ("error", views.md(err))
+                else:
+                    st.session_state["budget_flash"] = ("success", f"Budget set to {int(total)} labels; the pool was re-routed.")
+                st.rerun()
+        st.caption("A total below the items leased now releases the newest leases; below the labels spent is refused.")
 
 # ---------------------------------------------------------------- annotators and agreement
 st.markdown("##### Annotators")
@@ -80,19 +84,22 @@ with a1:
     if agree.note:
         st.caption(views.md(agree.note))
 with a2:
-    with st.form("overlap", border=True):
-        percent = st.number_input("Overlap: % of items labelled by two annotators", min_value=0, max_value=100,
-                                  step=5, value=int(round(agree.overlap_share * 100)), disabled=not is_lead,
-                                  help="A second, different annotator labels this share of the picks, blind. "
-                                       "Each such item counts twice against the budget.")
-        if st.form_submit_button("Save overlap", disabled=not is_lead):
-            try:
-                views.set_overlap_share(db, user=user, percent=percent)
-            except (views.StoreError, views.InvalidInput) as err:
-                st.session_state["budget_flash"] = ("error", views.md(err))
-            else:
-                st.session_state["budget_flash"] = ("success", f"Overlap set to {int(percent)} %.")
-            st.rerun()
+    if not is_lead:  # only a lead sets the overlap share (the package refuses anyone else)
+        st.caption(f"Overlap: {agree.overlap_share:.0%} of the picks are labelled by two annotators; a lead sets it.")
+    else:
+        with st.form("overlap", border=True):
+            percent = st.number_input("Overlap: % of items labelled by two annotators", min_value=0, max_value=100,
+                                      step=5, value=int(round(agree.overlap_share * 100)),
+                                      help="A second, different annotator labels this share of the picks, blind. "
+                                           "Each such item counts twice against the budget.")
+            if st.form_submit_button("Save overlap"):
+                try:
+                    views.set_overlap_share(db, user=user, percent=percent)
+                except (views.StoreError, views.InvalidInput) as err:
+                    st.session_state["budget_flash"] = ("error", views.md(err))
+                else:
+                    st.session_state["budget_flash"] = ("success", f"Overlap set to {int(percent)} %.")
+                st.rerun()
 
 reviews = views.review_queue(db)
 st.markdown(f"##### Disagreements to review ({len(reviews)})")
@@ -106,8 +113,8 @@ for review in reviews[:10]:
         for col, label in zip(keep, review.labels):
             col.markdown(f"**{views.md(label['annotator'])}**: {label['verdict']} · answer "
                          f"**{views.md(label['answer'])}**")
-            if col.button(f"Keep {views.md(label['annotator'])}'s label", key=f"keep-{review.problem_id}-{label['label_id']}",
-                          disabled=not is_lead):
+            if is_lead and col.button(f"Keep {views.md(label['annotator'])}'s label",
+                                      key=f"keep-{review.problem_id}-{label['label_id']}"):
                 try:
                     views.resolve_review(db, lead=user, problem_id=review.problem_id, label_id=label["label_id"])
                 except (views.StoreError, views.InvalidInput) as err:
@@ -129,23 +136,23 @@ with b:
     history = views.router_history(db)
     st.plotly_chart(charts.calibration_figure(history), config={"displayModeBar": False})
 
-with st.form("target", border=True):
-    target = st.slider("Self-train precision target", views.MIN_TARGET_PRECISION, 0.99, views.current_target_precision(db), 0.01,
-                       disabled=not is_lead,
-                       help="The self-train band opens only where labels show a precision at or above this "
-                            "(lower confidence bound).")
-    delta = st.number_input("Risk delta", min_value=0.001, max_value=0.5, value=views.current_delta(db),
-                            step=0.01, format="%.3f", disabled=not is_lead,
-                            help="Chance that a band opened by the bound is below the target after all.")
-    if st.form_submit_button("Re-route with this target", disabled=not is_lead):
-        try:
-            report = views.set_target_precision(db, user=user, target=target, delta=float(delta))
-        except (views.StoreError, views.InvalidInput) as err:
-            st.session_state["budget_flash"] = ("error", views.md(err))
-        else:
-            st.session_state["budget_flash"] = ("success", f"Router v{report.router_version}: " +
-                                                views.route_summary(report.counts, readable=True))
-        st.rerun()
+if is_lead:
+    with st.form("target", border=True):
+        target = st.slider("Self-train precision target", views.MIN_TARGET_PRECISION, 0.99, views.current_target_precision(db), 0.01,
+                           help="The self-train band opens only where labels show a precision at or above this "
+                                "(lower confidence bound).")
+        delta = st.number_input("Risk delta", min_value=0.001, max_value=0.5, value=views.current_delta(db),
+                                step=0.01, format="%.3f",
+                                help="Chance that a band opened by the bound is below the target after all.")
+        if st.form_submit_button("Re-route with this target"):
+            try:
+                report = views.set_target_precision(db, user=user, target=target, delta=float(delta))
+            except (views.StoreError, views.InvalidInput) as err:
+                st.session_state["budget_flash"] = ("error", views.md(err))
+            else:
+                st.session_state["budget_flash"] = ("success", f"Router v{report.router_version}: " +
+                                                    views.route_summary(report.counts, readable=True))
+            st.rerun()
 
 st.markdown("##### Bands: estimated against measured precision")
 bands = views.band_rows(db)
@@ -164,3 +171,12 @@ if history:
                  column_config={"time": st.column_config.DatetimeColumn("time", format="YYYY-MM-DD HH:mm")})
 else:
     st.caption("The pool has not been routed yet.")
+
+st.markdown("##### Audit trail")
+st.caption("Every change of budget, target, user, role or password: who, when, from what, to what. Append-only.")
+trail = views.audit_rows(db)
+if trail:
+    st.dataframe(trail, hide_index=True,
+                 column_config={"time": st.column_config.DatetimeColumn("time", format="YYYY-MM-DD HH:mm:ss")})
+else:
+    st.caption("No changes yet.")

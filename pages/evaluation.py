@@ -5,6 +5,10 @@ import streamlit as st
 from pivottrace import views
 
 db = views.open_db()
+me = views.session_identity(db, st.session_state.get(views.SESSION_KEY))  # the session, never the URL
+if me is None:
+    st.info("Sign in first.", icon=":material/login:")
+    st.stop()
 folder = views.evaluation_folder()
 
 st.title("Evaluation", anchor=False)
@@ -25,7 +29,7 @@ def eval_running() -> None:
 job = views.latest_job(db, "eval")
 if job is not None and job.active:
     eval_running()
-else:
+elif views.may_change_pool(me):  # leads and researchers run it; annotators read the report
     blocker = views.evaluation_blocker(db)
     if st.button("Run the evaluation", icon=":material/play_arrow:", disabled=blocker is not None,
                  help=blocker or f"Runs `pivottrace eval --out {folder}` in the background."):

@@ -5,6 +5,10 @@ import streamlit as st
 from pivottrace import charts, views
 
 db = views.open_db()
+me = views.session_identity(db, st.session_state.get(views.SESSION_KEY))  # the session, never the URL
+if me is None:
+    st.info("Sign in first.", icon=":material/login:")
+    st.stop()
 
 st.title("Inspect", anchor=False)
 

@@ -1,11 +1,18 @@
-"""The `pivottrace` command: ingest, trace, route, status, demo, export, eval, app, users, budget.
+"""The `pivottrace` command: ingest, trace, route, status, demo, export, eval, app, users, budget, audit.
 
-Each command is a thin wrapper over pipeline.py / store.py (it runs no SQL of its own); domain
-errors become one clean message and a non-zero exit code, never a traceback.
+Each command is a thin wrapper over pipeline.py / store.py / auth.py (it runs no SQL of its own);
+domain errors become one clean message and a non-zero exit code, never a traceback.
+
+The CLI acts as the local operator (store.LocalOperator): whoever can run it on the machine that
+holds the database file can also open that file and write to it, so a password prompt here would
+protect nothing. Its user, role and budget changes are written to the audit trail as
+`local:<login>`. People who are not operators sign in to the app instead.
 """
 
 from __future__ import annotations
 
+import getpass
+import ipaddress
 import json
 import os
 import subprocess
@@ -17,14 +24,16 @@ from typing import Optional
 
 import typer
 
-from . import pipeline, store
+from . import auth, pipeline, store
 from .datasets import PoolFormatError
 from .evaluate import DEFAULT_REPORT_DIR
 from .models import DEFAULT_SPEC, ModelNotFoundError
 from .route import DEFAULT_TARGET_PRECISION
 from .vocab import route_summary
 
-app = typer.Typer(help="PivotTrace: route unlabeled RLVR problems by metacognitive pivots.",
+app = typer.Typer(help="PivotTrace: route unlabeled RLVR problems by metacognitive pivots. "
+                       "Commands act as the local operator (shell access to the database file): "
+                       "their user, role and budget changes are audited as local:<login>.",
                   no_args_is_help=True, add_completion=False)
 users_app = typer.Typer(help="Manage users and roles.", no_args_is_help=True)
 budget_app = typer.Typer(help="Set or show the label budget.", no_args_is_help=True)
@@ -88,6 +97,32 @@ def clean_errors(func):
 def _db(path: Optional[str], *, create: bool = False):
     """The database; only commands that add data (`create=True`) may start a new one."""
     return store.open_db(path, create=create)
+
+
+def _operator() -> store.LocalOperator:
+    """The person at this shell, as the audit trail names them."""
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):  # no login name (e.g. a container's numeric user)
+        login = f"uid{os.getuid()}"
+    return store.LocalOperator(login)
+
+
+def _say_operator(operator: store.LocalOperator) -> None:
+    typer.secho(f"Acting as the local operator ({operator.audit_name}); the change is audited.", err=True, dim=True)
+
+
+LOOPBACK_HOSTS = ("localhost",)
+
+
+def is_loopback(address: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if address in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 DeviceOption = typer.Option("auto", "--device", help="auto (a CUDA GPU when there is one), cpu, cuda, cuda:N or mps.")
@@ -319,10 +354,12 @@ def demo(model: str = ModelOption,
              help="Then trace the rest of the demo pool in a background job (the app shows its progress)."),
          db: Optional[str] = DbOption):
     """Generate demo problems, set the demo budget, trace a handful with the model and route them."""
-    database = _db(db, create=True)
+    database, operator = _db(db, create=True), _operator()
+    _say_operator(operator)  # it sets the demo budget where none was set
     tracer = _tracer(model, samples=samples, max_new_tokens=max_new_tokens, batch_size=8, seed=seed,
                      device=device, dtype=dtype)
-    report, run, routed = pipeline.run_demo(database, tracer, n_problems=problems, n_trace=traced, seed=seed)
+    report, run, routed = pipeline.run_demo(database, tracer, by=operator, n_problems=problems, n_trace=traced,
+                                            seed=seed)
     budget = store.budget_status(database)
     typer.echo(f"Demo: {report.added} new problems, traced {run.traced} "
                f"({run.tokens_per_second:.1f} tok/s), budget {budget['total']} labels, router version "
@@ -333,7 +370,7 @@ def demo(model: str = ModelOption,
         from . import jobs
 
         job_id = jobs.start_demo(database, model=model, problems=problems, traced=0, samples=samples,
-                                 max_new_tokens=max_new_tokens, seed=seed)
+                                 max_new_tokens=max_new_tokens, seed=seed, by=operator)
         typer.echo(f"Tracing the other {problems - run.traced} demo problems in background job #{job_id}.")
 
 
@@ -431,46 +468,131 @@ def eval_cmd(out: Path = typer.Option(Path(DEFAULT_REPORT_DIR), "--out", "-o", h
 
 
 @app.command("app")
+@clean_errors
 def app_cmd(db: Optional[str] = DbOption,
             port: int = typer.Option(8501, "--port"),
+            address: str = typer.Option("127.0.0.1", "--address",
+                                        help="Interface to listen on. The default is reachable from this "
+                                             "machine only; another address serves the app to the network "
+                                             "(sign-in is always on; put TLS in front of it)."),
             headless: bool = typer.Option(False, "--headless", help="Do not open a browser.")):
-    """Launch the Streamlit app."""
+    """Launch the Streamlit app (sign-in required). When no lead can sign in yet, this creates the
+    lead account `admin` and prints its one-time password once."""
+    path = Path(db or store.default_db_path()).resolve()
+    first = auth.ensure_first_lead(store.open_db(path), operator=_operator())
+    if first is not None:
+        typer.secho(f"First run: created the lead account {first[0]!r} with the one-time password\n\n"
+                    f"    {first[1]}\n\nSign in with it; the app then asks you to choose your own. "
+                    "It is shown this once (`pivottrace users password admin` sets a new one).",
+                    fg="green", err=True)
+    if not is_loopback(address):
+        typer.secho(f"Serving on {address}: everyone who can reach it gets the sign-in page. Streamlit "
+                    "speaks plain HTTP; put a TLS proxy in front before passwords cross a network.",
+                    fg="yellow", err=True)
     env = dict(os.environ)
-    env["PIVOTTRACE_DB"] = str(Path(db or store.default_db_path()).resolve())
+    env["PIVOTTRACE_DB"] = str(path)
     entry = Path(__file__).resolve().parent.parent / "app.py"
     command = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.port", str(port),
-               "--browser.gatherUsageStats", "false"]
+               "--server.address", address, "--browser.gatherUsageStats", "false"]
     if headless:
         command += ["--server.headless", "true"]
     # from the repository root, so Streamlit reads .streamlit/config.toml (theme, no file watcher)
     raise typer.Exit(subprocess.call(command, env=env, cwd=entry.parent))
 
 
+PasswordStdin = typer.Option(False, "--password-stdin", help="Read the password from the first line of stdin.")
+
+
+def _new_password(password_stdin: bool) -> str:
+    return auth.read_password(stdin_text=sys.stdin.read() if password_stdin else None)
+
+
 @users_app.command("add")
 @clean_errors
 def users_add(name: str, role: str = typer.Option("annotator", "--role", help="annotator, researcher or lead"),
+              email: Optional[str] = typer.Option(None, "--email", help="The email single sign-on maps to this user."),
+              password_stdin: bool = PasswordStdin,
+              no_password: bool = typer.Option(False, "--no-password",
+                                               help="No password: the user signs in with single sign-on only."),
               db: Optional[str] = DbOption):
-    """Add a user (or change their role)."""
-    store.add_user(_db(db, create=True), name, role)
+    """Add a user with a password (asked for, or --password-stdin). An existing name is refused:
+    change a role with `pivottrace users role`."""
+    database, operator = _db(db, create=True), _operator()
+    if store.user_role(database, name.strip()) is not None:  # before asking for a password
+        raise store.StoreError(f"{name!r} already exists (as {store.user_role(database, name.strip())}); "
+                               "change a role with `pivottrace users role`.")
+    password = None if no_password else _new_password(password_stdin)
+    _say_operator(operator)
+    auth.create_user(database, name, role, by=operator, password=password, email=email)
+    typer.echo(f"{name.strip()} is a {role}" + (f" ({email})" if email else "") + ".")
+
+
+@users_app.command("role")
+@clean_errors
+def users_role(name: str, role: str = typer.Argument(..., help="annotator, researcher or lead"),
+               db: Optional[str] = DbOption):
+    """Change a user's role (the last lead cannot be demoted)."""
+    operator = _operator()
+    _say_operator(operator)
+    store.set_role(_db(db), name, role, by=operator)
     typer.echo(f"{name} is a {role}.")
+
+
+@users_app.command("password")
+@clean_errors
+def users_password(name: str, password_stdin: bool = PasswordStdin, db: Optional[str] = DbOption):
+    """Set a user's password (asked for, or --password-stdin); their open sessions end."""
+    database, operator = _db(db), _operator()
+    if store.user_role(database, name) is None:
+        raise store.StoreError(f"{name!r} is not a known user.")
+    password = _new_password(password_stdin)
+    _say_operator(operator)
+    auth.set_password(database, name, password, by=operator)
+    typer.echo(f"Password of {name} set.")
+
+
+@users_app.command("email")
+@clean_errors
+def users_email(name: str, email: str = typer.Argument(..., help="The address ('' to clear it)."),
+                db: Optional[str] = DbOption):
+    """Set the email single sign-on maps to this user."""
+    operator = _operator()
+    _say_operator(operator)
+    store.set_email(_db(db), name, email, by=operator)
+    typer.echo(f"{name}'s email is {email or 'cleared'}.")
 
 
 @users_app.command("list")
 @clean_errors
 def users_list(db: Optional[str] = DbOption):
-    """List users and roles."""
+    """List users, roles and emails."""
     for row in store.users(_db(db)):
-        typer.echo(f"{row['name']}\t{row['role']}")
+        typer.echo("\t".join([row["name"], row["role"], row["email"] or "", "password" if row["has_password"] else "-"]))
 
 
 @budget_app.command("set")
 @clean_errors
-def budget_set(total: int, user: str = typer.Option(..., "--user", help="A lead's name."),
-               cost: float = typer.Option(0.0, "--cost", help="Cost per label."),
+def budget_set(total: int, cost: float = typer.Option(0.0, "--cost", help="Cost per label."),
                db: Optional[str] = DbOption):
-    """Set the label budget (leads only)."""
-    store.set_budget(_db(db), user=user, total=total, cost_per_label=cost)
-    typer.echo(f"Budget set to {total} labels.")
+    """Set the label budget (as the local operator; in the app, leads only). Leases beyond the
+    new total are released."""
+    operator = _operator()
+    _say_operator(operator)
+    result = store.set_budget(_db(db), user=operator, total=total, cost_per_label=cost)
+    typer.echo(f"Budget set to {total} labels." +
+               (f" Released {len(result['released'])} leased items." if result["released"] else ""))
+
+
+@app.command("audit")
+@clean_errors
+def audit_cmd(limit: int = typer.Option(50, "--limit", "-n"), db: Optional[str] = DbOption):
+    """Show the audit trail (budget, target, user and role changes), newest first."""
+    import datetime as dt
+
+    for row in store.audit_trail(_db(db), limit=limit):
+        when = dt.datetime.fromtimestamp(row["at"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo("\t".join([when, row["actor"], row["action"], row["subject"] or "-",
+                              row["before"] or "-", row["after"] or "-"]))
 
 
 @budget_app.command("show")

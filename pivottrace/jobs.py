@@ -123,18 +123,20 @@ DEMO_MODEL_ENV = "PIVOTTRACE_DEMO_MODEL"  # the model the app's "Run the demo" u
 
 def start_demo(db, *, model: str | None = None, problems: int = pipeline.DEMO_PROBLEMS,
                traced: int = pipeline.DEMO_FIRST, samples: int = 4,
-               max_new_tokens: int = 256, rest: bool = True, seed: int = 0) -> int:
+               max_new_tokens: int = 256, rest: bool = True, seed: int = 0, by=None) -> int:
     """The demo in the background (pipeline.run_demo): generate `problems` demo problems, set the
     demo budget, trace `traced` of them and route; then, with `rest`, trace the rest of the demo
     pool, re-routing as it goes (pipeline.continue_demo). `traced=0`: the demo problems are in
     already (the CLI traced its handful in the foreground) and only the rest is traced. Without
-    `model`: $PIVOTTRACE_DEMO_MODEL, or the embedded default model."""
+    `model`: $PIVOTTRACE_DEMO_MODEL, or the embedded default model. `by`: who starts it (a user
+    name or store.LocalOperator; it sets the demo budget when `traced` > 0)."""
     from .models import resolve_model
 
     model = model or os.environ.get(DEMO_MODEL_ENV) or DEFAULT_SPEC
     resolve_model(model)
     args = {"model": model, "problems": int(problems), "limit": int(traced), "samples": int(samples),
-            "max_new_tokens": int(max_new_tokens), "batch_size": 4, "rest": bool(rest), "seed": int(seed)}
+            "max_new_tokens": int(max_new_tokens), "batch_size": 4, "rest": bool(rest), "seed": int(seed),
+            "by": by.audit_name if isinstance(by, store.LocalOperator) else by}
     return start(db, "demo", args, total=int(problems) if rest else int(traced))
 
 
@@ -295,6 +297,13 @@ def run(job_id: int, db=None) -> None:
             raise
 
 
+def _acting(by: str | None):
+    """Who started a job, back from its JSON args: a user name, or the local operator."""
+    if isinstance(by, str) and by.startswith(store.LOCAL_PREFIX):
+        return store.LocalOperator(by[len(store.LOCAL_PREFIX):])
+    return by
+
+
 def _run_demo(db, job_id: int, args: dict) -> None:
     """The demo job: pipeline.run_demo (the handful), then pipeline.continue_demo (the rest)."""
     store.update_job(db, job_id, message="loading the model")
@@ -305,7 +314,8 @@ def _run_demo(db, job_id: int, args: dict) -> None:
             store.update_job(db, job_id, done=n, message=f"tracing the first {total} problems · "
                                                           f"{run_.tokens_per_second:.1f} tokens/s")
 
-        _, first, routed = pipeline.run_demo(db, tracer, n_problems=args["problems"], n_trace=args["limit"],
+        _, first, routed = pipeline.run_demo(db, tracer, by=_acting(args.get("by")), n_problems=args["problems"],
+                                             n_trace=args["limit"],
                                              seed=args.get("seed", 0), show_progress=False, on_progress=on_first)
         done = first.traced
         store.update_job(db, job_id, done=done, message=f"{done} problems traced, the app is ready; "

@@ -573,16 +573,17 @@ def demo_budget(n_problems: int) -> int:
     return max(1, round(DEMO_BUDGET_SHARE * n_problems))
 
 
-def run_demo(db, tracer, *, n_problems: int = DEMO_PROBLEMS, n_trace: int = DEMO_FIRST, seed: int = 0,
+def run_demo(db, tracer, *, by, n_problems: int = DEMO_PROBLEMS, n_trace: int = DEMO_FIRST, seed: int = 0,
              show_progress: bool = True, on_progress=None) -> tuple[IngestReport, TraceRun, RouteReport]:
     """Generate demo problems, ingest them, set the demo budget (only where no budget was ever
-    set), trace a handful with `tracer`, and route them.
+    set; `by` is who starts the demo: a lead or researcher, or store.LocalOperator), trace a
+    handful with `tracer`, and route them.
 
     The handful covers every step count (most demo problems are one-step), so the Inspect page
     has multi-step chains to show from the start. `continue_demo` traces the rest."""
     problems = with_every_step_count(demo_problems(n_problems, seed=seed), seed=seed)
     report = ingest_loaded(db, LoadResult(spread_by_steps(problems), []))
-    store.set_initial_budget(db, total=demo_budget(n_problems), set_by=DEMO_SOURCE)
+    store.set_initial_budget(db, total=demo_budget(n_problems), set_by=DEMO_SOURCE, by=by)
     run = trace_pool(db, tracer, limit=n_trace, source=DEMO_SOURCE, show_progress=show_progress,
                      on_progress=on_progress)
     return report, run, route(db, model_id=tracer.model_id, config=current_router_config(db), note="demo")

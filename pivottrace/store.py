@@ -5,6 +5,11 @@ scores, routes or analytics (analytics.py); it only keeps them, and it imports n
 (from the package only records.py). Labels are append-only: an undo is a new row, nothing is
 deleted. Writes that must not race (leases, labels) run inside `BEGIN IMMEDIATE` transactions, so
 two annotators in two processes never get the same item and never lose a label.
+
+Roles are enforced here, inside those transactions: every mutating function names who acts (a user
+in `users`, or the LocalOperator at the machine's shell), and budget, target and user changes are
+written to the append-only `audit` table. It stores password hashes, never passwords, and session
+token hashes, never tokens: hashing and sign-in live in auth.py.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import sqlite3
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 
@@ -28,6 +34,9 @@ from .vocab import ROUTES, SKIP, UNDO, VERDICTS
 DEFAULT_DB = "pivottrace.db"
 ROLES = ("annotator", "researcher", "lead")
 LEASE_MINUTES = 15  # default lease on a queue item; an abandoned item returns to the queue after it
+LABELLER_ROLES = ("annotator", "lead")  # who may take queue items and label (researchers read traces)
+MAX_NAME_CHARS = 64
+LOCAL_PREFIX = "local:"  # audit name of the LocalOperator; no user name may start with it
 
 
 class StoreError(Exception):
@@ -48,6 +57,25 @@ class InvalidLabel(StoreError):
 
 class NothingToUndo(StoreError):
     """The annotator has no label left to undo."""
+
+
+class BudgetSpent(StoreError):
+    """The label budget has no room for this label or lease."""
+
+
+@dataclass(frozen=True)
+class LocalOperator:
+    """Whoever runs the `pivottrace` command on the machine that holds the database file.
+
+    Trusted like a lead: anyone who can run the CLI can also open the SQLite file and write to it,
+    so a password prompt there would protect nothing. The audit trail records them as
+    `local:<login>`, so their changes are still told apart from a signed-in lead's.
+    """
+    login: str
+
+    @property
+    def audit_name(self) -> str:
+        return f"{LOCAL_PREFIX}{self.login}"
 
 
 class StorageError(StoreError):
@@ -329,8 +357,34 @@ def _migration_8(db: sqlite_utils.Database) -> None:
     db["reviews"].create_index(["label_id"])  # "is this label a review?", asked per label
 
 
+def _migration_9(db: sqlite_utils.Database) -> None:
+    """Sign-in and the audit trail (issue 12):
+    - users get an argon2 password hash (None: cannot sign in with a password), an email for
+      single sign-on (unique, case-insensitive) and a must-change flag for one-time passwords;
+    - sessions: the sha256 of each session token (the token itself is never stored), its user
+      and its expiry;
+    - sign_in_attempts: every password sign-in, so failed ones are rate-limited per name;
+    - audit: who changed a budget, target, user or role, when, from what to what. Triggers make
+      it append-only: an update or delete aborts.
+    """
+    db["users"].add_column("password_hash", str)
+    db["users"].add_column("email", str)
+    db["users"].add_column("must_change_password", int)
+    db.execute("create unique index idx_users_email on users (lower(email)) where email is not null")
+    db["sessions"].create({"token_hash": str, "user": str, "via": str, "created_at": float,
+                           "expires_at": float, "ended_at": float}, pk="token_hash")
+    db["sessions"].create_index(["user"])
+    db["sign_in_attempts"].create({"id": int, "name": str, "ok": int, "created_at": float}, pk="id")
+    db["sign_in_attempts"].create_index(["name", "created_at"])
+    db["audit"].create({"id": int, "at": float, "actor": str, "action": str, "subject": str,
+                        "before": str, "after": str}, pk="id")
+    for event in ("update", "delete"):
+        db.execute(f"create trigger audit_no_{event} before {event} on audit begin "
+                   "select raise(abort, 'the audit trail is append-only'); end")
+
+
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
-              _migration_6, _migration_7, _migration_8]  # index i upgrades user_version i -> i+1; append, never edit
+              _migration_6, _migration_7, _migration_8, _migration_9]  # index i upgrades user_version i -> i+1; append, never edit
 
 
 def open_db(path: str | Path | None = None, *, create: bool = True) -> sqlite_utils.Database:
@@ -972,14 +1026,129 @@ def route_counts(db: sqlite_utils.Database) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- users and budget
 
-def add_user(db: sqlite_utils.Database, name: str, role: str) -> None:
+def _validate_name(name) -> str:
     name = (name or "").strip()
     if not name:
         raise StoreError("A user needs a name.")
+    if len(name) > MAX_NAME_CHARS or any(not ch.isprintable() for ch in name):
+        raise StoreError(f"A name is at most {MAX_NAME_CHARS} printable characters.")
+    if name.lower().startswith(LOCAL_PREFIX):
+        raise StoreError(f"A name may not start with {LOCAL_PREFIX!r} (the audit trail's mark of the local operator).")
+    return name
+
+
+def _validate_role(role) -> str:
     if role not in ROLES:
         raise StoreError(f"Unknown role {role!r}; choose one of {', '.join(ROLES)}.")
+    return role
+
+
+def _validate_email(email) -> str | None:
+    email = (email or "").strip()
+    if not email:
+        return None
+    if "@" not in email or any(ch.isspace() for ch in email):
+        raise StoreError(f"{email!r} is not an email address.")
+    return email
+
+
+def _actor(db, by, role: str | None = None) -> str:
+    """The audit name of `by` (a user name or a LocalOperator), checked inside the caller's
+    transaction: a name must be a known user, with `role` when one is asked for."""
+    if isinstance(by, LocalOperator):
+        return by.audit_name
+    if not isinstance(by, str) or not by:
+        raise PermissionDenied("Sign in first.")
+    actual = user_role(db, by)
+    if actual is None:
+        raise PermissionDenied(f"{by!r} is not a known user.")
+    if role is not None and actual != role:
+        raise PermissionDenied(f"Only a {role} can do this; {by!r} is a{'n' if actual[0] in 'aeiou' else ''} {actual}.")
+    return by
+
+
+def _audit(db, *, actor: str, action: str, subject: str | None, before, after) -> None:
+    """Append one audit row (call inside the change's own transaction)."""
+    db.execute("insert into audit (at, actor, action, subject, before, after) values (?, ?, ?, ?, ?, ?)",
+               [now(), actor, action, subject, None if before is None else str(before),
+                None if after is None else str(after)])
+
+
+def _leads(db) -> int:
+    return db.execute("select count(*) from users where role = 'lead'").fetchone()[0]
+
+
+def add_user(db: sqlite_utils.Database, name: str, role: str, *, by, password_hash: str | None = None,
+             email: str | None = None, must_change_password: bool = False) -> None:
+    """Add a user. Only a lead (or the local operator) may. An existing name is refused, never
+    changed: a role changes only through set_role, which says so in the audit trail."""
+    name, role, email = _validate_name(name), _validate_role(role), _validate_email(email)
     with immediate(db):
-        db["users"].upsert({"name": name, "role": role, "created_at": now()}, pk="name")
+        actor = _actor(db, by, "lead")
+        if user_role(db, name) is not None:
+            raise StoreError(f"{name!r} already exists (as {user_role(db, name)}); change a role with set_role.")
+        if email and user_by_email(db, email):
+            raise StoreError(f"{email!r} already belongs to {user_by_email(db, email)['name']!r}.")
+        db.execute("insert into users (name, role, created_at, password_hash, email, must_change_password) "
+                   "values (?, ?, ?, ?, ?, ?)", [name, role, now(), password_hash, email, int(must_change_password)])
+        _audit(db, actor=actor, action="user added", subject=name, before=None, after=role)
+        if email:
+            _audit(db, actor=actor, action="email", subject=name, before=None, after=email)
+
+
+def set_role(db: sqlite_utils.Database, name: str, role: str, *, by) -> None:
+    """Change a user's role (a lead or the local operator). The last lead cannot be demoted."""
+    role = _validate_role(role)
+    with immediate(db):
+        actor = _actor(db, by, "lead")
+        before = user_role(db, name)
+        if before is None:
+            raise StoreError(f"{name!r} is not a known user.")
+        if before == role:
+            return
+        if before == "lead" and _leads(db) == 1:
+            raise PermissionDenied(f"{name!r} is the last lead; make someone else a lead first.")
+        db.execute("update users set role = ? where name = ?", [role, name])
+        _audit(db, actor=actor, action="role", subject=name, before=before, after=role)
+
+
+def set_email(db: sqlite_utils.Database, name: str, email: str | None, *, by) -> None:
+    """Set (or clear) the email single sign-on maps to this user (a lead or the local operator)."""
+    email = _validate_email(email)
+    with immediate(db):
+        actor = _actor(db, by, "lead")
+        row = user_record(db, name)
+        if row is None:
+            raise StoreError(f"{name!r} is not a known user.")
+        owner = user_by_email(db, email) if email else None
+        if owner and owner["name"] != name:
+            raise StoreError(f"{email!r} already belongs to {owner['name']!r}.")
+        db.execute("update users set email = ? where name = ?", [email, name])
+        _audit(db, actor=actor, action="email", subject=name, before=row["email"], after=email)
+
+
+def set_password_hash(db: sqlite_utils.Database, name: str, password_hash: str, *, by,
+                      must_change_password: bool = False) -> None:
+    """Store a new password hash: the user themselves, a lead, or the local operator may. Every
+    session of the user ends (a stolen session does not outlive a password change)."""
+    with immediate(db):
+        if by != name:
+            actor = _actor(db, by, "lead")
+        else:
+            actor = _actor(db, by)
+        if user_role(db, name) is None:
+            raise StoreError(f"{name!r} is not a known user.")
+        db.execute("update users set password_hash = ?, must_change_password = ? where name = ?",
+                   [password_hash, int(must_change_password), name])
+        db.execute("update sessions set ended_at = ? where user = ? and ended_at is null", [now(), name])
+        _audit(db, actor=actor, action="password", subject=name, before=None,
+               after="one-time password set" if must_change_password else "changed")
+
+
+def rehash_password(db: sqlite_utils.Database, name: str, password_hash: str) -> None:
+    """Replace a hash with a stronger one of the same password (auth.py, after a good sign-in)."""
+    with immediate(db):
+        db.execute("update users set password_hash = ? where name = ?", [password_hash, name])
 
 
 def user_role(db: sqlite_utils.Database, name: str) -> str | None:
@@ -987,31 +1156,162 @@ def user_role(db: sqlite_utils.Database, name: str) -> str | None:
     return row[0] if row else None
 
 
-def require_role(db: sqlite_utils.Database, user: str, role: str) -> None:
-    actual = user_role(db, user)
-    if actual != role:
-        raise PermissionDenied(f"Only a {role} can do this; {user!r} is {actual or 'not a known user'}.")
+def user_record(db: sqlite_utils.Database, name: str) -> dict | None:
+    """{name, role, email, password_hash, must_change_password} or None."""
+    rows = list(db.query("select name, role, email, password_hash, must_change_password from users "
+                         "where name = ?", [name]))
+    return rows[0] if rows else None
 
 
-def set_budget(db: sqlite_utils.Database, *, user: str, total: int, cost_per_label: float = 0.0) -> None:
-    """Set the label budget. Only a lead may."""
-    require_role(db, user, "lead")
+def user_by_email(db: sqlite_utils.Database, email: str) -> dict | None:
+    """The user whose email matches, case-insensitively (what single sign-on maps to), or None."""
+    rows = list(db.query("select name, role, email from users where lower(email) = lower(?)", [email]))
+    return rows[0] if rows else None
+
+
+def leads_with_password(db: sqlite_utils.Database) -> list[str]:
+    return [r[0] for r in db.execute(
+        "select name from users where role = 'lead' and password_hash is not null order by name")]
+
+
+def require_role(db: sqlite_utils.Database, user, role: str) -> None:
+    """Raise PermissionDenied unless `user` (a name or the LocalOperator) may act as `role`."""
+    _actor(db, user, role)
+
+
+# --------------------------------------------------------------------------- sign-in records and sessions
+
+def record_sign_in(db: sqlite_utils.Database, name: str, *, ok: bool, at: float | None = None) -> None:
+    with immediate(db):
+        db.execute("insert into sign_in_attempts (name, ok, created_at) values (?, ?, ?)",
+                   [name, int(ok), now() if at is None else at])
+
+
+def failed_sign_ins(db: sqlite_utils.Database, name: str, *, since: float) -> list[float]:
+    """Times of the failed sign-ins for `name` after `since` and after its last good one, oldest first."""
+    return [r[0] for r in db.execute(
+        "select created_at from sign_in_attempts where name = ? and ok = 0 and created_at > ? "
+        "and created_at > coalesce((select max(created_at) from sign_in_attempts "
+        "where name = ? and ok = 1), 0) order by created_at", [name, since, name])]
+
+
+def create_session(db: sqlite_utils.Database, *, token_hash: str, user: str, via: str,
+                   expires_at: float) -> None:
+    with immediate(db):
+        if user_role(db, user) is None:
+            raise PermissionDenied(f"{user!r} is not a known user.")
+        db.execute("insert into sessions (token_hash, user, via, created_at, expires_at, ended_at) "
+                   "values (?, ?, ?, ?, ?, null)", [token_hash, user, via, now(), expires_at])
+
+
+def session_record(db: sqlite_utils.Database, token_hash: str) -> dict | None:
+    """The session with the user's current role and password flag: {user, role, via, created_at,
+    expires_at, ended_at, must_change_password}; None when unknown or its user was removed."""
+    rows = list(db.query(
+        "select s.user, u.role, s.via, s.created_at, s.expires_at, s.ended_at, u.must_change_password "
+        "from sessions s join users u on u.name = s.user where s.token_hash = ?", [token_hash]))
+    return rows[0] if rows else None
+
+
+def end_session(db: sqlite_utils.Database, token_hash: str) -> None:
+    with immediate(db):
+        db.execute("update sessions set ended_at = ? where token_hash = ? and ended_at is null",
+                   [now(), token_hash])
+
+
+def audit_trail(db: sqlite_utils.Database, *, limit: int | None = 200) -> list[dict]:
+    """The audit rows, newest first: {at, actor, action, subject, before, after}."""
+    return list(db.query("select at, actor, action, subject, before, after from audit order by id desc limit ?",
+                         [-1 if limit is None else int(limit)]))
+
+
+# --------------------------------------------------------------------------- budget and target
+
+def set_budget(db: sqlite_utils.Database, *, user, total: int, cost_per_label: float = 0.0) -> dict:
+    """Set the label budget. Only a lead (or the local operator) may.
+
+    Atomic with the leases: when the new total leaves room for fewer labels than items are leased,
+    the newest leases are released in the same transaction, so every lease still held can be
+    labelled and the labels spent never pass the total. A total below the labels already spent is
+    refused. Returns {released: [problem ids whose lease was released]}.
+    """
     if int(total) < 0 or float(cost_per_label) < 0:
         raise StoreError("Budget and cost per label must not be negative.")
+    stamp = now()
     with immediate(db):
+        actor = _actor(db, user, "lead")
+        spent = labels_spent(db)
+        if int(total) < spent:
+            raise StoreError(f"{spent} labels are spent already; the budget cannot be set below that.")
+        before = db.execute("select total, cost_per_label from budgets order by id desc limit 1").fetchone()
+        leases = _active_leases(db, stamp)  # oldest first: whoever started first keeps their item
+        released = leases[int(total) - spent:]
+        for problem_id, annotator in released:
+            db.execute("delete from assignments where problem_id = ? and annotator = ?", [problem_id, annotator])
         db["budgets"].insert({"total": int(total), "cost_per_label": float(cost_per_label),
-                              "set_by": user, "created_at": now()})
+                              "set_by": actor, "created_at": stamp})
+        _audit(db, actor=actor, action="budget", subject=None,
+               before=None if before is None else _budget_text(*before), after=_budget_text(total, cost_per_label))
+    return {"released": [problem_id for problem_id, _ in released]}
 
 
-def set_initial_budget(db: sqlite_utils.Database, *, total: int, set_by: str) -> bool:
+def _budget_text(total, cost) -> str:
+    return f"{int(total)} labels" + (f" at {float(cost):g} per label" if cost else "")
+
+
+def record_target_precision(db: sqlite_utils.Database, *, user, before: float, after: float) -> None:
+    """Check that `user` is a lead and write the target change to the audit trail (the router
+    version the re-route writes holds the target itself)."""
+    with immediate(db):
+        actor = _actor(db, user, "lead")
+        _audit(db, actor=actor, action="target precision", subject=None, before=f"{before:.2f}", after=f"{after:.2f}")
+
+
+def _active_leases(db, stamp: float) -> list[tuple[str, str]]:
+    """(problem_id, annotator) of unexpired leases whose holder has no verdict in force on the
+    problem yet (an unlabelled problem, or an overlap item waiting for their second label),
+    oldest first: each of them may still spend one label."""
+    return db.execute(
+        "select a.problem_id, a.annotator from assignments a join problems p on p.id = a.problem_id "
+        "where a.expires_at > ? and (p.verdict is null or not exists (select 1 from labels l "
+        f"where l.problem_id = a.problem_id and l.annotator = a.annotator and l.verdict in ({_VERDICT_LIST}) "
+        "and not exists (select 1 from labels u where u.undoes = l.id))) "
+        "order by a.leased_at, a.rowid", [stamp]).fetchall()
+
+
+def _room_for_lease(db, stamp: float) -> bool:
+    room = _budget_room(db, stamp)
+    return room is None or room > 0
+
+
+_VERDICT_LIST = ", ".join(f"'{v}'" for v in VERDICTS)
+
+
+def _budget_room(db, stamp: float) -> int | None:
+    """Labels the budget still allows beyond those spent and those leased; None without a budget."""
+    row = db.execute("select total from budgets order by id desc limit 1").fetchone()
+    if row is None:
+        return None
+    return row[0] - labels_spent(db) - len(_active_leases(db, stamp))
+
+
+INITIAL_BUDGET_ROLES = ("lead", "researcher")  # those who may start the demo, which sets one
+
+
+def set_initial_budget(db: sqlite_utils.Database, *, total: int, set_by: str, by) -> bool:
     """Set a starting budget (e.g. the demo's) only where no budget was ever set: it never
-    overrides a lead's. Returns whether it was set."""
+    overrides a lead's. `by` (a lead or researcher starting the demo, or the local operator) is
+    who acts; the change is audited. Returns whether it was set."""
     if int(total) < 0:
         raise StoreError("Budget must not be negative.")
     with immediate(db):
         if db.execute("select 1 from budgets limit 1").fetchone():
             return False
+        actor = _actor(db, by)
+        if not isinstance(by, LocalOperator) and user_role(db, by) not in INITIAL_BUDGET_ROLES:
+            raise PermissionDenied(f"{by!r} is a {user_role(db, by)}; only leads and researchers start the demo.")
         db["budgets"].insert({"total": int(total), "cost_per_label": 0.0, "set_by": set_by, "created_at": now()})
+        _audit(db, actor=actor, action="budget", subject=set_by, before=None, after=_budget_text(total, 0.0))
     return True
 
 
@@ -1039,27 +1339,74 @@ def budget_status(db: sqlite_utils.Database) -> dict:
 
 # --------------------------------------------------------------------------- queue and labels
 
+def _labeller(db, annotator) -> str:
+    """Check (inside the caller's transaction) that `annotator` is a user who may label."""
+    role = user_role(db, annotator) if isinstance(annotator, str) else None
+    if role is None:
+        raise PermissionDenied(f"{annotator!r} is not a known user; a lead adds annotators.")
+    if role not in LABELLER_ROLES:
+        raise PermissionDenied(f"{annotator!r} is a {role}; only {' and '.join(r + 's' for r in LABELLER_ROLES)} label.")
+    return annotator
+
+
+def _holds_lease(db, problem_id: str, annotator: str, stamp: float) -> bool:
+    return db.execute("select 1 from assignments where problem_id = ? and annotator = ? and expires_at > ?",
+                      [problem_id, annotator, stamp]).fetchone() is not None
+
+
 def next_item(db: sqlite_utils.Database, annotator: str, *,
               lease_minutes: float = LEASE_MINUTES) -> dict | None:
     """Lease the highest-value unlabelled `annotate` item to `annotator` (or renew theirs).
 
     Atomic across processes: the lease is taken inside BEGIN IMMEDIATE, so two annotators
-    never hold the same item. Items this annotator skipped come last.
+    never hold the same item. Items this annotator skipped come last. A new lease is taken only
+    while the budget has room beyond the labels spent and the items leased (None otherwise), so
+    every lease held can be labelled. Only known users with a labelling role get items.
     """
     stamp = now()
     with immediate(db):
+        _labeller(db, annotator)
         held = db.execute(
             "select a.problem_id from assignments a join problems p on p.id = a.problem_id "
-            "where a.annotator = ? and a.expires_at > ? and p.verdict is null "
+            "join routes r on r.problem_id = a.problem_id "
+            "where a.annotator = ? and a.expires_at > ? and p.verdict is null and r.route = 'annotate' "
             "order by a.leased_at desc limit 1",  # newest first: an undone item comes straight back
             [annotator, stamp]).fetchone()
         if held:
             problem_id = held[0]
-        else:
+        else:  # a lease on an item re-routed away from annotate no longer holds budget
+            db.execute("delete from assignments where annotator = ? and problem_id in (select problem_id "
+                       "from routes where route != 'annotate')", [annotator])
+            room = _budget_room(db, stamp)
+            if room is not None and room <= 0:
+                return None
             problem_id = (_top_open_item(db, annotator, stamp, skipped=False)
                           or _top_open_item(db, annotator, stamp, skipped=True))
             if problem_id is None:
                 return None
+        db.execute("insert or replace into assignments (problem_id, annotator, leased_at, expires_at) "
+                   "values (?, ?, ?, ?)", [problem_id, annotator, stamp, stamp + 60 * lease_minutes])
+    return queue_item(db, problem_id)
+
+
+def lease_item(db: sqlite_utils.Database, problem_id: str, annotator: str, *,
+               lease_minutes: float = LEASE_MINUTES) -> dict:
+    """Lease one named item to `annotator` (or renew theirs), under next_item's rules: it must be
+    routed to `annotate`, unlabelled, held by nobody else, and within the budget's room."""
+    stamp = now()
+    with immediate(db):
+        _labeller(db, annotator)
+        route = db.execute("select route from routes where problem_id = ?", [problem_id]).fetchone()
+        if route is None or route[0] != "annotate":
+            raise LeaseError("This problem is not in the annotation queue.")
+        if db.execute("select verdict from problems where id = ?", [problem_id]).fetchone()[0] is not None:
+            raise LeaseError("This problem already has a label; undo it first to change it.")
+        holder = _lease_holder(db, problem_id, stamp)
+        if holder not in (None, annotator):
+            raise LeaseError(f"{holder} is labelling this problem right now.")
+        room = _budget_room(db, stamp)
+        if holder is None and room is not None and room <= 0:
+            raise BudgetSpent("The label budget has no room for another item.")
         db.execute("insert or replace into assignments (problem_id, annotator, leased_at, expires_at) "
                    "values (?, ?, ?, ?)", [problem_id, annotator, stamp, stamp + 60 * lease_minutes])
     return queue_item(db, problem_id)
@@ -1113,9 +1460,12 @@ def _lease_holder(db, problem_id: str, stamp: float) -> str | None:
 def save_label(db: sqlite_utils.Database, *, problem_id: str, annotator: str, verdict: str,
                gold_answer: str | None = None, shown_answer: str | None = None,
                seconds: float | None = None) -> int:
-    """Append a label. Refused when another annotator holds the lease or the item is labelled.
+    """Append a label by `annotator` (the signed-in user) on an item they hold a lease on.
 
     `verdict`: correct (the majority answer is right), wrong (with `gold_answer`), flawed, skip.
+    Refused: an unknown user or one who may not label, no lease of theirs on the item (another
+    annotator holds it, it expired, or a budget cut released it), an item already labelled, and a
+    verdict the budget has no room for. A skip ends the lease and spends nothing.
     """
     if verdict not in VERDICTS + (SKIP,):
         raise InvalidLabel(f"Unknown verdict {verdict!r}.")
@@ -1123,14 +1473,22 @@ def save_label(db: sqlite_utils.Database, *, problem_id: str, annotator: str, ve
         raise InvalidLabel("A 'wrong' label needs the gold answer.")
     stamp = now()
     with immediate(db):
-        holder = _lease_holder(db, problem_id, stamp)
-        if holder is not None and holder != annotator:
-            raise LeaseError(f"{holder} is labelling this problem right now.")
+        _labeller(db, annotator)
         current = db.execute("select verdict from problems where id = ?", [problem_id]).fetchone()
         if current is None:
             raise LeaseError("No such problem.")
+        if not _holds_lease(db, problem_id, annotator, stamp):
+            holder = _lease_holder(db, problem_id, stamp)
+            if holder is not None:
+                raise LeaseError(f"{holder} is labelling this problem right now.")
+            raise LeaseError("You hold no lease on this problem (it expired, or a budget change released it); "
+                             "take the next item from the queue.")
         if current[0] is not None and verdict != SKIP:
             raise LeaseError("This problem already has a label; undo it first to change it.")
+        if verdict != SKIP:
+            budget = db.execute("select total from budgets order by id desc limit 1").fetchone()
+            if budget is not None and labels_spent(db) >= budget[0]:
+                raise BudgetSpent("The label budget is spent; a lead can raise it on the Budget page.")
         version = db.execute("select router_version from routes where problem_id = ?",
                              [problem_id]).fetchone()
         label_id = db["labels"].insert({
@@ -1142,14 +1500,21 @@ def save_label(db: sqlite_utils.Database, *, problem_id: str, annotator: str, ve
             db.execute("insert or replace into skips values (?, ?, ?)", [problem_id, annotator, stamp])
         else:
             db.execute("update problems set verdict = ? where id = ?", [verdict, problem_id])
-        db.execute("delete from assignments where problem_id = ?", [problem_id])
+        db.execute("delete from assignments where problem_id = ? and annotator = ?", [problem_id, annotator])
     return label_id
 
 
 def undo_last_label(db: sqlite_utils.Database, annotator: str) -> dict:
-    """Append an undo row for the annotator's latest label that is still in force; re-lease its item."""
+    """Append an undo row for `annotator`'s own latest label still in force.
+
+    It restores their own state only: a skip is forgotten, a verdict is lifted. The item comes back
+    to them (a new lease) only when it is still routed to `annotate`, nobody else holds it and the
+    budget has room; it never takes another annotator's lease. Returns {label_id, problem_id,
+    verdict, leased}.
+    """
     stamp = now()
     with immediate(db):
+        _labeller(db, annotator)
         row = db.execute(
             "select id, problem_id, verdict from labels l where annotator = ? and verdict != 'undo' "
             "and not exists (select 1 from labels u where u.undoes = l.id) order by id desc limit 1",
@@ -1163,10 +1528,17 @@ def undo_last_label(db: sqlite_utils.Database, annotator: str) -> dict:
         if verdict == SKIP:
             db.execute("delete from skips where problem_id = ? and annotator = ?", [problem_id, annotator])
         else:
-            _refresh_verdict(db, problem_id)
-        db.execute("insert or replace into assignments values (?, ?, ?, ?)",
-                   [problem_id, annotator, stamp, stamp + 60 * LEASE_MINUTES])
-    return {"label_id": label_id, "problem_id": problem_id, "verdict": verdict}
+            _refresh_verdict(db, problem_id)  # the newest label still in force (a second label's undo keeps the first)
+        route = db.execute("select route from routes where problem_id = ?", [problem_id]).fetchone()
+        holder = _lease_holder(db, problem_id, stamp)
+        room = _budget_room(db, stamp)
+        leased = (route is not None and route[0] == "annotate" and holder in (None, annotator)
+                  and db.execute("select verdict from problems where id = ?", [problem_id]).fetchone()[0] is None
+                  and (room is None or room > 0 or holder == annotator))
+        if leased:
+            db.execute("insert or replace into assignments (problem_id, annotator, leased_at, expires_at) "
+                       "values (?, ?, ?, ?)", [problem_id, annotator, stamp, stamp + 60 * LEASE_MINUTES])
+    return {"label_id": label_id, "problem_id": problem_id, "verdict": verdict, "leased": leased}
 
 
 def labels_not_undone_sql(verdicts: tuple[str, ...]) -> str:
@@ -1199,6 +1571,7 @@ def save_step_label(db: sqlite_utils.Database, *, problem_id: str, annotator: st
     """
     stamp = now()
     with immediate(db):
+        _labeller(db, annotator)
         sql = "select model_id, steps from traces where problem_id = ?"
         params = [problem_id]
         if model_id:
@@ -1225,6 +1598,7 @@ def save_step_label(db: sqlite_utils.Database, *, problem_id: str, annotator: st
 def undo_last_step_label(db: sqlite_utils.Database, annotator: str, *, problem_id: str | None = None) -> dict:
     """Append an undo row for the annotator's latest step label in force (on `problem_id` if given)."""
     with immediate(db):
+        _labeller(db, annotator)
         sql = ("select id, problem_id, first_wrong_step from step_labels s where annotator = ? "
                "and undoes is null and not exists (select 1 from step_labels u where u.undoes = s.id)")
         params = [annotator]
@@ -1333,7 +1707,9 @@ def jobs(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
 # --------------------------------------------------------------------------- read helpers for the app
 
 def users(db: sqlite_utils.Database) -> list[dict]:
-    return list(db.query("select name, role from users order by name"))
+    """[{name, role, email, has_password}] by name (never the hashes)."""
+    return list(db.query("select name, role, email, password_hash is not null as has_password "
+                         "from users order by name"))
 
 
 PROBLEM_SORTS = {  # search_problems' orders; missing values last, ingest order breaks ties
@@ -1488,13 +1864,17 @@ def _refresh_verdict(db, problem_id: str) -> None:
                "where f.problem_id = ? order by f.id desc limit 1) where id = ?", [problem_id, problem_id])
 
 
-def set_overlap_share(db: sqlite_utils.Database, *, user: str, share: float) -> None:
-    """A lead sets the share of annotate picks that a second, different annotator also labels."""
-    require_role(db, user, "lead")
+def set_overlap_share(db: sqlite_utils.Database, *, user, share: float) -> None:
+    """A lead (or the local operator) sets the share of annotate picks that a second, different
+    annotator also labels. Audited."""
     if not 0.0 <= float(share) <= 1.0:
         raise StoreError("The overlap share must be between 0 and 1 (e.g. 0.1 for 10 %).")
     with immediate(db):
-        db["overlap_settings"].insert({"share": float(share), "set_by": user, "created_at": now()})
+        actor = _actor(db, user, "lead")
+        before = db.execute("select share from overlap_settings order by id desc limit 1").fetchone()
+        db["overlap_settings"].insert({"share": float(share), "set_by": actor, "created_at": now()})
+        _audit(db, actor=actor, action="overlap share", subject=None,
+               before=None if before is None else f"{before[0]:g}", after=f"{float(share):g}")
 
 
 def overlap_share(db: sqlite_utils.Database) -> float:
@@ -1566,16 +1946,19 @@ def next_item_with_overlap(db: sqlite_utils.Database, annotator: str, *,
                            lease_minutes: float = LEASE_MINUTES) -> dict | None:
     """next_item, with overlap: an annotator's live lease first; then an overlap pick waiting for
     a second label from someone who did not label it (while the budget lasts); then next_item.
-    The returned dict has `second_label` True for an overlap item (save it with save_second_label)."""
+    The returned dict has `second_label` True for an overlap item (save it with save_second_label).
+    Only known users who may label get items; a second-label lease is taken only while the budget
+    has room beyond the labels spent and the items leased, like next_item's."""
     stamp = now()
     with immediate(db):
+        _labeller(db, annotator)
         held = db.execute("select a.problem_id, p.verdict from assignments a join problems p on "
                           "p.id = a.problem_id where a.annotator = ? and a.expires_at > ? "
                           "order by a.leased_at desc limit 1", [annotator, stamp]).fetchone()
         problem_id = None
         if held and held[1] is not None and annotator not in _labellers(db).get(held[0], [annotator]):
             problem_id = held[0]
-        elif held is None and overlap_share(db) > 0 and budget_status(db)["remaining"] != 0:
+        elif held is None and overlap_share(db) > 0 and _room_for_lease(db, stamp):  # leases reserve budget
             waiting = _waiting_second_label(db, annotator, stamp)
             problem_id = waiting[0] if waiting else None
         if problem_id is not None:
@@ -1591,21 +1974,31 @@ def save_second_label(db: sqlite_utils.Database, *, problem_id: str, annotator: 
                       seconds: float | None = None) -> int:
     """Append the second label of an overlap item: refused for anyone who labelled it already,
     when another annotator holds the lease, or when the item is not an overlap pick waiting for
-    one. The newest verdict is the one in force until a lead reviews a disagreement."""
+    one. The newest verdict is the one in force until a lead reviews a disagreement. Like
+    save_label: only a known user who may label, under their own unexpired lease, and within the
+    budget (spent never passes the total)."""
     if verdict not in VERDICTS + ("skip",):
-        raise StoreError(f"Unknown verdict {verdict!r}.")
+        raise InvalidLabel(f"Unknown verdict {verdict!r}.")
     if verdict == "wrong" and not gold_answer:
-        raise StoreError("A 'wrong' label needs the gold answer.")
+        raise InvalidLabel("A 'wrong' label needs the gold answer.")
     stamp = now()
     with immediate(db):
-        holder = _lease_holder(db, problem_id, stamp)
-        if holder is not None and holder != annotator:
-            raise LeaseError(f"{holder} is labelling this problem right now.")
+        _labeller(db, annotator)
         names = _labellers(db).get(problem_id, [])
         if annotator in names:
             raise LeaseError("You labelled this problem already; a second label must come from someone else.")
+        if not _holds_lease(db, problem_id, annotator, stamp):
+            holder = _lease_holder(db, problem_id, stamp)
+            if holder is not None and holder != annotator:
+                raise LeaseError(f"{holder} is labelling this problem right now.")
+            raise LeaseError("You hold no lease on this problem (it expired, or a budget change released it); "
+                             "take the next item from the queue.")
         if len(names) != 1 or not is_overlap_pick(problem_id, overlap_share(db)):
             raise LeaseError("This problem is not waiting for a second label.")
+        if verdict != "skip":
+            budget = db.execute("select total from budgets order by id desc limit 1").fetchone()
+            if budget is not None and labels_spent(db) >= budget[0]:
+                raise BudgetSpent("The label budget is spent; a lead can raise it on the Budget page.")
         version = db.execute("select router_version from routes where problem_id = ?", [problem_id]).fetchone()
         label_id = db["labels"].insert({
             "problem_id": problem_id, "annotator": annotator, "verdict": verdict,
@@ -1629,20 +2022,24 @@ def reviews(db: sqlite_utils.Database) -> list[dict]:
 def resolve_review(db: sqlite_utils.Database, *, lead: str, problem_id: str, verdict: str,
                    gold_answer: str | None = None, shown_answer: str | None = None) -> int:
     """A lead settles a disagreement: their verdict is appended as the label in force (it spends
-    no budget and is left out of agreement) and the review is recorded. Returns the label id."""
-    require_role(db, lead, "lead")
+    no budget and is left out of agreement) and the review is recorded, with the change of the
+    verdict in force in the audit trail. Returns the label id."""
     if verdict not in VERDICTS:
         raise StoreError(f"Unknown verdict {verdict!r}.")
     if verdict == "wrong" and not gold_answer:
         raise StoreError("A 'wrong' label needs the gold answer.")
     stamp = now()
     with immediate(db):
+        actor = _actor(db, lead, "lead")
         if len(_labellers(db).get(problem_id, [])) < 2:
             raise StoreError("Only a problem labelled by two annotators can be reviewed.")
+        before = db.execute("select verdict from problems where id = ?", [problem_id]).fetchone()
         label_id = db["labels"].insert({
-            "problem_id": problem_id, "annotator": lead, "verdict": verdict, "gold_answer": gold_answer,
+            "problem_id": problem_id, "annotator": actor, "verdict": verdict, "gold_answer": gold_answer,
             "shown_answer": shown_answer, "seconds": None, "created_at": stamp, "undoes": None,
             "router_version": None}).last_pk
-        db["reviews"].insert({"problem_id": problem_id, "lead": lead, "label_id": label_id, "created_at": stamp})
+        db["reviews"].insert({"problem_id": problem_id, "lead": actor, "label_id": label_id, "created_at": stamp})
         _refresh_verdict(db, problem_id)
+        _audit(db, actor=actor, action="review", subject=problem_id, before=before[0] if before else None,
+               after=verdict if verdict != "wrong" else f"wrong (gold {gold_answer})")
     return label_id

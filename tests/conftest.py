@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pivottrace.store import LocalOperator
+
+OPERATOR = LocalOperator("tests")  # who sets up users in test databases (as the CLI would)
 TINY_LAYERS = 2  # enough for inter-layer consistency to mean something
 TINY_HIDDEN = 32
 
@@ -67,10 +70,18 @@ def build_app_db(path, *, n_problems: int = 40, budget: int = 10, seed: int = 0,
     for p in problems:
         store.save_trace(db, p.id, "synth", synthetic_trace(p, rng))
     for name, role in (("lee", "lead"), ("ann", "annotator"), ("bob", "annotator")):
-        store.add_user(db, name, role)
+        store.add_user(db, name, role, by=OPERATOR)
     store.set_budget(db, user="lee", total=budget)
     pipeline.route(db, model_id="synth")
     return db
+
+
+def lease_and_label(db, problem_id: str, annotator: str, verdict: str, **fields) -> int:
+    """Take the lease on one named queue item and label it, as the Annotate page would."""
+    from pivottrace import store
+
+    store.lease_item(db, problem_id, annotator)
+    return store.save_label(db, problem_id=problem_id, annotator=annotator, verdict=verdict, **fields)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ lead's review queue, and a double-labelled item spends two labels of the budget.
 
 import numpy as np
 import pytest
-from conftest import build_app_db
+from conftest import OPERATOR, build_app_db
 
 from pivottrace import agreement, store
 
@@ -124,6 +124,41 @@ def test_no_second_labels_once_the_budget_is_spent(db):
     store.set_budget(db, user="lee", total=1)
     item = store.next_item_with_overlap(db, "bob")
     assert item is None or item["problem_id"] != x
+
+
+def test_second_labels_follow_the_sign_in_rules_known_labeller_own_lease_and_budget(db):
+    """Issue 12's rules on the overlap path: only known users who may label; a second label under
+    the annotator's own lease only; a second-label lease reserves budget, so spent never passes
+    the total; the overlap share and a review are a lead's, in the audit trail."""
+    store.set_overlap_share(db, user="lee", share=1.0)
+    x = first_label(db, "ann", "correct")["problem_id"]
+    with pytest.raises(store.PermissionDenied):
+        store.next_item_with_overlap(db, "mallory")
+    store.add_user(db, "rita", "researcher", by=OPERATOR)
+    with pytest.raises(store.PermissionDenied):
+        store.next_item_with_overlap(db, "rita")
+    with pytest.raises(store.PermissionDenied):
+        store.save_second_label(db, problem_id=x, annotator="rita", verdict="flawed")
+    with pytest.raises(store.LeaseError, match="no lease"):  # nobody leased it to bob
+        store.save_second_label(db, problem_id=x, annotator="bob", verdict="flawed")
+    assert store.budget_status(db)["spent"] == 1
+
+    # the budget has room for exactly one more label: bob's second-label lease takes it
+    store.set_budget(db, user="lee", total=2)
+    assert store.next_item_with_overlap(db, "bob")["problem_id"] == x
+    assert store.next_item_with_overlap(db, "ann") is None  # the room is reserved by bob's lease
+    store.set_budget(db, user="lee", total=1)  # a cut releases bob's lease...
+    with pytest.raises(store.LeaseError, match="no lease"):  # ...so his label cannot overspend
+        store.save_second_label(db, problem_id=x, annotator="bob", verdict="flawed")
+    assert store.budget_status(db)["spent"] == 1 <= store.budget_status(db)["total"]
+
+    store.set_budget(db, user="lee", total=3)
+    assert store.next_item_with_overlap(db, "bob")["problem_id"] == x
+    store.save_second_label(db, problem_id=x, annotator="bob", verdict="flawed")
+    store.resolve_review(db, lead="lee", problem_id=x, verdict="correct", shown_answer="12")
+    trail = [(a["actor"], a["action"], a["subject"], a["before"], a["after"]) for a in store.audit_trail(db)]
+    assert ("lee", "review", x, "flawed", "correct") in trail
+    assert ("lee", "overlap share", None, None, "1") in trail
 
 
 def test_all_labels_asserting_the_same_leave_alpha_undefined_with_a_reason():

@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import build_app_db
+from conftest import OPERATOR, build_app_db
 from streamlit.testing.v1 import AppTest
 
-from pivottrace import jobs, store, views
+from pivottrace import auth, jobs, store, views
 from pivottrace.datasets import Problem, problem_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,10 +34,22 @@ def navigation_app(monkeypatch):
     monkeypatch.setattr(pages_manager.PagesManager, "__init__", init)
 
 
+PASSWORD = "test password 123"
+
+
+def session_token(user: str) -> str:
+    """A real session for `user` (given a password first, as the CLI would): what sign-in leaves
+    in the app's session state."""
+    db = store.open_db()
+    if not store.user_record(db, user)["password_hash"]:
+        auth.set_password(db, user, PASSWORD, by=OPERATOR)
+    return auth.sign_in(db, user, PASSWORD).token
+
+
 def page(name: str, user: str | None = None) -> AppTest:
     at = AppTest.from_file(str(ROOT / name), default_timeout=TIMEOUT)
     if user:
-        at.session_state["user"] = user
+        at.session_state[views.SESSION_KEY] = session_token(user)
     return at.run()
 
 
@@ -79,7 +91,9 @@ def labels(db) -> list[dict]:
 def test_empty_database_offers_the_demo_which_runs_in_the_background(tmp_path, monkeypatch, navigation_app):
     path = tmp_path / "empty.db"
     monkeypatch.setenv("PIVOTTRACE_DB", str(path))
-    at = ok(page("app.py"))
+    auth.ensure_first_lead(store.open_db(path), operator=OPERATOR)
+    auth.set_password(store.open_db(path), auth.FIRST_LEAD, PASSWORD, by=OPERATOR)
+    at = ok(page("app.py", auth.FIRST_LEAD))
     assert at.title[0].value == "Welcome to PivotTrace"
     by_label(at.button, "Run the demo").click().run()
     db = store.open_db(path)
@@ -90,14 +104,66 @@ def test_empty_database_offers_the_demo_which_runs_in_the_background(tmp_path, m
     assert store.get_job(db, started[0]["id"])["status"] == "cancelled"
 
 
-def test_sidebar_adds_a_user_and_signs_them_in(db, navigation_app):
-    at = ok(page("app.py"))
+def test_sign_in_page_refuses_a_wrong_password_and_signs_in_with_the_right_one(db, navigation_app):
+    auth.set_password(db, "lee", PASSWORD, by=OPERATOR)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params["user"] = "lee"  # the URL names nobody
+    ok(at.run())
+    assert at.title[0].value == "Sign in to PivotTrace" and not at.sidebar.button
+    by_label(at.text_input, "Name").input("lee")
+    by_label(at.text_input, "Password").input(PASSWORD + "x")
+    by_label(at.button, "Sign in").click().run()
+    ok(at)
+    assert "Wrong name or password" in at.error[0].value and views.SESSION_KEY not in at.session_state
+    by_label(at.text_input, "Name").input("lee")
+    by_label(at.text_input, "Password").input(PASSWORD)
+    by_label(at.button, "Sign in").click().run()
+    ok(at)
+    assert views.session_identity(db, at.session_state[views.SESSION_KEY]).name == "lee"
+    assert any("Signed in as **lee**" in m.value for m in at.sidebar.markdown)
+    by_label(at.sidebar.button, "Sign out").click().run()
+    ok(at)
+    assert at.title[0].value == "Sign in to PivotTrace"
+
+
+def test_an_expired_session_gets_the_sign_in_page(db, navigation_app, monkeypatch):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state[views.SESSION_KEY] = session_token("ann")
+    ok(at.run())
+    assert at.title[0].value != "Sign in to PivotTrace"
+    later = store.now() + auth.SESSION_SECONDS + 1
+    monkeypatch.setattr(store, "now", lambda: later)  # the clock moves past the session's end
+    ok(at.run())
+    assert at.title[0].value == "Sign in to PivotTrace"
+    assert "session has ended" in at.info[0].value
+
+
+def test_a_lead_adds_a_person_with_a_one_time_password_who_must_change_it(db, navigation_app):
+    at = ok(page("app.py", "lee"))
     by_label(at.sidebar.text_input, "Name").input("Zoe")
     by_label(at.sidebar.selectbox, "Role").select("researcher")
     by_label(at.sidebar.button, "Add").click().run()
     ok(at)
     assert store.user_role(db, "Zoe") == "researcher"
-    assert at.session_state["user"] == "Zoe"
+    one_time = at.sidebar.success[0].value.split("`")[1]
+    zoe = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    zoe.session_state[views.SESSION_KEY] = auth.sign_in(db, "Zoe", one_time).token
+    ok(zoe.run())
+    assert zoe.title[0].value == "Choose your password"
+    by_label(zoe.text_input, "New password").input(PASSWORD)
+    by_label(zoe.text_input, "New password again").input(PASSWORD)
+    by_label(zoe.button, "Change password").click().run()
+    ok(zoe)
+    assert auth.sign_in(db, "Zoe", PASSWORD).identity.role == "researcher"
+
+
+def test_an_annotator_gets_no_people_controls_and_cannot_add_a_lead(db, navigation_app):
+    at = ok(page("app.py", "ann"))
+    assert not [t for t in at.sidebar.text_input if t.label == "Name"]
+    assert not [b for b in at.sidebar.button if b.label in ("Add", "Change role")]
+    with pytest.raises(views.AuthError):  # and the package refuses the same change from her session
+        views.add_person(db, views.session_identity(db, session_token("ann")), "mallory", "lead")
+    assert store.user_role(db, "mallory") is None
 
 
 # ------------------------------------------------------------------ Annotate
@@ -165,10 +231,14 @@ def test_annotate_shows_hostile_problem_text_as_text(db):
     assert not any("<script" in b or "<img" in b for b in bodies)
 
 
-def test_annotate_without_a_user_asks_for_a_name(db):
-    at = ok(page("pages/annotate.py"))
-    assert "Pick your name" in at.info[0].value
+def test_annotate_without_a_session_asks_to_sign_in_and_ignores_the_url(db):
+    at = AppTest.from_file(str(ROOT / "pages/annotate.py"), default_timeout=TIMEOUT)
+    at.query_params["user"] = "ann"
+    at.session_state["user"] = "ann"  # the old way of saying who you are counts for nothing
+    ok(at.run())
+    assert "Sign in first" in at.info[0].value
     assert not at.button
+    assert not db.execute("select count(*) from assignments").fetchone()[0]  # nobody leased anything
 
 
 # ------------------------------------------------------------------ Inspect
@@ -224,12 +294,14 @@ def test_budget_lead_sets_budget_and_target(db):
     assert store.router_versions(db)[-1]["thresholds"]["target_precision"] == 0.9
 
 
-def test_budget_is_read_only_for_annotators(db):
+def test_budget_has_no_controls_for_annotators_and_shows_the_audit_trail(db):
     at = ok(page("pages/budget.py", "ann"))
     assert "only a lead" in at.info[0].value
-    assert by_label(at.button, "Save budget").disabled
-    assert by_label(at.button, "Re-route with this target").disabled
-    assert by_label(at.number_input, "Labels").disabled
+    assert not at.button and not at.number_input and not at.slider
+    assert not [f for f in at.get("form")]
+    trail = at.dataframe[-1].value
+    assert list(trail.columns) == ["time", "who", "what", "subject", "from", "to"]
+    assert ("lee", "budget", "10 labels") in set(zip(trail["who"], trail["what"], trail["to"]))
 
 
 # ------------------------------------------------------------------ Pool
@@ -296,7 +368,7 @@ def test_pool_refuses_an_unknown_model_cleanly(db):
 def test_demo_job_ingests_traces_and_routes(tmp_path, tiny_model_dir):
     db = store.open_db(tmp_path / "demo.db")
     job_id = jobs.start_demo(db, model=str(tiny_model_dir), problems=6, traced=2, samples=1, max_new_tokens=16,
-                             rest=False)
+                             rest=False, by=OPERATOR)
     finished = wait_for_job(db, job_id)
     assert finished["status"] == "done", finished["message"]
     assert db["problems"].count == 6 and db["traces"].count == 2
@@ -362,3 +434,11 @@ def test_evaluation_page_runs_the_eval_in_the_background_and_shows_the_report(db
     assert at.metric[0].value == str(db["problems"].count)  # every problem here has a gold answer
     strategies = {row["strategy"] for row in at.dataframe[0].value.to_dict("records")}
     assert {"pivottrace", "random", "confidence_only", "vote_share_only"} <= strategies
+
+
+def test_annotators_read_the_pool_and_evaluation_pages_without_their_actions(db):
+    pool = ok(page("pages/pool.py", "ann"))
+    assert not pool.button and not pool.get("file_uploader")
+    assert "leads and researchers" in pool.info[0].value
+    evaluation = ok(page("pages/evaluation.py", "ann"))
+    assert not [b for b in evaluation.button if b.label == "Run the evaluation"]

@@ -1,7 +1,10 @@
 """End to end in a real browser: the app runs as a `streamlit run` server on localhost and Debian's
-chromium, driven by Playwright, picks a name, labels two items with the keyboard shortcuts (one
-accept, one wrong with a gold answer), undoes one, and the database is checked; every page renders.
-The README's screenshots come from the first-run test (test_browser_first_run.py), on real traces."""
+chromium, driven by Playwright. An annotator signs in, labels two items with the keyboard
+shortcuts (one accept, one wrong with a gold answer), undoes one, and the database is checked; every
+page renders. Then sign-in is attacked the ways issue 12 found: a wrong password, an identity in
+the URL, an annotator reaching for the budget, a stranger reaching for the lead role (the sign-in
+page's screenshot is taken there; the other README screenshots come from the first-run test,
+test_browser_first_run.py, on real traces)."""
 
 import os
 import socket
@@ -12,9 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import build_app_db
+from conftest import OPERATOR, build_app_db
 
-from pivottrace import store, views
+from pivottrace import auth, store, views
 
 pytestmark = pytest.mark.browser
 
@@ -23,6 +26,7 @@ ASSETS = ROOT / "assets"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PASSWORDS = {"lee": "lead password 1", "ann": "annotator password 1"}
 GOLD = "987654"  # a gold answer no synthetic trace votes for
 WIDTH = 1440
 MAX_SHOT_HEIGHT = 2600  # px; long pages are cut here
@@ -50,6 +54,8 @@ def server(tmp_path):
         pytest.skip("Debian chromium is not installed at /usr/bin/chromium")
     path = tmp_path / "e2e.db"
     db = build_app_db(path, budget=12, second_model=5)
+    for name, password in PASSWORDS.items():
+        auth.set_password(db, name, password, by=OPERATOR)
     for name in ("bob", "bob", "lee"):  # some history for the Budget page
         item = views.next_item(db, name)
         views.submit_label(db, annotator=name, problem_id=item.problem_id, action="accept",
@@ -95,6 +101,19 @@ def screenshot(page, name: str) -> None:
     page.set_viewport_size({"width": WIDTH, "height": 1000})
 
 
+def sign_in(page, base: str, name: str, password: str) -> None:
+    page.goto(base)
+    idle(page)
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    idle(page)
+
+
+def heading(page, name: str):
+    return page.get_by_test_id("stMainBlockContainer").get_by_role("heading", name=name, exact=True)
+
+
 def ann_labels(db) -> list[dict]:
     return list(db.query("select * from labels where annotator = 'ann' order by id"))
 
@@ -105,12 +124,7 @@ def test_label_with_keyboard_shortcuts_then_undo(server):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
-        page.goto(base)
-        idle(page)
-
-        # pick a name in the sidebar
-        page.locator(".st-key-user_pick [data-testid=stSelectbox]").click()
-        page.get_by_role("option", name="ann", exact=True).click()
+        sign_in(page, base, "ann", PASSWORDS["ann"])
         page.locator(".st-key-accept").first.wait_for()
         idle(page)
         page.get_by_test_id("stMainBlockContainer").get_by_role("heading", name="Annotate").click()  # focus off inputs
@@ -141,12 +155,97 @@ def test_label_with_keyboard_shortcuts_then_undo(server):
         assert store.get_problem(db, second["problem_id"])["verdict"] is None
         assert store.budget_status(db)["spent"] == 4  # three from the fixture, one from the browser
 
-        for name, user in (("inspect", "lee"), ("budget", "lee"), ("pool", "lee")):
-            page.goto(f"{base}/{name}?user={user}")
+        browser.close()
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+        sign_in(page, base, "lee", PASSWORDS["lee"])
+        for name in ("inspect", "budget", "pool"):  # through the navigation: a reload would need a new sign-in
+            page.get_by_role("link", name=name.title(), exact=True).click()
             idle(page)
-            page.get_by_test_id("stMainBlockContainer").get_by_role("heading", name=name.title(), exact=True).wait_for()
+            heading(page, name.title()).wait_for()
             assert not page.get_by_test_id("stException").count()
         browser.close()
+
+
+def test_sign_in_holds_against_a_wrong_password_a_url_an_annotator_and_a_stranger(server):
+    playwright = pytest.importorskip("playwright.sync_api")
+    base, db = server
+    budget_before = store.budget_status(db)
+    roles_before = store.users(db)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+        # a wrong password is refused, and nothing of the app shows
+        page = browser.new_context(viewport={"width": WIDTH, "height": 1000}).new_page()
+        sign_in(page, base, "lee", PASSWORDS["lee"] + "x")
+        page.get_by_text("Wrong name or password.").wait_for()
+        heading(page, "Sign in to PivotTrace").wait_for()
+        assert not page.get_by_role("link", name="Budget", exact=True).count()
+        assert not page.get_by_role("button", name="Sign out").count()
+
+        # a fresh browser opening /budget?user=<lead> gets the sign-in page, not the budget
+        page = browser.new_context(viewport={"width": WIDTH, "height": 1000}).new_page()
+        page.goto(f"{base}/budget?user=lee")
+        idle(page)
+        heading(page, "Sign in to PivotTrace").wait_for()
+        assert not heading(page, "Budget").count()
+        assert not page.get_by_role("button", name="Save budget").count()
+        screenshot(page, "signin")
+        undos_before = db.execute("select count(*) from labels where verdict = 'undo'").fetchone()[0]
+        page.goto(f"{base}/?user=bob")  # and U on /?user=<annotator> undoes nobody's label
+        idle(page)
+        heading(page, "Sign in to PivotTrace").wait_for()
+        page.keyboard.press("u")
+        page.wait_for_timeout(1000)
+        assert db.execute("select count(*) from labels where verdict = 'undo'").fetchone()[0] == undos_before
+
+        # a stranger finds no way to register, let alone as a lead; guessing a name gets nowhere
+        assert not page.get_by_role("button", name="Add").count()
+        assert not page.get_by_text("Role", exact=True).count()
+        sign_in(page, base, "mallory", "let me in please")
+        page.get_by_text("Wrong name or password.").wait_for()
+        sign_in(page, base, "lee", "a guess at it")
+        page.get_by_text("Wrong name or password.").wait_for()
+
+        # an annotator's session has no budget controls, no people controls, and no way to change the budget
+        page = browser.new_context(viewport={"width": WIDTH, "height": 1000}).new_page()
+        sign_in(page, base, "ann", PASSWORDS["ann"])
+        page.get_by_text("Signed in as ann").wait_for()
+        page.get_by_role("link", name="Budget", exact=True).click()
+        idle(page)
+        heading(page, "Budget").wait_for()
+        page.get_by_text("only a lead can change the budget").wait_for()
+        for control in ("Save budget", "Re-route with this target", "Add", "Change role"):
+            assert not page.get_by_role("button", name=control, exact=True).count(), control
+        assert not page.locator("[data-testid=stNumberInput], [data-testid=stSlider]").count()
+        page.goto(f"{base}/budget?user=lee")  # the URL does not make her the lead either: a new session
+        idle(page)
+        heading(page, "Sign in to PivotTrace").wait_for()
+        browser.close()
+
+    assert store.budget_status(db) == budget_before
+    assert store.users(db) == roles_before and store.user_role(db, "mallory") is None
+    assert [r["what"] for r in views.audit_rows(db)].count("budget") == 1  # only the fixture's
+
+
+def test_a_lead_signs_in_sets_the_budget_and_sees_it_in_the_audit_trail(server):
+    playwright = pytest.importorskip("playwright.sync_api")
+    base, db = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+        sign_in(page, base, "lee", PASSWORDS["lee"])
+        page.get_by_role("link", name="Budget", exact=True).click()
+        idle(page)
+        labels = page.get_by_label("Labels", exact=True)
+        labels.fill("40")
+        page.get_by_role("button", name="Save budget").click()
+        wait_until(lambda: store.budget_status(db)["total"] == 40, what="the new budget")
+        idle(page)
+        page.get_by_text("Budget set to 40 labels").wait_for()
+        assert store.audit_trail(db, limit=1)[0]["actor"] == "lee"
+        browser.close()
+
 
 
 def test_mark_the_first_wrong_step_with_a_number_key(server):
@@ -156,10 +255,7 @@ def test_mark_the_first_wrong_step_with_a_number_key(server):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
-        page.goto(base)
-        idle(page)
-        page.locator(".st-key-user_pick [data-testid=stSelectbox]").click()
-        page.get_by_role("option", name="ann", exact=True).click()
+        sign_in(page, base, "ann", PASSWORDS["ann"])
         page.locator(".st-key-accept").first.wait_for()
         idle(page)
         heading = page.get_by_test_id("stMainBlockContainer").get_by_role("heading", name="Annotate")

@@ -1,6 +1,7 @@
-"""The first ten minutes in a real browser, from an empty database: run the demo, see its progress,
-add yourself, label an item, run the evaluation and see its report, and see every route on the
-Budget page. Debian's chromium, driven by Playwright, against a `streamlit run` server.
+"""The first ten minutes in a real browser, from an empty database: sign in as the lead (made with
+a known password through the command line, as `pivottrace users add --password-stdin` does), run
+the demo, see its progress, label an item, run the evaluation and see its report, and see every
+route on the Budget page. Debian's chromium, driven by Playwright, against a `streamlit run` server.
 
 The demo's model is the tiny random one (plumbing; a few minutes on a free machine) unless
 $PIVOTTRACE_E2E_MODEL names another, e.g. `default` for the embedded SmolLM2: that run (a heavy
@@ -14,7 +15,7 @@ import urllib.request
 
 import pytest
 from test_browser_e2e import (ASSETS, CHROMIUM, CHROMIUM_ARGS, ROOT, WIDTH, free_port, idle, screenshot,
-                              truncated, wait_until)
+                              sign_in, truncated, wait_until)
 
 from pivottrace import store, views
 from pivottrace.evaluate import MIN_POOL
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.browser
 
 MODEL_ENV = "PIVOTTRACE_E2E_MODEL"
 NARROW = 1400  # px: the width at which "Flawed" used to read "Flaw…"
+LEAD, LEAD_PASSWORD = "ana", "first lead password 1"
 DEMO_MINUTES = 20  # upper bound for tracing the whole demo pool on a busy shared 2-core CPU (the tiny
 # model took about 12 minutes there at low priority; a free machine is several times faster)
 
@@ -33,6 +35,10 @@ def empty_app(tmp_path, request):
         pytest.skip("Debian chromium is not installed at /usr/bin/chromium")
     model = os.environ.get(MODEL_ENV) or str(request.getfixturevalue("tiny_model_dir"))
     path = tmp_path / "first.db"
+    made = subprocess.run([sys.executable, "-m", "pivottrace", "users", "add", LEAD, "--role", "lead",
+                           "--password-stdin", "--db", str(path)], input=LEAD_PASSWORD + "\n", cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr  # a database with one lead and no problems: still empty
     port = free_port()
     env = {**os.environ, "PIVOTTRACE_DB": str(path), "PIVOTTRACE_DEMO_MODEL": model}
     log = (tmp_path / "server.log").open("wb")
@@ -68,6 +74,12 @@ def main_heading(page, name: str):
     return page.get_by_test_id("stMainBlockContainer").get_by_role("heading", name=name, exact=True)
 
 
+def go(page, name: str) -> None:
+    """Open a page through the navigation: a reload would end the session (it lives server-side)."""
+    page.get_by_role("link", name=name, exact=True).click()
+    idle(page)
+
+
 def test_first_ten_minutes_from_an_empty_database(empty_app):
     playwright = pytest.importorskip("playwright.sync_api")
     base, path, model = empty_app
@@ -76,8 +88,7 @@ def test_first_ten_minutes_from_an_empty_database(empty_app):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
-        page.goto(base)
-        idle(page)
+        sign_in(page, base, LEAD, LEAD_PASSWORD)
 
         # 1. the empty database offers the demo; it starts in the background and its progress shows
         main_heading(page, "Welcome to PivotTrace").wait_for()
@@ -89,18 +100,12 @@ def test_first_ten_minutes_from_an_empty_database(empty_app):
         [demo] = store.jobs(db)
         assert demo["kind"] == "demo" and demo["pid"]
 
-        # 2. add yourself as the lead (the sidebar's form opens by itself on an empty users table)
-        page.locator(".st-key-new_name input").fill("ana")
-        page.locator(".st-key-new_role [data-testid=stSelectbox]").click()
-        page.get_by_role("option", name="lead", exact=True).click()
-        page.get_by_test_id("stSidebar").get_by_role("button", name="Add").click()
-        wait_until(lambda: store.user_role(db, "ana") == "lead", what="the new user")
+        assert "Signed in as ana" in page.get_by_test_id("stSidebar").inner_text()
 
-        # 3. label an item once the first handful is routed (the app is usable from here on)
+        # 2. label an item once the first handful is routed (the app is usable from here on)
         wait_until(lambda: store.route_counts(db)["annotate"] >= 1, 60 * minutes, "the first annotate routes")
         page.set_viewport_size({"width": NARROW, "height": 1000})
-        page.goto(f"{base}/?user=ana")
-        idle(page)
+        go(page, "Annotate")
         page.locator(".st-key-flawed").first.wait_for(timeout=60_000)
         assert truncated(page, ".st-key-flawed, .st-key-skip, .st-key-undo") == []  # "Flawed" reads in full
         page.set_viewport_size({"width": WIDTH, "height": 1000})
@@ -112,10 +117,9 @@ def test_first_ten_minutes_from_an_empty_database(empty_app):
         [label] = wait_until(lambda: list(db.query("select * from labels where annotator = 'ana'")), what="a label")
         assert label["verdict"] == "flawed"
 
-        # 4. the evaluation: disabled with a reason until enough is traced, then it runs and reports
+        # 3. the evaluation: disabled with a reason until enough is traced, then it runs and reports
         wait_until(lambda: store.traced_with_gold(db) >= MIN_POOL, 60 * minutes, "enough traced problems")
-        page.goto(f"{base}/evaluation?user=ana")
-        idle(page)
+        go(page, "Evaluation")
         button = page.get_by_role("button", name="Run the evaluation")
         button.wait_for()
         assert button.is_enabled()
@@ -127,22 +131,25 @@ def test_first_ten_minutes_from_an_empty_database(empty_app):
         idle(page)
         assert not page.get_by_test_id("stException").count()
 
-        # 5. the demo pool traced: every route the router has is on the Budget page, with its count
+        # 4. the demo pool traced: every route the router has is on the Budget page, with its count
         wait_until(lambda: store.get_job(db, demo["id"])["status"] != "running", 60 * minutes, "the demo job")
         assert store.get_job(db, demo["id"])["status"] == "done", store.get_job(db, demo["id"])["message"]
-        page.goto(f"{base}/budget?user=ana")
-        idle(page)
-        text = page.get_by_test_id("stMainBlockContainer").inner_text()
+        go(page, "Budget")
         counts = store.route_counts(db)
-        for route, n in counts.items():
-            assert f"{views.route_name(route)}\t{n}" in text, (route, n)
+
+        def routes_shown():  # the sidebar's job fragment may rerun the page: wait for the whole table
+            text = page.get_by_test_id("stMainBlockContainer").inner_text()
+            return text if all(f"{views.route_name(r)}\t{n}" in text for r, n in counts.items()) else None
+
+        text = wait_until(routes_shown, 60, f"every route with its count on the Budget page: {counts}")
         assert "The demo set a budget" in text
         assert sum(counts.values()) == db["problems"].count  # the whole demo pool is routed
+        assert [(a["actor"], a["action"], a["subject"]) for a in store.audit_trail(db)
+                if a["action"] == "budget"] == [("ana", "budget", "demo")]  # the demo budget, audited
         if real:
             screenshot(page, "budget")
             for name in ("inspect", "pool", "evaluation"):
-                page.goto(f"{base}/{name}?user=ana")
-                idle(page)
+                go(page, name.title())
                 main_heading(page, name.title()).wait_for()
                 screenshot(page, name)
         browser.close()

@@ -109,9 +109,10 @@ def test_model_text_in_chart_labels_is_escaped(view):
 
 def test_trace_figure_draws_human_first_wrong_steps_beside_the_pivots(tmp_path):
     from pivottrace import store
-    from tests.conftest import build_app_db
+    from tests.conftest import OPERATOR, build_app_db
 
     db = build_app_db(tmp_path / "marks.db", n_problems=8)
+    store.add_user(db, "ann <b>", "annotator", by=OPERATOR)  # a hostile name, but a known user
     problem_id = db.execute("select problem_id from traces order by problem_id limit 1").fetchone()[0]
     store.save_step_label(db, problem_id=problem_id, annotator="ann <b>", first_wrong_step=1)
     store.save_step_label(db, problem_id=problem_id, annotator="bob", first_wrong_step=-1)  # "all right": no cross

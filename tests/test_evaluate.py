@@ -33,7 +33,9 @@ def synthetic_db_path(tmp_path_factory):
     from pivottrace import pipeline
 
     pipeline.route(db, note="the user's own routing")
-    store.save_label(db, problem_id=problems[0].id, annotator="ann", verdict="flawed")
+    store.add_user(db, "ann", "annotator", by=store.LocalOperator("tests"))
+    item = store.next_item(db, "ann")
+    store.save_label(db, problem_id=item["problem_id"], annotator="ann", verdict="flawed")
     return path
 
 

@@ -31,7 +31,9 @@ def labelled_db(tmp_path):
     for p in problems:
         store.save_trace(db, p.id, "synth", synthetic_trace(p, rng))
     db.execute("update problems set gold = ?", [HIDDEN_GOLD])  # export must never read it
-    store.add_user(db, "lee", "lead")
+    store.add_user(db, "lee", "lead", by=store.LocalOperator("tests"))
+    store.add_user(db, "ann", "annotator", by=store.LocalOperator("tests"))
+    store.add_user(db, "bob", "annotator", by=store.LocalOperator("tests"))
     store.set_budget(db, user="lee", total=8)
     pipeline.route(db)  # features and a router version; then routes fixed here, so that these
     # tests check the export whatever route.py decides: 10 annotate, the rest in three routes

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import OPERATOR
 from test_app_pages import by_label, navigation_app, ok, page, wait_for_job  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +21,8 @@ def test_demo_job_traces_a_handful_then_the_rest_and_sets_the_budget(tmp_path, t
     from pivottrace import jobs, pipeline, store
 
     db = store.open_db(tmp_path / "demo.db")
-    job_id = jobs.start_demo(db, model=str(tiny_model_dir), problems=12, traced=3, samples=1, max_new_tokens=16)
+    job_id = jobs.start_demo(db, model=str(tiny_model_dir), problems=12, traced=3, samples=1, max_new_tokens=16,
+                             by=OPERATOR)
     finished = wait_for_job(db, job_id)
     assert finished["status"] == "done", finished["message"]
     assert (finished["done"], finished["total"]) == (12, 12)
@@ -38,9 +40,9 @@ def test_the_demo_budget_never_overrides_a_leads(tmp_path):
     from pivottrace import store
 
     db = store.open_db(tmp_path / "b.db")
-    store.add_user(db, "lee", "lead")
+    store.add_user(db, "lee", "lead", by=OPERATOR)
     store.set_budget(db, user="lee", total=50)
-    assert not store.set_initial_budget(db, total=4, set_by="demo")
+    assert not store.set_initial_budget(db, total=4, set_by="demo", by=OPERATOR)
     assert store.budget_status(db)["total"] == 50 and store.budget_set_by(db) == "lee"
 
 
@@ -142,6 +144,9 @@ def test_budget_page_sets_overlap_and_a_lead_settles_a_disagreement(app_db):
     at = ok(page("pages/budget.py", "lee"))
     assert any("Disagreements to review (1)" in m.value for m in at.markdown)
     assert any("counts **twice**" in m.value for m in at.markdown)
+    annotator = ok(page("pages/budget.py", "ann"))  # sees the queue, but no lead's controls (issue 12)
+    assert any("Disagreements to review (1)" in m.value for m in annotator.markdown)
+    assert not [b.label for b in annotator.button if b.label == "Save overlap" or b.label.startswith("Keep ")]
     by_label(at.button, "Keep bob's label").click().run()
     ok(at)
     assert views.review_queue(db) == [] and store.get_problem(db, first.problem_id)["verdict"] == "flawed"
@@ -178,6 +183,10 @@ def test_cli_demo_traces_a_handful_then_hands_the_rest_to_a_background_job(tmp_p
     assert finished["status"] == "done", finished["message"]
     assert db["traces"].count == 8 and db["routes"].count == 8
     assert len(store.router_versions(db)) == 2  # the handful's routing, then one more after the other 6
+    # the demo budget was set by the local operator, and says so in the audit trail and on stderr
+    [budget] = [a for a in store.audit_trail(db) if a["action"] == "budget"]
+    assert budget["actor"].startswith(store.LOCAL_PREFIX) and budget["after"] == "1 labels"
+    assert "local operator" in out.stderr
 
 
 def test_the_demo_pool_has_every_step_count_and_larger_pools_are_unchanged():

@@ -11,7 +11,7 @@ from pivottrace import store
 from pivottrace.cli import app
 from pivottrace.export import ExportError, export
 from pivottrace.prm import step_bools
-from tests.conftest import build_app_db
+from tests.conftest import build_app_db, lease_and_label
 
 
 def test_step_bools_follow_prm800k():
@@ -60,8 +60,9 @@ def test_prm_export_has_trl_columns_and_only_human_step_labels(labelled, tmp_pat
 
 def test_a_step_label_whose_verdict_was_undone_is_left_out(labelled, tmp_path):
     db, steps = labelled
-    other = db.execute("select problem_id from traces where problem_id not in (?, ?) limit 1", list(steps)).fetchone()[0]
-    store.save_label(db, problem_id=other, annotator="ann", verdict="wrong", gold_answer="7")
+    other = db.execute("select t.problem_id from traces t join routes r on r.problem_id = t.problem_id "
+                       "where t.problem_id not in (?, ?) and r.route = 'annotate' limit 1", list(steps)).fetchone()[0]
+    lease_and_label(db, other, "ann", "wrong", gold_answer="7")  # a verdict needs ann's lease
     store.save_step_label(db, problem_id=other, annotator="ann", first_wrong_step=0)
     assert export(db, fmt="prm", out=tmp_path / "a.jsonl").rows == {"train": 3}
     store.undo_last_label(db, "ann")  # the verdict is taken back: its step label no longer goes out

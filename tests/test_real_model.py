@@ -57,6 +57,7 @@ def test_three_demo_problems_trace_and_route(tmp_path, tracer):
 
 
 def test_cli_unknown_model_is_one_clear_sentence(tmp_path):
+    store.open_db(tmp_path / "x.db")  # an existing database (a missing one is its own error, exit 6)
     result = CliRunner().invoke(app, ["trace", "--model", str(tmp_path / "nope"), "--db", str(tmp_path / "x.db")])
     assert result.exit_code == 1
     assert "Traceback" not in result.output

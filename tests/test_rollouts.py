@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pivottrace import pipeline, store
+from conftest import OPERATOR
+
+from pivottrace import pipeline, store, views
 from pivottrace.cli import app
 from pivottrace.datasets import LoadResult, Problem, PoolFormatError, demo_problems, problem_id
 from pivottrace.rollouts import (ColumnOptions, RolloutGroup, match_groups, model_id_for, question_text,
@@ -140,8 +142,8 @@ def test_verl_rollouts_imported_analysed_routed_labelled_in_the_app_and_exported
     db = store.open_db(db_path)
     pool = demo_problems(4, seed=3)
     pipeline.ingest_loaded(db, LoadResult(pool, []))
-    store.add_user(db, "lee", "lead")
-    store.add_user(db, "ann", "annotator")
+    store.add_user(db, "lee", "lead", by=OPERATOR)
+    store.add_user(db, "ann", "annotator", by=OPERATOR)
     store.set_budget(db, user="lee", total=5)
     outsider = Problem(problem_id("Zoe has 4 kites. She buys 2 more. How many kites?"),
                        "Zoe has 4 kites. She buys 2 more. How many kites?", "x")
@@ -180,7 +182,9 @@ def test_verl_rollouts_imported_analysed_routed_labelled_in_the_app_and_exported
     assert item is not None, store.route_counts(db)
     at = AppTest.from_file(str(pytest.importorskip("pathlib").Path(__file__).parent.parent / "pages/annotate.py"),
                            default_timeout=120)
-    at.session_state["user"] = "ann"
+    from test_app_pages import session_token
+
+    at.session_state[views.SESSION_KEY] = session_token("ann")  # signed in as ann
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     shown = store.next_item(db, "ann")["problem_id"]

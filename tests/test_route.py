@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import lease_and_label
 
 from pivottrace import pipeline, store
 from pivottrace.answers import answers_match
@@ -141,13 +142,19 @@ def synthetic_db(path, *, n: int = 160, budget: int = 80, seed: int = 0, model_i
     rng = np.random.default_rng(seed)
     for p in problems:
         store.save_trace(db, p.id, model_id, synthetic_trace(p, rng, n_layers=6))
-    store.add_user(db, "lee", "lead")
+    store.add_user(db, "lee", "lead", by=store.LocalOperator("tests"))
+    store.add_user(db, "oracle", "annotator", by=store.LocalOperator("tests"))
     if budget is not None:
         store.set_budget(db, user="lee", total=budget)
     return db
 
 
-def oracle_label(db, problem_id: str, *, every: int):
+def oracle_label(db, problem_id: str | None = None, *, every: int):
+    """The oracle labels `problem_id` (leased first), or the top of its queue when None."""
+    if problem_id is None:
+        problem_id = store.next_item(db, "oracle")["problem_id"]
+    else:
+        store.lease_item(db, problem_id, "oracle")
     gold = store.get_problem(db, problem_id)["gold"]
     majority = next(r["majority_answer"] for r in db.query(
         "select majority_answer from features where problem_id = ?", [problem_id]))
@@ -161,9 +168,7 @@ def test_recalibration_writes_a_router_version_and_changes_the_routes(tmp_path):
     first = pipeline.route(db, note="cold start")
     assert first.kind == "cold_start"
     before = {r["problem_id"]: r["route"] for r in db.query("select problem_id, route from routes")}
-    queue = [r["problem_id"] for r in db.query(
-        "select problem_id from routes where route = 'annotate' order by value desc")]
-    reports = [oracle_label(db, pid, every=20) for pid in queue[:80]]
+    reports = [oracle_label(db, every=20) for _ in range(80)]  # the top of the queue each time
     made = [r for r in reports if r is not None]
     assert len(made) == 4  # every 20 labels, not after each one
     versions = store.router_versions(db)
@@ -212,10 +217,10 @@ def test_label_outcomes_reread_labels_against_a_new_checkpoints_majority(tmp_pat
     db = synthetic_db(tmp_path / "o.db", n=20, budget=10)
     pipeline.route(db)
     row = next(db.query("select f.problem_id, f.majority_answer, p.gold from features f "
-                        "join problems p on p.id = f.problem_id where f.majority_answer is not null"))
+                        "join problems p on p.id = f.problem_id join routes r on r.problem_id = f.problem_id "
+                        "where f.majority_answer is not null and r.route = 'annotate'"))
     wrong_shown = str(int(float(row["gold"])) + 1)
-    store.save_label(db, problem_id=row["problem_id"], annotator="a", verdict="wrong",
-                     gold_answer=row["gold"], shown_answer=wrong_shown)
+    lease_and_label(db, row["problem_id"], "oracle", "wrong", gold_answer=row["gold"], shown_answer=wrong_shown)
     assert pipeline.label_outcomes(db)[row["problem_id"]] == 1  # the verdict, as given
     new_majority = [{"problem_id": row["problem_id"], "majority_answer": row["gold"]}]
     assert pipeline.label_outcomes(db, new_majority)[row["problem_id"]] == 0  # the new model got it right

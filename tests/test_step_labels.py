@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pivottrace import store
-from tests.conftest import build_app_db
+from tests.conftest import build_app_db, lease_and_label
 
 
 @pytest.fixture
@@ -19,8 +19,10 @@ def _traced(db):
 
 
 def test_first_wrong_step_is_stored_superseded_and_undone_append_only(db):
-    problem_id, n_steps = _traced(db)
-    store.save_label(db, problem_id=problem_id, annotator="ann", verdict="wrong", gold_answer="5")
+    problem_id, n_steps = next((pid, len(json.loads(steps))) for pid, steps in db.execute(
+        "select t.problem_id, t.steps from traces t join routes r on r.problem_id = t.problem_id "
+        "where r.route = 'annotate' and t.model_id = r.model_id") if len(json.loads(steps)) >= 2)
+    lease_and_label(db, problem_id, "ann", "wrong", gold_answer="5")  # a verdict needs ann's lease
     first = store.save_step_label(db, problem_id=problem_id, annotator="ann", first_wrong_step=1)
     [row] = store.effective_step_labels(db, problem_id=problem_id)
     assert row["id"] == first and row["first_wrong_step"] == 1 and row["n_steps"] == n_steps

@@ -16,7 +16,7 @@ from pivottrace.cli import app
 from pivottrace.datasets import demo_problems
 from pivottrace.synthetic import synthetic_trace
 
-from conftest import build_app_db
+from conftest import build_app_db, lease_and_label
 
 
 def run(*args, env=None):
@@ -96,7 +96,7 @@ def test_full_disk_on_ingest_route_and_users_add(tmp_path, monkeypatch):
     before = sqlite3.connect(path).execute("select count(*) from problems").fetchone()[0]
     cap_pages(monkeypatch)
     big = pool(tmp_path, 2000)
-    for command in (("ingest", big), ("route",), ("users", "add", "ann" + "x" * 5000)):
+    for command in (("ingest", big), ("route",), ("users", "add", "cy", "--no-password", "--email", "c" * 5000 + "@example.org")):
         code, output = run(*command, "--db", path)
         assert code == store.StorageFull.exit_code == 5, (command, output)
         assert_one_error_line(output, "is full", "Free some space")
@@ -131,8 +131,8 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_export_under_a_file_and_into_a_read_only_folder(tmp_path, monkeypatch):
     path = tmp_path / "app.db"
     db = build_app_db(path, n_problems=12)
-    for row in list(db.query("select problem_id from routes limit 3")):
-        store.save_label(db, problem_id=row["problem_id"], annotator="ann", verdict="correct", shown_answer="1")
+    for row in list(db.query("select problem_id from routes where route = 'annotate' limit 3")):
+        lease_and_label(db, row["problem_id"], "ann", "correct", shown_answer="1")
     a_file = tmp_path / "a_file.txt"
     a_file.write_text("x")
     code, output = run("export", "-f", "trl", "-o", a_file / "out.jsonl", "--db", path)

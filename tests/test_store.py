@@ -23,9 +23,20 @@ def test_open_is_idempotent_and_versioned(tmp_path):
     assert first.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def as_version_8(db) -> None:
+    """Take a database back to the schema before migration 9 (sign-in, sessions, audit)."""
+    for table in ("sessions", "sign_in_attempts", "audit"):
+        db.execute(f"drop table {table}")
+    db.execute("drop index idx_users_email")
+    for column in ("password_hash", "email", "must_change_password"):
+        db.execute(f"alter table users drop column {column}")
+    db.execute("PRAGMA user_version = 8")
+
+
 def as_version_4(db) -> None:
-    """Take a database back to the schema before migration 5 (step labels, token pivot columns)
-    and 6 (trace claims)."""
+    """Take a database back to the schema before migration 5 (step labels, token pivot columns),
+    6 (trace claims) and 9 (sign-in; 7's and 8's tables go in as_version_3)."""
+    as_version_8(db)
     db.execute("drop table trace_claims")
     db.execute("drop table step_labels")
     for name in store.PIVOT_FEATURES:
@@ -53,9 +64,9 @@ def as_version_3(db) -> None:
 def test_a_version_3_database_upgrades_with_its_queue_and_labels(tmp_path):
     path = tmp_path / "old.db"
     old = build_app_db(path, n_problems=30, budget=8)
-    as_version_3(old)
-    item = store.next_item(old, "ann")
+    item = store.next_item(old, "ann")  # labelled under today's rules (the budget counts overlap labels),
     store.save_label(old, problem_id=item["problem_id"], annotator="ann", verdict="correct")
+    as_version_3(old)  # then the file is taken back to the old schema with its label
     queue = [r[0] for r in old.execute("select problem_id from routes where route = 'annotate' "
                                        "order by value desc, problem_id")]
     old.conn.close()
@@ -125,7 +136,6 @@ def test_skipped_items_come_last(routed_db):
 
 
 def test_only_a_lead_sets_the_budget(routed_db):
-    store.add_user(routed_db, "ann", "annotator")
     with pytest.raises(store.PermissionDenied):
         store.set_budget(routed_db, user="ann", total=1000)
     with pytest.raises(store.PermissionDenied):

@@ -5,7 +5,7 @@ import datetime as dt
 
 import numpy as np
 import pytest
-from conftest import build_app_db
+from conftest import OPERATOR, build_app_db
 
 from pivottrace import analytics, pipeline, store
 
@@ -108,6 +108,9 @@ def test_next_item_passes_labelled_items_and_serves_skipped_ones_last(db):
 
 def test_an_item_leased_to_another_is_never_served(db):
     annotate = store.route_counts(db)["annotate"]
+    for k in range(annotate):
+        store.add_user(db, f"a{k}", "annotator", by=OPERATOR)
+    store.add_user(db, "late", "annotator", by=OPERATOR)
     held = {store.next_item(db, f"a{k}")["problem_id"] for k in range(annotate)}
     assert len(held) == annotate
     assert store.next_item(db, "late") is None

@@ -63,6 +63,7 @@ def exports(tmp_path_factory):
         {"problem_id": row["problem_id"], "model_id": "synth", "route": "annotate" if i < 8 else "self_train",
          "uncertainty": 0.5, "value": 1.0 - i / 100}
         for i, row in enumerate(store.load_features(db, "synth"))], version)
+    store.add_user(db, "ann", "annotator", by=store.LocalOperator("tests"))  # labels come from known users
     for verdict, gold in (("wrong", "17"), ("correct", None), ("wrong", "3/4")):
         item = store.next_item(db, "ann")
         store.save_label(db, problem_id=item["problem_id"], annotator="ann", verdict=verdict, gold_answer=gold,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from .common import (  # noqa: F401
     SIGNAL_NAMES, SCORE_COLOUR_SPAN, PREVIEW_CHARS, InvalidInput, esc, md, preview, db_path,
     StepView, build_steps, score_colour, steps_html, problem_html, open_db, StoreError, ROLES,
-    add_user, user_role, user_rows, is_empty, JobError, JOB_ACTIVE, active_jobs, refresh_jobs,
+    user_role, user_rows, is_empty, JobError, JOB_ACTIVE, active_jobs, refresh_jobs,
     cancel_job, start_demo_job, start_trace_job, start_route_job, start_eval_job,
     TRACE_DEVICES, TRACE_DTYPES,
     JOB_TITLES, JobProgress, running_jobs, latest_job, demo_description,
@@ -36,6 +36,10 @@ from .budget import (  # noqa: F401
 )
 from .pool import (  # noqa: F401
     ingest_upload, rejected_rows, pool_summary,
+)
+from .signin import (  # noqa: F401
+    AuthError, Identity, SESSION_KEY, MIN_PASSWORD_CHARS, POOL_ROLES, sign_in, sign_in_sso, session_identity,
+    sign_out, change_password, add_person, set_person_role, may_label, may_change_pool, audit_rows,
 )
 from .evaluation import (  # noqa: F401
     evaluation_folder, EvaluationView, evaluation_view, step_localisation_rows, evaluation_blocker,

@@ -139,7 +139,8 @@ def set_budget(db, *, user: str, total: int, cost_per_label: float = 0.0):
 
 def set_target_precision(db, *, user: str, target: float, delta: float | None = None):
     """A lead changes the self-train precision target (and optionally the risk delta of its
-    certificate) and re-routes. Others are refused. Both are stored on the router version."""
+    certificate) and re-routes. Others are refused. Both are stored on the router version; the
+    target change goes to the audit trail."""
     store.require_role(db, user, "lead")
     refusal = f"The precision target must be at least {MIN_TARGET_PRECISION:g} and below 1."
     if float(target) < MIN_TARGET_PRECISION:  # the lead's floor; RouterConfig keeps the (0, 1) range
@@ -153,6 +154,7 @@ def set_target_precision(db, *, user: str, target: float, delta: float | None = 
         raise InvalidInput(refusal) from None
     if store.latest_model_id(db) is None:
         raise InvalidInput("Nothing is traced yet, so there is nothing to route.")
+    store.record_target_precision(db, user=user, before=current_target_precision(db), after=float(target))
     return pipeline.route(db, rescore=False, config=config,
                           note=f"target precision set to {float(target):.2f} (delta {delta:g}) by {user}")
 

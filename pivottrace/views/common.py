@@ -140,7 +140,6 @@ def problem_html(text: str) -> str:
 open_db = store.open_db  # the database at $PIVOTTRACE_DB (or the path given)
 StoreError = store.StoreError  # what the store refuses (permissions, leases, bad values): show its message
 ROLES = store.ROLES
-add_user = store.add_user
 user_role = store.user_role
 
 
