@@ -179,21 +179,6 @@ def start_eval(db, *, folder: str) -> int:
     return start(db, "eval", {"folder": str(folder)}, total=1)
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def refresh(db) -> list[dict]:
     """Recent jobs, newest first; active jobs whose worker is gone are marked failed."""
     rows = store.jobs(db)
@@ -201,7 +186,7 @@ def refresh(db) -> list[dict]:
         if job["status"] not in ACTIVE:
             continue
         waited = store.now() - (job["started_at"] or 0)
-        if (job["pid"] and not _alive(job["pid"])) or (not job["pid"] and waited > STARTUP_GRACE_SECONDS):
+        if (job["pid"] and not store.pid_alive(job["pid"])) or (not job["pid"] and waited > STARTUP_GRACE_SECONDS):
             message = "the worker stopped without reporting; see " + str(log_path(_db_file(db), job["id"]))
             store.update_job(db, job["id"], status="failed", message=message)
             job.update(status="failed", message=message)
@@ -219,7 +204,7 @@ def cancel(db, job_id: int) -> None:
         raise JobError(f"No job {job_id}.")
     if job["status"] not in ACTIVE:
         return
-    if job["pid"] and _alive(job["pid"]):
+    if job["pid"] and store.pid_alive(job["pid"]):
         os.kill(job["pid"], signal.SIGTERM)
     store.update_job(db, job_id, status="cancelled", message="cancelled")
 

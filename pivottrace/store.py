@@ -676,7 +676,8 @@ def _host() -> str:
     return socket.gethostname()
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process of this host runs with that pid (a zombie, exited but not yet reaped, does not)."""
     if not pid:
         return False
     try:
@@ -685,7 +686,10 @@ def _pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:  # alive, another user's
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def claim_problems(db: sqlite_utils.Database, model_id: str, run_id: str, *, n: int,
@@ -700,7 +704,7 @@ def claim_problems(db: sqlite_utils.Database, model_id: str, run_id: str, *, n: 
         db.execute("delete from trace_claims where expires_at < ?", [stamp])
         for pid in {row[0] for row in db.execute(
                 "select distinct pid from trace_claims where host = ? and run_id != ?", [host, run_id])}:
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 db.execute("delete from trace_claims where host = ? and pid = ?", [host, pid])
         db.execute("update trace_claims set expires_at = ? where run_id = ?", [stamp + 60 * lease_minutes, run_id])
         sql = ("select p.id, p.text from problems p where not exists (select 1 from traces t "
