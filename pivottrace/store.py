@@ -22,7 +22,6 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 
 import numpy as np
