@@ -6,6 +6,7 @@ the URL, an annotator reaching for the budget, a stranger reaching for the lead 
 page's screenshot is taken there; the other README screenshots come from the first-run test,
 test_browser_first_run.py, on real traces)."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -48,6 +49,34 @@ def wait_until(condition, timeout: float = 20.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@contextlib.contextmanager
+def app_server(env: dict, log_path: Path):
+    """`streamlit run app.py` on a free local port with these extra environment variables; yields its
+    base URL once the health check answers, and stops the server afterwards."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
+             "--browser.gatherUsageStats", "false"], cwd=ROOT, env={**os.environ, **env}, stdout=log,
+            stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+
+        def healthy():
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=1) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        try:
+            wait_until(healthy, 30, "the app server")
+            yield base
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
 @pytest.fixture
 def server(tmp_path):
     if not Path(CHROMIUM).exists():
@@ -60,28 +89,8 @@ def server(tmp_path):
         item = views.next_item(db, name)
         views.submit_label(db, annotator=name, problem_id=item.problem_id, action="accept",
                            shown_answer=item.majority, seconds=20)
-    port = free_port()
-    env = {**os.environ, "PIVOTTRACE_DB": str(path)}
-    log = (tmp_path / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy():
-        try:
-            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=1) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    try:
-        wait_until(healthy, 30, "the app server")
+    with app_server({"PIVOTTRACE_DB": str(path)}, tmp_path / "server.log") as base:
         yield base, db
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def idle(page, timeout: float = 30_000) -> None:

@@ -11,10 +11,9 @@ job: under the shared lock) also retakes the README's screenshots in assets/ fro
 import os
 import subprocess
 import sys
-import urllib.request
 
 import pytest
-from test_browser_e2e import (ASSETS, CHROMIUM, CHROMIUM_ARGS, ROOT, WIDTH, free_port, idle, screenshot,
+from test_browser_e2e import (ASSETS, app_server, CHROMIUM, CHROMIUM_ARGS, ROOT, WIDTH, idle, screenshot,
                               sign_in, truncated, wait_until)
 
 from pivottrace import store, views
@@ -39,28 +38,11 @@ def empty_app(tmp_path, request):
                            "--password-stdin", "--db", str(path)], input=LEAD_PASSWORD + "\n", cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr  # a database with one lead and no problems: still empty
-    port = free_port()
-    env = {**os.environ, "PIVOTTRACE_DB": str(path), "PIVOTTRACE_DEMO_MODEL": model}
-    log = (tmp_path / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy():
-        try:
-            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=1) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
     try:
-        wait_until(healthy, 30, "the app server")
-        yield base, path, model
+        with app_server({"PIVOTTRACE_DB": str(path), "PIVOTTRACE_DEMO_MODEL": model},
+                        tmp_path / "server.log") as base:
+            yield base, path, model
     finally:
-        process.terminate()
-        process.wait(timeout=10)
         db = store.open_db(path) if path.exists() else None
         for job in (store.jobs(db) if db else []):  # never leave a worker behind
             if job["status"] in ("queued", "running") and job["pid"]:
