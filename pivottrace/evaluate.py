@@ -34,6 +34,7 @@ BUDGET_SHARES = (0.05, 0.10, 0.20, 0.30, 0.50)  # label budgets as shares of the
 ROUNDS = 5  # labels arrive in this many rounds per budget; the router recalibrates after each
 CROSS_FIT_FOLDS = 5  # labelled problems get out-of-fold uncertainty, so every problem is scored unseen
 MIN_POOL = 10  # fewer traced problems with gold than this cannot say anything about selection
+PIVOT_LIFT = 0.25  # the pivot_lift ablation's value weight (the router's default before this was measured)
 RANDOM_SEEDS = 10  # random selection is run with this many seeds; the report gives mean and range
 DEFAULT_REPORT_DIR = "out/eval"  # `pivottrace eval` writes here unless told otherwise (out/ is git-ignored)
 REPORT_FILES = ("report.md", "report.html", "results.json", "figures.json")
@@ -109,7 +110,7 @@ class Strategy:
 def strategies(*, target_precision: float = DEFAULT_TARGET_PRECISION) -> list[Strategy]:
     """PivotTrace, the three baselines and the seed's three ablations, on the same traces."""
     router = RouterConfig(target_precision=target_precision)
-    flat = RouterConfig(target_precision=target_precision, pivot_value_weight=0.0)
+    flat = RouterConfig(target_precision=target_precision, pivot_tiebreak=False)  # one signal: no pivot tiebreak
     return [
         Strategy(MAIN, "all signals, Bayesian update of the cold-start prior from the first label, "
                  "certified self-train band", router=router),
@@ -122,6 +123,9 @@ def strategies(*, target_precision: float = DEFAULT_TARGET_PRECISION) -> list[St
                  EstimatorConfig(columns=("vote_share",), prior_weights={}), flat),
         Strategy("no_attention", "ablation: no attention or pivot signals",
                  EstimatorConfig.without(ATTENTION_FEATURES), flat),
+        Strategy("pivot_lift", f"ablation: annotate value lifted by pivot richness, u x (1 + {PIVOT_LIFT} x "
+                 f"pivot-density percentile)", router=RouterConfig(target_precision=target_precision,
+                                                                   pivot_value_weight=PIVOT_LIFT)),
         Strategy("labels_ignored", "ablation: the cold-start prior throughout (labels never update it)",
                  select="value", learn=False, router=router),
         Strategy("uncertified", "ablation: self-train on the estimated band alone (no probe labels, no bound)",
@@ -171,6 +175,11 @@ class BudgetResult:
     caught_range: list | None = None  # [min, max] over the seeds
     auroc_range: list | None = None
     reliability: list = field(default_factory=list)
+    # the learning test, paired: on the problems still unlabelled (no model saw their labels), the
+    # AUROC of the strategy's final estimator and of the cold-start prior on the very same problems
+    n_unlabelled: int = 0
+    auroc_unlabelled: float | None = None
+    auroc_unlabelled_cold: float | None = None
 
 
 def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUNDS,
@@ -213,6 +222,9 @@ def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUND
     right = 1 - wrong
     train_size = int(labelled.sum() + self_train.sum())
     metrics = calibration_metrics(u, wrong)
+    rest = ~labelled
+    learned = calibration_metrics(np.asarray(estimator.predict(table), float)[rest], wrong[rest])["auroc"]
+    cold = calibration_metrics(strategy.estimator.prior().predict(table)[rest], wrong[rest])["auroc"]
     return BudgetResult(
         strategy=strategy.name, budget_share=budget / pool.size, budget=int(budget),
         labels=int(labelled.sum()), rounds=n_rounds, estimator=estimator.kind,
@@ -231,6 +243,7 @@ def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUND
         self_train_lower_bound=None if certificate is None else certificate["lower_bound"],
         below_target=bool(self_train.any() and right[self_train].mean() < strategy.router.target_precision),
         reliability=reliability_bins(u, wrong),
+        n_unlabelled=int(rest.sum()), auroc_unlabelled=learned, auroc_unlabelled_cold=cold,
     )
 
 

@@ -357,7 +357,9 @@ def explain(report: RouteReport) -> list[str]:
             lines.append(f"Self-train: closed, {waiting} problems wait as self_train_pending"
                          + (f" ({cert['candidates'] - waiting} of the band are probes or labelled)"
                             if cert["candidates"] > waiting else "") + "; "
-                         + (f"{more} probe labels to go" if more is not None
+                         + (f"{more} probe labels to go" if more is not None and cert.get("probes_repay") is not False
+                            else f"{more} probe labels would open it, too many for its {cert['candidates']} "
+                                 f"candidates, so none are queued" if more is not None
                             else "the labels so far say it would not reach the target")
                          + f" (target {target}, delta {delta}).")
     low = t.get("low_priority_certificate")

@@ -261,4 +261,21 @@ def test_route_without_a_budget_caps_annotate_and_explains_itself(tmp_path):
     assert report.counts["deferred"] > 0 and report.thresholds["annotate_capacity"] is None
     lines = pipeline.explain(report)
     assert any(line.startswith("No budget set") for line in lines)
-    assert any(line.startswith("Self-train: closed") and "probe labels to go" in line for line in lines)
+    cert = report.thresholds["self_train_certificate"]
+    wanted = "probe labels to go" if cert["probes_repay"] else "too many for its"
+    assert any(line.startswith("Self-train: closed") and f"{cert['probes_to_go']} probe labels" in line
+               and wanted in line for line in lines)
+
+
+def test_probes_are_queued_only_where_the_band_can_repay_them():
+    """A band that needs more probe labels than half its problems gets none (they would be cheaper
+    to label directly); a large band gets its probes, and the certificate says which."""
+    for n, repays in ((60, False), (2000, True)):
+        rows, _ = pool(n, seed=3)
+        u = np.full(n, 0.05)  # every split vote looks like a near-certain pseudo-label
+        routing = route_pool(rows, u, budget_remaining=n // 2)
+        cert = routing.thresholds["self_train_certificate"]
+        assert cert["candidates"] > 0 and not cert["open"] and cert["probes_to_go"] > 0
+        assert cert["probes_repay"] is repays
+        assert (routing.thresholds["calibration_probes"] > 0) is repays
+        assert (cert["candidates"] >= 2 * cert["probes_to_go"]) is repays

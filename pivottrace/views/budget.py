@@ -116,6 +116,9 @@ def band_state(certificate: dict | None) -> str:
     more = certificate.get("probes_to_go")
     if more is None:
         return "closed: the labels so far say it would not reach the target"
+    if certificate.get("probes_repay") is False:
+        return (f"closed, {more} probe labels would open it: too many for its {certificate['candidates']} "
+                f"problems, so none are queued (they wait, or are labelled directly)")
     return f"closed, {more} probe labels to go"
 
 
