@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,17 @@ def submit(db, annotator: str, gold: dict, *, wait: bool) -> float | None:
     return time.perf_counter() - start
 
 
+def moves_by_kind(log: list[dict]) -> dict[int, Counter]:
+    """{router version: Counter((old route, new route))} from the route log, oldest first."""
+    current, kinds = {}, {}
+    for row in log:
+        old = current.get(row["problem_id"])
+        if old is not None:
+            kinds.setdefault(row["router_version"], Counter())[(old, row["route"])] += 1
+        current[row["problem_id"]] = row["route"]
+    return kinds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000, help="problems in the pool")
@@ -129,6 +141,13 @@ def main() -> None:
         if moved:
             print(f"routes changed per recalibration (route log rows): median {statistics.median(moved):,.0f}, "
                   f"max {max(moved):,} of {args.n:,} problems (hysteresis; before it: 7k-19k per label at 100k)")
+            kinds = moves_by_kind(store.route_history(db))
+            worst = versions[versions_before + int(np.argmax(moved))]["id"]
+            top = ", ".join(f"{a} -> {b}: {n:,}" for (a, b), n in kinds.get(worst, Counter()).most_common(4))
+            print(f"  the largest (router version {worst}), by kind: {top}")
+            labels_per_pass = np.diff([v["n_labels"] for v in versions[versions_before - 1:]])
+            print(f"  labels folded per recalibration: median {statistics.median(labels_per_pass):.0f}, "
+                  f"max {max(labels_per_pass)}")
         stamps = [v["created_at"] for v in versions[versions_before - 1:]]
         gaps = np.diff(stamps) if len(stamps) > 1 else [float("nan")]
         print(f"median recalibration interval: {statistics.median(gaps):.2f} s")

@@ -37,9 +37,9 @@ How the bands are derived (none is a constant):
   spent on the pending band, then the self_train band, then low_priority (`spill_over`).
 - hysteresis: a band's candidate count (from the estimate) stays at the previous router
   version's while the new estimate is within HYSTERESIS_SHARE of it, and then moves only by the
-  excess (backlash); the annotate queue keeps an incumbent unless a newcomer's value beats it by
-  ANNOTATE_HYSTERESIS; and a band's count moves by at most BAND_STEP_PER_LABEL of the pool per new
-  label. The posterior's drift with each label then does not move problems back and forth across an
+  excess (backlash); the annotate queue and each band keep an incumbent unless a newcomer beats it
+  by RANK_HYSTERESIS (so the posterior's drift reorders without moving members); and a band's
+  count moves by at most BAND_STEP_PER_LABEL of the pool per new label. The posterior's drift with each label then does not move problems back and forth across an
   edge, nor thousands at once. Certification is unaffected: it is computed on the band as routed.
 - no budget set: nobody can label yet, so annotate is capped at DEFAULT_BUDGET_SHARE of the open
   pool (the thresholds say so), the rest deferred; set a budget to change it.
@@ -62,6 +62,7 @@ from .vocab import ROUTES
 
 PIVOT_VALUE_WEIGHT = 0.0  # how much pivot richness lifts an uncertain problem's value beyond u (0: u alone)
 PIVOT_TIEBREAK = 1e-6  # among equal u, pivot-richer problems rank first (far below any real difference of u)
+HASH_TIEBREAK = 1e-9  # then a stable pseudo-random order (probe_keys), not the order rows happen to come in
 PROBE_REPAY = 2.0  # probes are queued only while a band holds at least this many times the probes still needed
 MAX_PSEUDO_LABEL_ERROR = 0.5  # never self-train on a majority answer we think is likelier wrong than right
 EXPLORE_SHARE = 0.5  # at most this share of the annotate capacity goes to calibration probes (the count
@@ -76,8 +77,9 @@ HYSTERESIS_SHARE = 0.05  # a band's candidate count trails the estimate's by up 
 BAND_STEP_PER_LABEL = 0.001  # a band's candidate count moves by at most this share of the pool per label
 # that arrived since the previous router version (100 problems per label at 100k): one label carries
 # little information, so it may not swing thousands of problems between waiting and routed
-ANNOTATE_HYSTERESIS = 0.1  # a problem in the annotate queue keeps its place unless a newcomer's value
-# is 10 % higher: the drift of u with each label then does not swap the edge of the queue
+RANK_HYSTERESIS = 0.1  # a problem in the annotate queue keeps its place unless a newcomer's value is 10 %
+# higher, and a band member keeps its place unless a newcomer's u is 10 % lower: the drift of u with
+# each label then does not swap problems at the edges
 DEFAULT_BUDGET_SHARE = 0.1  # with no budget set, annotate takes at most 10 % of the open pool: the
 # middle of the budgets the evaluation measures (5-50 %), so a new pool shows all routes
 
@@ -160,7 +162,8 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
         raise ValueError("Routing needs each row's model_id and majority_answer.")
     density = np.nan_to_num(table.column("pivot_density"))  # [N], missing -> 0
     richness = pool_percentiles(density)  # [N] in [0, 1]
-    value = u * (1.0 + config.pivot_value_weight * richness) + PIVOT_TIEBREAK * config.pivot_tiebreak * richness  # [N]
+    value = (u * (1.0 + config.pivot_value_weight * richness) + PIVOT_TIEBREAK * config.pivot_tiebreak * richness
+             + HASH_TIEBREAK * probe_keys(table.ids))  # [N]
     has_majority = np.array([a is not None for a in table.majority_answers], bool)  # [N]
     unanimous = has_majority & (np.nan_to_num(table.column("vote_share")) >= 1.0)  # [N]
     open_ = np.ones(n, bool) if not exclude else np.array([pid not in exclude for pid in table.ids], bool)  # [N]
@@ -180,6 +183,9 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
             if pid in outcomes:
                 evidence[i] = 1 - int(outcomes[pid])
 
+    new_labels = max(len(outcomes) - int(previous.get("n_labels") or 0), 1)
+    max_step = max(int(BAND_STEP_PER_LABEL * n * new_labels), 1)  # problems a band or the queue may take in
+    was = _previous_route(table.ids, previous_routes)  # [N] route in force, "" where none
     route = np.full(n, "deferred", dtype=object)
     route[~open_] = "annotate"
     pending = np.zeros(n, bool)
@@ -198,13 +204,12 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
         candidates = np.flatnonzero(open_ & ~low & ~self_train)
     else:
         split = has_majority & ~unanimous & (u < MAX_PSEUDO_LABEL_ERROR)
-        new_labels = max(len(outcomes) - int(previous.get("n_labels") or 0), 1)
-        max_step = max(int(BAND_STEP_PER_LABEL * n * new_labels), 1)
-        band_s, band_sizes["self_train"] = _estimated_band(u, split, target, previous.get("self_train_candidates"),
-                                                           max_step=max_step)
-        band_l, band_sizes["low_priority"] = _estimated_band(u, unanimous & (u <= 1.0 - target), None,
-                                                             previous.get("low_priority_candidates"),
-                                                             max_step=max_step)
+        band_s, band_sizes["self_train"] = _estimated_band(
+            u, split, target, previous.get("self_train_candidates"), max_step=max_step,
+            incumbent=(was == "self_train") | (was == "self_train_pending"))
+        band_l, band_sizes["low_priority"] = _estimated_band(
+            u, unanimous & (u <= 1.0 - target), None, previous.get("low_priority_candidates"),
+            max_step=max_step, incumbent=was == "low_priority", keep=unanimous & (was == "low_priority"))
         self_train, low = np.zeros(n, bool), np.zeros(n, bool)
         low[band_l] = True
         low &= open_
@@ -230,11 +235,14 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
             probe_sets.append(_probes(table.ids, members, k))
         candidates = np.flatnonzero(open_ & ~low & ~self_train & ~pending)
     probes = np.concatenate(probe_sets) if probe_sets else np.zeros(0, dtype=np.int64)
-    rank_value = value
-    if previous_routes:  # hysteresis on the annotate edge: a newcomer must beat an incumbent clearly
-        was_annotate = np.array([previous_routes.get(pid) == "annotate" for pid in table.ids], bool)  # [N]
-        rank_value = value * np.where(was_annotate, 1.0 + ANNOTATE_HYSTERESIS, 1.0)
-    annotate = _top_by_value(candidates, rank_value, capacity - probes.size)
+    if previous_routes:  # hysteresis on the annotate edge: a newcomer must beat an incumbent clearly,
+        # and at most max_step newcomers join the queue per pass
+        was_annotate = was == "annotate"  # [N]
+        rank_value = value * np.where(was_annotate, 1.0 + RANK_HYSTERESIS, 1.0)
+        ranked = candidates[np.argsort(-rank_value[candidates], kind="stable")]
+        annotate = _stable_top(ranked, capacity - probes.size, was_annotate[ranked], max_step)
+    else:
+        annotate = _top_by_value(candidates, value, capacity - probes.size)
     spilled = 0
     if config.three_way and config.spill_over and config.fixed_thresholds is None:
         for band in (pending, self_train, low):
@@ -295,26 +303,67 @@ def _certificate(cert: BandCertificate | None, repays: bool | None) -> dict | No
     return None if cert is None else {**cert.as_dict(), "probes_repay": repays}
 
 
+def _previous_route(ids: list, previous_routes: dict | None) -> np.ndarray:
+    """[N] the route in force for each id ("" where none)."""
+    if not previous_routes:
+        return np.full(len(ids), "", dtype=object)
+    return np.array([previous_routes.get(pid, "") for pid in ids], dtype=object)
+
+
 def _estimated_band(u: np.ndarray, mask: np.ndarray, target: float | None,
-                    previous_size: int | None, *, max_step: int | None = None) -> tuple[np.ndarray, int]:
+                    previous_size: int | None, *, max_step: int | None = None,
+                    incumbent: np.ndarray | None = None,
+                    keep: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """([K] indexes most certain first, K): the members of `mask` sorted by u, cut to the longest
     run with mean(1 - u) >= target (all of them when target is None); with `previous_size`, the
     count stays within HYSTERESIS_SHARE of the estimate but as close to the previous one as that
-    allows, and moves by at most `max_step` from it."""
+    allows, and moves by at most `max_step` from it.
+
+    `incumbent` ([N] bool, the problems in the band now) sort as if their u were RANK_HYSTERESIS
+    lower: a newcomer takes an incumbent's place only when it is clearly more certain, so the
+    posterior's drift does not swap members at the edge. `keep` ([N] bool): incumbents that may stay
+    although `mask` no longer admits them; they fill the count left by the step limit, least
+    certain leaving first, so a jump of the base rate drains a band at most `max_step` per pass."""
     members = np.flatnonzero(mask)
-    ordered = members[np.argsort(u[members], kind="stable")]  # [M] most certain first
     if target is None:
-        size = ordered.size
+        size = members.size
     else:
-        precision = np.cumsum(1.0 - u[ordered]) / np.arange(1, ordered.size + 1)  # [M] non-increasing
+        by_u = np.sort(u[members], kind="stable")  # [M] most certain first
+        precision = np.cumsum(1.0 - by_u) / np.arange(1, by_u.size + 1)  # [M] non-increasing
         size = int(np.count_nonzero(precision >= target))
+    if keep is not None:
+        members = np.flatnonzero(mask | keep)
+    key = u[members] if incumbent is None else u[members] * np.where(incumbent[members], 1.0 - RANK_HYSTERESIS, 1.0)
+    ordered = members[np.argsort(key, kind="stable")]  # [M'] most certain first (incumbents favoured)
     if previous_size is not None:  # backlash: follow the estimate only as far as it leaves the dead zone
         slack = int(HYSTERESIS_SHARE * size)
         size = int(np.clip(int(previous_size), size - slack, size + slack))
         if max_step is not None:  # and by at most max_step from where it was
             size = int(np.clip(size, int(previous_size) - max_step, int(previous_size) + max_step))
         size = min(size, ordered.size)
+        if incumbent is not None:
+            return _stable_top(ordered, size, incumbent[ordered], max_step), size
     return ordered[:size], size
+
+
+def _stable_top(ordered: np.ndarray, size: int, incumbent: np.ndarray, max_new: int | None) -> np.ndarray:
+    """[<= size] of `ordered` (best first; `incumbent` [M] aligned with it): its top `size`, except
+    that at most `max_new` newcomers enter per pass. The places they leave go to the best incumbents
+    below the top, and only then to more newcomers. The order stays best first."""
+    size = max(int(size), 0)
+    if max_new is None or size == 0:
+        return ordered[:size]
+    newcomer_positions = np.flatnonzero(~incumbent[:size])
+    if newcomer_positions.size <= max_new:
+        return ordered[:size]
+    chosen = np.zeros(ordered.size, bool)
+    chosen[newcomer_positions[:max_new]] = True
+    incumbents = np.flatnonzero(incumbent)[:size - max_new]  # best incumbents, inside the top or below it
+    chosen[incumbents] = True
+    short = size - int(chosen.sum())
+    if short > 0:  # too few incumbents: more newcomers after all
+        chosen[np.flatnonzero(~chosen & ~incumbent)[:short]] = True
+    return ordered[chosen]
 
 
 def probe_keys(problem_ids) -> np.ndarray:

@@ -137,3 +137,31 @@ def _split_pool(n: int):
 
 def test_bonferroni_edges_constant_is_what_the_docs_say():
     assert CANDIDATE_EDGES == 4
+
+
+def test_a_jump_of_the_base_rate_drains_a_band_a_step_at_a_time():
+    """Labels that say the pool is far more often wrong lift every u at once: without hysteresis the
+    low_priority band would empty in one pass; with it, at most the step limit leaves per new label,
+    least certain first, and drift alone does not swap members."""
+    from scipy.special import expit, logit
+
+    from pivottrace.route import BAND_STEP_PER_LABEL
+
+    rows, u = _split_pool(5000)
+    before = route_pool(rows, u, budget_remaining=0)
+    low = before.routes == "low_priority"
+    assert low.sum() > 500
+    lifted = expit(logit(u) + 2.0)  # [N] odds x7.4
+    assert (route_pool(rows, lifted, budget_remaining=0).routes == "low_priority").sum() < 0.5 * low.sum()
+    outcomes = {rows[0]["problem_id"]: 1}
+    after = route_pool(rows, lifted, budget_remaining=0, exclude=set(outcomes), outcomes=outcomes,
+                       previous=before.thresholds, previous_routes=dict(zip(before.problem_ids, before.routes)))
+    left = low & (after.routes != "low_priority")
+    assert 0 < left.sum() <= BAND_STEP_PER_LABEL * len(rows)
+    stayed = low & (after.routes == "low_priority")
+    assert lifted[left].min() >= np.median(lifted[stayed])  # the least certain left first
+
+    drift = expit(logit(u) + np.random.default_rng(1).normal(0, 0.05, u.size))  # [N] a label's worth of noise
+    again = route_pool(rows, drift, budget_remaining=0, previous=before.thresholds,
+                       previous_routes=dict(zip(before.problem_ids, before.routes)))
+    assert int((again.routes != before.routes).sum()) <= 0.002 * len(rows)

@@ -88,6 +88,12 @@ def test_baselines_are_scored_on_the_same_problems_and_the_accounting_adds_up(sy
     assert spent["labels_ignored"].auroc == cold["labels_ignored"].auroc  # the ablation never learns
     assert spent["random"].seeds == evaluate.RANDOM_SEEDS and len(spent["random"].caught_range) == 2
     assert spent["random"].caught_range[0] <= spent["random"].caught <= spent["random"].caught_range[1]
+    # the paired learning test: the rest of the pool, by the final estimator and by the cold start
+    for r in spent.values():
+        assert r.n_unlabelled == pool.size - r.labels
+    ignored, ours = spent["labels_ignored"], spent["pivottrace"]
+    assert ignored.auroc_unlabelled == ignored.auroc_unlabelled_cold  # nothing learned, nothing gained
+    assert ours.auroc_unlabelled != ours.auroc_unlabelled_cold  # the posterior moved the ranking
 
 
 def test_the_report_warns_loudly_when_a_pool_has_too_few_right_answers():
