@@ -115,8 +115,7 @@ if item.second_label:
             "like any label.", icon=":material/group:")
 left, right = st.columns([5, 4], gap="large")
 with left:
-    uncertainty = "-" if item.uncertainty is None else f"{item.uncertainty:.2f}"
-    st.caption(f"Problem `{item.problem_id}` · {views.md(item.source)} · uncertainty {uncertainty} · "
+    st.caption(f"Problem `{item.problem_id}` · {views.md(item.source)} · P(wrong) {item.uncertainty_text} · "
                f"{item.n_pivots} pivots · model {views.md(item.model_id)} · router v{item.router_version}")
     st.html(item.problem_html)
     st.markdown("##### Model reasoning")

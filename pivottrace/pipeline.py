@@ -19,7 +19,7 @@ from .answers import answers_match, canonical, extract_answer
 from .datasets import LoadResult, RejectedRow, demo_problems, read_pool, spread_by_steps, with_every_step_count
 from .features import FeatureTable, build_features, fit_pool_pivot_weights
 from .route import RouterConfig, route_pool
-from .posterior import estimator_for
+from .posterior import credible_intervals, estimator_for
 from .uncertainty import EstimatorConfig
 
 RECALIBRATE_EVERY = 1  # labels between two recalibrations in the app (1 = after every label)
@@ -314,6 +314,7 @@ def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfi
     outcomes = label_outcomes(db, table, labels=labels)
     estimator = estimator_for(table, outcomes, config=estimator_config)
     uncertainty = estimator.predict(table)
+    interval = credible_intervals(estimator, table, config=estimator_config)  # ([N], [N])
     labelled = {r["problem_id"] for r in labels}
     budget = store.budget_status(db)
     last = store.latest_router_version(db, model_id=model_id)
@@ -329,7 +330,7 @@ def route(db, *, model_id: str | None = None, config: RouterConfig = RouterConfi
                                            n_labels=len(labelled), thresholds=thresholds,
                                            metrics=metrics, note=note)
         changed = store.save_route_columns(db, routing.problem_ids, routing.model_ids, routing.routes,
-                                           routing.uncertainty, routing.value, version)
+                                           routing.uncertainty, routing.value, version, interval=interval)
         store.record_route_counts(db, version)
     return RouteReport(version, estimator.kind, routing.counts(), changed, routing.thresholds, metrics,
                        time.perf_counter() - start)

@@ -242,6 +242,19 @@ def fit_posterior(rows, outcomes: dict[str, int], *, prior: ColdStartPrior | Non
     return model.fit(table.take(labelled), wrong, pool=table, with_metrics=with_metrics)
 
 
+def credible_intervals(estimator, rows, *, config=None, level: float = CREDIBLE_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """([N] lower, [N] upper) credible interval of each problem's P(wrong). For the cold-start prior
+    (no labels yet) it is the prior's own: the same model with no labels, whose mode is the prior."""
+    from .uncertainty import EstimatorConfig
+
+    if not isinstance(estimator, PosteriorModel):
+        config = config or EstimatorConfig()
+        model = PosteriorModel(prior=config.prior(), signals=tuple(config.columns), reweight=config.reweight)
+        table = FeatureTable.from_rows(rows, model.needed_columns())
+        estimator = model.fit(table.take(np.zeros(0, dtype=np.int64)), np.zeros(0), pool=table, with_metrics=False)
+    return estimator.predict_interval(rows, level=level)
+
+
 def estimator_for(rows, outcomes: dict[str, int], *, config=None, with_metrics: bool = True):
     """`fit_posterior` with an uncertainty.EstimatorConfig's prior, signal columns and reweighting."""
     from .uncertainty import EstimatorConfig

@@ -382,8 +382,15 @@ def _migration_9(db: sqlite_utils.Database) -> None:
                    "select raise(abort, 'the audit trail is append-only'); end")
 
 
+def _migration_10(db: sqlite_utils.Database) -> None:
+    """Each route carries its uncertainty's credible interval (issue 10): the posterior's
+    equal-tailed interval of P(majority wrong), NULL in rows routed before it."""
+    db["routes"].add_column("u_low", float)
+    db["routes"].add_column("u_high", float)
+
+
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
-              _migration_6, _migration_7, _migration_8, _migration_9]  # index i upgrades user_version i -> i+1; append, never edit
+              _migration_6, _migration_7, _migration_8, _migration_9, _migration_10]  # index i upgrades user_version i -> i+1; append, never edit
 
 
 def open_db(path: str | Path | None = None, *, create: bool = True) -> sqlite_utils.Database:
@@ -966,7 +973,7 @@ ROUTE_REFRESH_CHUNK = 5000  # rows per transaction when refreshing the uncertain
 
 
 def save_route_columns(db: sqlite_utils.Database, problem_ids: list, model_ids: list, routes: list,
-                       uncertainty, value, router_version: int) -> int:
+                       uncertainty, value, router_version: int, *, interval=None) -> int:
     """save_routes for decisions given as columns ([N] each), as route.Routing holds them.
 
     One transaction writes every route that changed (with its log row) and every `annotate` row
@@ -983,16 +990,22 @@ def save_route_columns(db: sqlite_utils.Database, problem_ids: list, model_ids: 
         raise ValueError("save_route_columns needs columns of one length.")
     uncertainty = np.asarray(uncertainty, dtype=np.float64).tolist()
     value = np.asarray(value, dtype=np.float64).tolist()
+    if interval is None:
+        low = high = [None] * n
+    else:
+        low, high = (np.asarray(bound, dtype=np.float64).tolist() for bound in interval)
+        if not len(low) == len(high) == n:
+            raise ValueError("save_route_columns needs an interval of the pool's length.")
     stamp = now()
     upsert = ("insert into routes (problem_id, model_id, route, uncertainty, value, router_version, "
-              "updated_at) values (?, ?, ?, ?, ?, ?, ?) on conflict (problem_id) do update set "
+              "updated_at, u_low, u_high) values (?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (problem_id) do update set "
               "model_id = excluded.model_id, route = excluded.route, uncertainty = excluded.uncertainty, "
               "value = excluded.value, router_version = excluded.router_version, "
-              "updated_at = excluded.updated_at")
+              "updated_at = excluded.updated_at, u_low = excluded.u_low, u_high = excluded.u_high")
 
     def rows(indexes):
-        return [(problem_ids[i], model_ids[i], routes[i], uncertainty[i], value[i], router_version, stamp)
-                for i in indexes]
+        return [(problem_ids[i], model_ids[i], routes[i], uncertainty[i], value[i], router_version, stamp,
+                 low[i], high[i]) for i in indexes]
 
     with immediate(db):
         current = dict(db.execute("select problem_id, route from routes").fetchall())
@@ -1009,9 +1022,9 @@ def save_route_columns(db: sqlite_utils.Database, problem_ids: list, model_ids: 
         chunk = rest[offset:offset + ROUTE_REFRESH_CHUNK]
         with immediate(db):
             db.conn.executemany("update routes set uncertainty = ?, value = ?, router_version = ?, "
-                                "updated_at = ? where problem_id = ? and route = ?",
-                                [(uncertainty[i], value[i], router_version, stamp, problem_ids[i], routes[i])
-                                 for i in chunk])
+                                "updated_at = ?, u_low = ?, u_high = ? where problem_id = ? and route = ?",
+                                [(uncertainty[i], value[i], router_version, stamp, low[i], high[i],
+                                  problem_ids[i], routes[i]) for i in chunk])
     return len(log)
 
 
@@ -1439,7 +1452,7 @@ def _top_open_item(db, annotator: str, stamp: float, *, skipped: bool) -> str | 
 def queue_item(db: sqlite_utils.Database, problem_id: str) -> dict:
     """Everything the annotate page shows for one item (gold answers are never included)."""
     problem = get_problem(db, problem_id)
-    route = db.execute("select route, uncertainty, value, model_id, router_version from routes "
+    route = db.execute("select route, uncertainty, value, model_id, router_version, u_low, u_high from routes "
                        "where problem_id = ?", [problem_id]).fetchone()
     model_id = route[3] if route else None
     features = list(db.query("select * from features where problem_id = ? and model_id = ?",
@@ -1449,6 +1462,7 @@ def queue_item(db: sqlite_utils.Database, problem_id: str) -> dict:
         "route": route[0] if route else None, "uncertainty": route[1] if route else None,
         "value": route[2] if route else None, "model_id": model_id,
         "router_version": route[4] if route else None,
+        "uncertainty_interval": (route[5], route[6]) if route and route[5] is not None else None,
         "features": features[0] if features else None,
         "sample_answers": sample_answers(db, problem_id, model_id) if model_id else [],
     }

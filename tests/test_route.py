@@ -279,3 +279,32 @@ def test_probes_are_queued_only_where_the_band_can_repay_them():
         assert cert["probes_repay"] is repays
         assert (routing.thresholds["calibration_probes"] > 0) is repays
         assert (cert["candidates"] >= 2 * cert["probes_to_go"]) is repays
+
+
+def test_every_route_carries_a_credible_interval_that_labels_narrow(tmp_path):
+    """The stored uncertainty comes with its posterior interval (the prior's own before any label);
+    the annotate page shows both; labels narrow the intervals."""
+    db = synthetic_db(tmp_path / "ci.db", n=120, budget=60)
+    pipeline.route(db, note="cold start")
+
+    def intervals():
+        rows = list(db.query("select uncertainty, u_low, u_high from routes"))
+        u, low, high = (np.array([r[k] for r in rows]) for k in ("uncertainty", "u_low", "u_high"))
+        return u, low, high
+
+    u, low, high = intervals()
+    assert len(u) == 120 and np.all(low <= u + 1e-12) and np.all(u <= high + 1e-12) and np.all(high - low > 0.01)
+    width_before = float(np.median(high - low))
+    for _ in range(20):
+        oracle_label(db, every=1)
+    pipeline.route(db, rescore=False, note="after 20 labels")
+    u, low, high = intervals()
+    assert np.all(low <= u + 1e-12) and np.all(u <= high + 1e-12)
+    assert float(np.median(high - low)) < width_before
+
+    from pivottrace.views import annotate
+
+    item = annotate.next_item(db, "oracle")
+    low, high = item.uncertainty_interval
+    assert low <= item.uncertainty <= high
+    assert item.uncertainty_text == f"{item.uncertainty:.2f} ({low:.2f}–{high:.2f})"

@@ -23,8 +23,16 @@ def test_open_is_idempotent_and_versioned(tmp_path):
     assert first.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def as_version_9(db) -> None:
+    """Take a database back to the schema before migration 10 (credible intervals on routes)."""
+    for column in ("u_low", "u_high"):
+        db.execute(f"alter table routes drop column {column}")
+    db.execute("PRAGMA user_version = 9")
+
+
 def as_version_8(db) -> None:
     """Take a database back to the schema before migration 9 (sign-in, sessions, audit)."""
+    as_version_9(db)
     for table in ("sessions", "sign_in_attempts", "audit"):
         db.execute(f"drop table {table}")
     db.execute("drop index idx_users_email")
@@ -171,3 +179,17 @@ def test_the_store_refuses_an_unknown_verdict_and_a_wrong_without_gold_and_saves
     assert routed_db["labels"].count == 0
     assert store.get_problem(routed_db, item["problem_id"])["verdict"] is None
     assert store.budget_status(routed_db)["spent"] == 0
+
+
+def test_a_version_9_database_gains_credible_intervals_without_losing_routes(tmp_path):
+    path = tmp_path / "v9.db"
+    old = build_app_db(path, n_problems=20, budget=5)
+    as_version_9(old)
+    routes = dict(old.execute("select problem_id, route from routes").fetchall())
+    old.conn.close()
+    db = store.open_db(path)
+    assert store.schema_version(db) == len(store.MIGRATIONS)
+    assert dict(db.execute("select problem_id, route from routes").fetchall()) == routes
+    assert db.execute("select count(*) from routes where u_low is not null").fetchone()[0] == 0
+    problem_id = next(iter(routes))
+    assert store.queue_item(db, problem_id)["uncertainty_interval"] is None  # shown as the estimate alone

@@ -43,6 +43,17 @@ class QueueItemView:
     n_pivots: int
     pivot_density: float
     second_label: bool = False  # an overlap item another annotator labelled: a second, blind opinion
+    uncertainty_interval: tuple | None = None  # (low, high) 90 % credible interval of the uncertainty
+
+    @property
+    def uncertainty_text(self) -> str:
+        """"0.62 (0.41–0.79)": P(majority wrong) and its credible interval, "-" before any routing."""
+        if self.uncertainty is None:
+            return "-"
+        if self.uncertainty_interval is None:
+            return f"{self.uncertainty:.2f}"
+        low, high = self.uncertainty_interval
+        return f"{self.uncertainty:.2f} ({low:.2f}–{high:.2f})"
 
     @property
     def steps_html(self) -> str:
@@ -75,6 +86,7 @@ def item_view(db, problem_id: str) -> QueueItemView:
     return QueueItemView(
         problem_id=problem_id, text=item["text"], source=item["source"], model_id=model_id,
         uncertainty=item["uncertainty"], value=item["value"], router_version=item["router_version"],
+        uncertainty_interval=item.get("uncertainty_interval"),
         steps=build_steps(trace, features), candidates=candidates, majority=majority,
         vote_share=share, n_pivots=int((features or {}).get("n_pivots") or 0),
         pivot_density=float((features or {}).get("pivot_density") or 0.0))
