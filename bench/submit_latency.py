@@ -80,6 +80,13 @@ def submit(db, annotator: str, gold: dict, *, wait: bool) -> float | None:
     return time.perf_counter() - start
 
 
+def pipeline_step(n: int) -> int:
+    """Problems a band or the annotate queue may take in per new label (route.BAND_STEP_PER_LABEL)."""
+    from pivottrace.route import BAND_STEP_PER_LABEL
+
+    return max(int(BAND_STEP_PER_LABEL * n), 1)
+
+
 def moves_by_kind(log: list[dict]) -> dict[int, Counter]:
     """{router version: Counter((old route, new route))} from the route log, oldest first."""
     current, kinds = {}, {}
@@ -148,6 +155,15 @@ def main() -> None:
             labels_per_pass = np.diff([v["n_labels"] for v in versions[versions_before - 1:]])
             print(f"  labels folded per recalibration: median {statistics.median(labels_per_pass):.0f}, "
                   f"max {max(labels_per_pass)}")
+            # a band opening or closing (self_train_pending <-> self_train) is the certificate at work,
+            # not drift: counted apart
+            certificate = {("self_train_pending", "self_train"), ("self_train", "self_train_pending")}
+            drift = [sum(n for kind, n in kinds.get(v["id"], Counter()).items() if kind not in certificate)
+                     for v in versions[versions_before:]]
+            per_label = [d / max(k, 1) for d, k in zip(drift, labels_per_pass)]
+            print(f"  without band openings/closings: median {statistics.median(drift):,.0f}, max {max(drift):,} "
+                  f"per recalibration; per label folded: median {statistics.median(per_label):,.0f}, "
+                  f"max {max(per_label):,.0f} (the step limit allows {pipeline_step(args.n)} per label per band)")
         stamps = [v["created_at"] for v in versions[versions_before - 1:]]
         gaps = np.diff(stamps) if len(stamps) > 1 else [float("nan")]
         print(f"median recalibration interval: {statistics.median(gaps):.2f} s")
