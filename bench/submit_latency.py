@@ -82,9 +82,9 @@ def submit(db, annotator: str, gold: dict, *, wait: bool) -> float | None:
 
 def pipeline_step(n: int) -> int:
     """Problems a band or the annotate queue may take in per new label (route.BAND_STEP_PER_LABEL)."""
-    from pivottrace.route import BAND_STEP_PER_LABEL
+    from pivottrace.route import BAND_STEP_PER_LABEL, MIN_STEP_PER_LABEL
 
-    return max(int(BAND_STEP_PER_LABEL * n), 1)
+    return max(int(BAND_STEP_PER_LABEL * n), MIN_STEP_PER_LABEL)
 
 
 def moves_by_kind(log: list[dict]) -> dict[int, Counter]:

@@ -193,13 +193,14 @@ def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUND
     outcomes: dict[str, int] = {}
     round_size = max(math.ceil(budget / max(rounds, 1)), 1)
     n_rounds = 0
+    last = None  # the previous round's routing: its thresholds and routes (hysteresis, as in pipeline.route)
     while len(outcomes) < budget:
         left = budget - len(outcomes)
         if strategy.select == "random":
             open_ = [pid for pid in ids if pid not in outcomes]
             picks = list(rng.choice(open_, size=min(round_size, left, len(open_)), replace=False)) if open_ else []
         else:
-            routing = _route(rows, table, outcomes, strategy, left)[1]
+            routing = last = _route(rows, table, outcomes, strategy, left, last)[1]
             ranked = sorted((d for d in routing.decisions
                              if d["route"] == "annotate" and d["problem_id"] not in outcomes),
                             key=lambda d: -d["value"])
@@ -210,7 +211,7 @@ def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUND
             outcomes[str(pid)] = int(wrong[index[str(pid)]])
         n_rounds += 1
 
-    estimator, routing = _route(rows, table, outcomes, strategy, budget - len(outcomes))
+    estimator, routing = _route(rows, table, outcomes, strategy, budget - len(outcomes), last)
     u = _out_of_sample(table, outcomes, strategy, estimator)  # [N]
     certificate = routing.thresholds.get("self_train_certificate") if routing.thresholds.get("certified") else None
     route = np.array([d["route"] for d in routing.decisions], dtype=object)  # [N]
@@ -251,10 +252,13 @@ def _estimator(table, outcomes, strategy: Strategy):
     return estimator_for(table, outcomes if strategy.learn else {}, config=strategy.estimator, with_metrics=False)
 
 
-def _route(rows, table, outcomes, strategy: Strategy, budget_left: int):
+def _route(rows, table, outcomes, strategy: Strategy, budget_left: int, last=None):
+    """(estimator, routing) after the labels in `outcomes`; `last` is the previous round's routing."""
     estimator = _estimator(table, outcomes, strategy)
     routing = route_pool(rows, estimator.predict(table), budget_remaining=max(budget_left, 0),
-                         config=strategy.router, exclude=set(outcomes), outcomes=outcomes)
+                         config=strategy.router, exclude=set(outcomes), outcomes=outcomes,
+                         previous=last.thresholds if last else None,
+                         previous_routes=dict(zip(last.problem_ids, last.routes.tolist())) if last else None)
     return estimator, routing
 
 

@@ -38,9 +38,11 @@ How the bands are derived (none is a constant):
 - hysteresis: a band's candidate count (from the estimate) stays at the previous router
   version's while the new estimate is within HYSTERESIS_SHARE of it, and then moves only by the
   excess (backlash); the annotate queue and each band keep an incumbent unless a newcomer beats it
-  by RANK_HYSTERESIS (so the posterior's drift reorders without moving members); and a band's
-  count moves by at most BAND_STEP_PER_LABEL of the pool per new label. The posterior's drift with each label then does not move problems back and forth across an
-  edge, nor thousands at once. Certification is unaffected: it is computed on the band as routed.
+  by RANK_HYSTERESIS (so the posterior's drift reorders without moving members); and per new label
+  a band's count moves, and a band or the queue takes in, at most max(MIN_STEP_PER_LABEL,
+  BAND_STEP_PER_LABEL of the pool) problems. The posterior's drift with each label then does not
+  move problems back and forth across an edge, nor thousands at once, while a small pool still
+  follows what its labels teach. Certification is unaffected: it is computed on the band as routed.
 - no budget set: nobody can label yet, so annotate is capped at DEFAULT_BUDGET_SHARE of the open
   pool (the thresholds say so), the rest deferred; set a budget to change it.
 Labelled problems (`exclude`) keep the `annotate` route and are not counted against the budget;
@@ -77,6 +79,8 @@ HYSTERESIS_SHARE = 0.05  # a band's candidate count trails the estimate's by up 
 BAND_STEP_PER_LABEL = 0.001  # a band's candidate count moves by at most this share of the pool per label
 # that arrived since the previous router version (100 problems per label at 100k): one label carries
 # little information, so it may not swing thousands of problems between waiting and routed
+MIN_STEP_PER_LABEL = 10  # ... but at least this many problems per label: on a pool of 300, 0.1 % would
+# let the queue take in 0.3 problems per label, and the labels' lesson would never reach the picks
 RANK_HYSTERESIS = 0.1  # a problem in the annotate queue keeps its place unless a newcomer's value is 10 %
 # higher, and a band member keeps its place unless a newcomer's u is 10 % lower: the drift of u with
 # each label then does not swap problems at the edges
@@ -184,7 +188,7 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
                 evidence[i] = 1 - int(outcomes[pid])
 
     new_labels = max(len(outcomes) - int(previous.get("n_labels") or 0), 1)
-    max_step = max(int(BAND_STEP_PER_LABEL * n * new_labels), 1)  # problems a band or the queue may take in
+    max_step = max(int(BAND_STEP_PER_LABEL * n), MIN_STEP_PER_LABEL) * new_labels  # a band or the queue may take in
     was = _previous_route(table.ids, previous_routes)  # [N] route in force, "" where none
     route = np.full(n, "deferred", dtype=object)
     route[~open_] = "annotate"
