@@ -3,7 +3,9 @@
 Fills a fresh database and prints: ingest and write throughput (per-problem transactions on a
 subset, bulk batches for the rest), database size per problem, the time to lease the next
 `annotate` item, the time to recalibrate and re-route the whole pool (with where the time goes),
-and the time of the Budget page's aggregates. Each figure is printed with its target and, where it
+and the time of the Budget page's aggregates. The recalibration times what the app runs behind
+each label: `pipeline.route(db, rescore=False)` end to end, then step by step, with the fit being
+`posterior.estimator_for` (the Laplace update of the cold-start prior, default `EstimatorConfig`). Each figure is printed with its target and, where it
 makes sense, a ratio against a baseline measured in this same run (the query as it was before
 its index or rewrite).
 
@@ -19,6 +21,7 @@ every trace distinct. It does not test correctness (tests/ do) and never runs a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -33,8 +36,9 @@ from pivottrace import analytics, pipeline, store, views  # noqa: E402
 from pivottrace.answers import canonical  # noqa: E402
 from pivottrace.datasets import Problem, demo_problems, problem_id  # noqa: E402
 from pivottrace.features import FeatureTable, build_features  # noqa: E402
+from pivottrace.posterior import estimator_for  # noqa: E402
 from pivottrace.route import route_pool  # noqa: E402
-from pivottrace.uncertainty import choose_estimator  # noqa: E402
+from pivottrace.uncertainty import EstimatorConfig  # noqa: E402
 from pivottrace.synthetic import synthetic_trace  # noqa: E402
 
 MODEL_ID = "bench-model"
@@ -391,12 +395,20 @@ def main() -> None:
     table = store.load_feature_table(db, MODEL_ID)
     labels_in_force = store.effective_labels(db)
     outcomes, _, t_outcomes = measure(lambda: pipeline.label_outcomes(db, table, labels=labels_in_force))
-    estimator, _, t_fit = measure(lambda: choose_estimator(table, outcomes))
+    estimator, _, t_fit = measure(lambda: estimator_for(table, outcomes))
     uncertainty, _, t_predict = measure(lambda: estimator.predict(table))
     labelled = {r["problem_id"] for r in labels_in_force}
-    budget = store.budget_status(db)
+    (budget, last, previous), _, t_state = measure(lambda: (
+        store.budget_status(db), store.latest_router_version(db, model_id=MODEL_ID), store.current_routes(db)))
     routing, _, t_route = measure(lambda: route_pool(table, uncertainty, budget_remaining=budget["remaining"],
-                                                     exclude=labelled))
+                                                     exclude=labelled, outcomes=outcomes,
+                                                     previous=last["thresholds"], previous_routes=previous))
+
+    def fresh() -> FeatureTable:  # the same columns without the prior's cached output, as a fresh load
+        return dataclasses.replace(table, cache={})
+
+    posterior, prior_only = paired(lambda: (lambda t: estimator_for(t, outcomes).predict(t))(fresh()),
+                                   lambda: EstimatorConfig().prior().predict(fresh()), 3, min)
     version = report.router_version
     load, load_old = paired(lambda: store.load_feature_table(db, MODEL_ID),
                             lambda: load_table_before(db, MODEL_ID), 3, min)
@@ -414,21 +426,24 @@ def main() -> None:
         "store.load_feature_table (the column copy)": load[1] / 1e3,
         "store.effective_labels x2": 2 * labels[1] / 1e3,
         "pipeline.label_outcomes": t_outcomes,
-        f"choose_estimator ({estimator.kind}: fit + CV metrics)": t_fit,
+        f"posterior.estimator_for ({estimator.kind}: weights, MAP, held-out metrics)": t_fit,
         "estimator.predict": t_predict,
-        "route_pool": t_route,
+        "budget, last version, current routes": t_state,
+        "route_pool (thresholds, certificates)": t_route,
         "store.save_route_columns": save[1] / 1e3,
     }
     accounted = sum(parts.values())
     print("  where the CPU time goes (each step again, on its own):")
     for name, seconds in parts.items():
-        print(f"    {name:50s} {seconds * 1e3:8.1f} ms  {seconds / accounted:5.0%}")
+        print(f"    {name:66s} {seconds * 1e3:8.1f} ms  {seconds / accounted:5.0%}")
     print(f"  baselines in this run: load_feature_table {load[1]:.0f} ms vs {scan[1]:.0f} ms scanning the "
           f"feature rows ({ratio(scan[1], load[1])}) vs {load_old[1]:.0f} ms as dict rows "
           f"({ratio(load_old[1], load[1])}); latest_model_id {latest[1]:.2f} ms vs {latest_old[1]:.0f} ms "
           f"without its index ({ratio(latest_old[1], latest[1])}); effective_labels {labels_old[1]:.1f} ms "
           f"without the undoes index ({ratio(labels_old[1], labels[1])}); save_route_columns vs sqlite-utils "
-          f"upsert_all {save_old[1]:.0f} ms ({ratio(save_old[1], save[1])})")
+          f"upsert_all {save_old[1]:.0f} ms ({ratio(save_old[1], save[1])}); the posterior's fit + prediction "
+          f"{posterior[1]:.0f} ms vs the cold-start prior's prediction alone {prior_only[1]:.0f} ms "
+          f"(x{posterior[1] / prior_only[1]:.1f} the prior's CPU)")
 
     next_item_figures("after recalibration")
 
