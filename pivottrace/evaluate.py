@@ -116,10 +116,10 @@ def strategies(*, target_precision: float = DEFAULT_TARGET_PRECISION) -> list[St
                  "certified self-train band", router=router),
         Strategy("random", "random annotate picks; the rest routed like PivotTrace", router=router,
                  select="random"),
-        Strategy("confidence_only", "mean token log-prob only (rank prior, then calibrated)",
+        Strategy("confidence_only", "mean token log-prob only (rank prior, then its Bayesian update)",
                  EstimatorConfig(columns=("mean_logprob",), prior_weights={"mean_logprob": (-1, 1.0)},
                                  prior_anchor=None), flat),
-        Strategy("vote_share_only", "vote share only (1 - share prior, then calibrated)",
+        Strategy("vote_share_only", "vote share only (1 - share prior, then its Bayesian update)",
                  EstimatorConfig(columns=("vote_share",), prior_weights={}), flat),
         Strategy("no_attention", "ablation: no attention or pivot signals",
                  EstimatorConfig.without(ATTENTION_FEATURES), flat),
@@ -149,7 +149,7 @@ class BudgetResult:
     budget: int  # labels allowed
     labels: int  # labels spent (less than budget when nothing was left to annotate)
     rounds: int
-    estimator: str  # cold_start or calibrated, at the end
+    estimator: str  # cold_start or bayes (the posterior), at the end
     n_scored: int  # problems the uncertainty metrics cover: the whole pool, for every strategy
     auroc: float | None
     ece: float | None
