@@ -1,11 +1,14 @@
 """The Bayesian update of the cold-start prior: it is the prior with no labels, the base rate
-moves after a handful of labels, weights follow the evidence, and intervals shrink with labels."""
+moves after a handful of labels, weights follow the evidence, intervals shrink with labels, and
+with enough labels it is calibrated on problems it never saw."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.special import expit
 
+from pivottrace.metrics import expected_calibration_error
 from pivottrace.posterior import PosteriorModel, estimator_for, fit_posterior
 from pivottrace.uncertainty import ColdStartPrior, EstimatorConfig
 
@@ -75,6 +78,29 @@ def test_credible_intervals_shrink_as_labels_arrive_and_contain_the_estimate():
         assert np.all(lower <= u) and np.all(u <= upper)
         widths.append(float(np.mean(upper - lower)))
     assert widths[0] > widths[1] > widths[2]
+
+
+def test_held_out_problems_are_calibrated_when_the_outcomes_follow_a_logistic_model():
+    """Outcomes drawn from the posterior's own model family, but not the prior's: a base rate one
+    logit lower, dispersed attention weighing in, pivot density not at all. Half the pool labelled
+    at random; on the other half the posterior is calibrated and close to the true P(wrong), where
+    the prior is off by its base rate."""
+    rows = pool(3000, seed=4)
+    model0 = PosteriorModel().fit([], np.zeros(0), pool=rows)
+    names = model0.names()
+    theta = model0.mean.copy()  # [P]
+    theta[0] -= 1.0
+    theta[names.index("mean_entropy")] += 1.5
+    theta[names.index("pivot_density")] = 0.0
+    p = expit(model0.design(rows) @ theta)  # [N] the true P(wrong)
+    y = (np.random.default_rng(5).random(len(rows)) < p).astype(int)  # [N]
+    half = len(rows) // 2
+    model = fit_posterior(rows, {r["problem_id"]: int(y[i]) for i, r in enumerate(rows[:half])})
+    held = model.predict(rows)[half:]  # [N/2] problems whose labels it never saw
+    assert expected_calibration_error(held, y[half:]) < 0.05
+    assert np.abs(held - p[half:]).mean() < 0.05
+    prior = ColdStartPrior().predict(rows)[half:]
+    assert expected_calibration_error(prior, y[half:]) > 0.1  # the labels were needed
 
 
 def test_extra_signal_columns_enter_with_a_zero_prior_weight():
