@@ -3,8 +3,8 @@
 Recalibration = `pipeline.route(db, rescore=False)`, what the app runs behind each label: load the
 stored features and the labels in force, update the cold-start prior with the labels
 (`posterior.estimator_for` with the default `EstimatorConfig`: covariate-shift weights, the Laplace
-posterior, its held-out ECE / Brier / AUROC), predict, derive and certify the thresholds, write a
-router version and the routes. The issue's target is under 200 ms on this machine. Baselines
+posterior, its held-out ECE / Brier / AUROC), predict with each problem's credible interval, derive
+and certify the thresholds, write a router version and the routes. The issue's target is under 200 ms on this machine. Baselines
 measured in the same run, on the same database:
 - the cold-start route (no labels, so nothing to fit): the floor that storage and routing cost;
 - the cold-start prior's prediction alone, against the posterior's fit + prediction.
@@ -33,7 +33,7 @@ from pivottrace import pipeline, store  # noqa: E402
 from pivottrace.answers import answers_match  # noqa: E402
 from pivottrace.datasets import demo_problems  # noqa: E402
 from pivottrace.features import build_features  # noqa: E402
-from pivottrace.posterior import estimator_for  # noqa: E402
+from pivottrace.posterior import credible_intervals, estimator_for  # noqa: E402
 from pivottrace.route import route_pool  # noqa: E402
 from pivottrace.synthetic import synthetic_trace  # noqa: E402
 from pivottrace.uncertainty import EstimatorConfig  # noqa: E402
@@ -151,13 +151,14 @@ def main() -> None:
         fresh = lambda: store.load_feature_table(db, model_id)  # noqa: E731
         t_fit = median_of(args.repeats, t_fit, fresh, lambda t: estimator_for(t, outs))
         u, t_predict = timed(estimator.predict, table)
+        interval, t_interval = timed(credible_intervals, estimator, table)
         labelled = {r["problem_id"] for r in labels}
         (budget, last, previous), t_state = timed(lambda: (
             store.budget_status(db), store.latest_router_version(db, model_id=model_id), store.current_routes(db)))
         routing, t_route = timed(route_pool, table, u, budget_remaining=budget["remaining"], exclude=labelled,
                                  outcomes=outs, previous=last["thresholds"], previous_routes=previous)
         _, t_save = timed(store.save_route_columns, db, routing.problem_ids, routing.model_ids, routing.routes,
-                          routing.uncertainty, routing.value, report.router_version)
+                          routing.uncertainty, routing.value, report.router_version, interval=interval)
         # the fit without its held-out metrics, and the cold-start prior alone (the floor of an estimate)
         t_fit_bare = median_of(args.repeats, None, fresh, lambda t: estimator_for(t, outs, with_metrics=False))
         t_prior = median_of(args.repeats, None, fresh, EstimatorConfig().prior().predict)
@@ -181,7 +182,7 @@ def main() -> None:
     parts = {"store.latest_model_id": t_model, "store.load_feature_table": t_load,
              "store.effective_labels": t_labels, "label_outcomes": t_outcomes,
              f"posterior.estimator_for ({estimator.kind}: weights, MAP, held-out metrics)": t_fit,
-             "estimator.predict": t_predict, "budget, last version, current routes": t_state,
+             "estimator.predict": t_predict, "posterior.credible_intervals": t_interval, "budget, last version, current routes": t_state,
              "route_pool (thresholds, certificates)": t_route, "store.save_route_columns": t_save}
     total = sum(parts.values())
     print("one recalibration, by step (wall):")

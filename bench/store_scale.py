@@ -36,7 +36,7 @@ from pivottrace import analytics, pipeline, store, views  # noqa: E402
 from pivottrace.answers import canonical  # noqa: E402
 from pivottrace.datasets import Problem, demo_problems, problem_id  # noqa: E402
 from pivottrace.features import FeatureTable, build_features  # noqa: E402
-from pivottrace.posterior import estimator_for  # noqa: E402
+from pivottrace.posterior import credible_intervals, estimator_for  # noqa: E402
 from pivottrace.route import route_pool  # noqa: E402
 from pivottrace.uncertainty import EstimatorConfig  # noqa: E402
 from pivottrace.synthetic import synthetic_trace  # noqa: E402
@@ -397,6 +397,7 @@ def main() -> None:
     outcomes, _, t_outcomes = measure(lambda: pipeline.label_outcomes(db, table, labels=labels_in_force))
     estimator, _, t_fit = measure(lambda: estimator_for(table, outcomes))
     uncertainty, _, t_predict = measure(lambda: estimator.predict(table))
+    interval, _, t_interval = measure(lambda: credible_intervals(estimator, table))
     labelled = {r["problem_id"] for r in labels_in_force}
     (budget, last, previous), _, t_state = measure(lambda: (
         store.budget_status(db), store.latest_router_version(db, model_id=MODEL_ID), store.current_routes(db)))
@@ -417,7 +418,7 @@ def main() -> None:
     decisions = routing.decisions
     save, save_old = paired(lambda: store.save_route_columns(db, routing.problem_ids, routing.model_ids,
                                                              routing.routes, routing.uncertainty,
-                                                             routing.value, version),
+                                                             routing.value, version, interval=interval),
                             lambda: save_routes_before(db, decisions, version), 2, min)
     latest, latest_old = paired(lambda: store.latest_model_id(db), lambda: db.execute(
         "select model_id from traces not indexed order by created_at desc limit 1").fetchone(), 3, min)
@@ -428,6 +429,7 @@ def main() -> None:
         "pipeline.label_outcomes": t_outcomes,
         f"posterior.estimator_for ({estimator.kind}: weights, MAP, held-out metrics)": t_fit,
         "estimator.predict": t_predict,
+        "posterior.credible_intervals": t_interval,
         "budget, last version, current routes": t_state,
         "route_pool (thresholds, certificates)": t_route,
         "store.save_route_columns": save[1] / 1e3,
