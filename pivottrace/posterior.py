@@ -87,6 +87,17 @@ class PosteriorModel:
         logit and there are no signal columns beyond `signals`."""
         columns = self.signal_columns()
         table = FeatureTable.from_rows(rows, self.needed_columns())
+        signs = tuple(self.prior.weights.get(name, (1, 0.0))[0] for name in columns)
+        key = ("posterior-design", columns, self.prior.anchor, signs,
+               tuple(sorted(self.prior.weights.items())) if self.prior.anchor is None else None)
+        if key not in table.cache:  # the ranks over the pool dominate the cost: once per table (fit, predict, interval)
+            table.cache[key] = self._design(table, columns)
+        x = table.cache[key].copy()  # [N, P]
+        x[:, 1] -= self.anchor_center  # centred, so a change of slope does not move the base rate
+        return x
+
+    def _design(self, table: FeatureTable, columns: tuple) -> np.ndarray:
+        """[N, P] the design with an uncentred anchor column (anchor_center 0)."""
         n = len(table)
         if self.prior.anchor is not None:
             anchor = ColdStartPrior(weights={}, anchor=self.prior.anchor).predict(table)  # [N] p0
@@ -95,7 +106,7 @@ class PosteriorModel:
         z = _logit(np.clip(anchor, PRIOR_CLIP, 1.0 - PRIOR_CLIP))  # [N]
         x = np.empty((n, 2 + len(columns)))  # [N, P]
         x[:, 0] = 1.0
-        x[:, 1] = z - self.anchor_center  # centred, so a change of slope does not move the base rate
+        x[:, 1] = z
         if columns:
             raw = table.matrix(columns)  # [N, F]
             for j, name in enumerate(columns):
