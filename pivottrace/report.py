@@ -147,37 +147,33 @@ def warning_lines(info: dict) -> list[str]:
     return lines + [""] if lines else []
 
 
-def auroc_table(rows: list[dict]) -> list[str]:
-    """Markdown: one line per strategy, AUROC at each budget (labels spent in the header)."""
-    groups = _by_share(rows)
+def budget_table(rows: list[dict], cell, *, cold_start: bool = True) -> list[str]:
+    """Markdown: one line per strategy, `cell(result row)` at each budget (labels spent in the
+    header); the cold start (budget 0) as the first column unless `cold_start` is False."""
+    groups = {k: g for k, g in _by_share(rows).items() if cold_start or k > 0}
     head = [f"{share:.0%} ({g[0]['budget']})" for share, g in groups.items()]
     lines = ["| strategy | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
     for name in dict.fromkeys(r["strategy"] for r in rows):
-        cells = []
-        for g in groups.values():
-            hit = next((r for r in g if r["strategy"] == name), None)
-            cell = _cell(hit["auroc"]) if hit else "–"
-            if hit and hit.get("auroc_range"):
-                cell += f" ({_cell(hit['auroc_range'])})"
-            cells.append(cell)
-        lines.append(f"| {html.escape(name)} | " + " | ".join(cells) + " |")
+        hits = [next((r for r in g if r["strategy"] == name), None) for g in groups.values()]
+        lines.append(f"| {html.escape(name)} | " + " | ".join("–" if hit is None else cell(hit) for hit in hits) + " |")
     return lines
+
+
+def auroc_table(rows: list[dict]) -> list[str]:
+    """AUROC at each budget, with the range over seeds where there is one."""
+    def cell(hit: dict) -> str:
+        return _cell(hit["auroc"]) + (f" ({_cell(hit['auroc_range'])})" if hit.get("auroc_range") else "")
+
+    return budget_table(rows, cell)
 
 
 def learning_table(rows: list[dict]) -> list[str]:
-    """Markdown: per strategy and budget, AUROC on the unlabelled rest, learned vs cold start."""
-    groups = {k: g for k, g in _by_share(rows).items() if k > 0}
-    head = [f"{share:.0%} ({g[0]['budget']})" for share, g in groups.items()]
-    lines = ["| strategy | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
-    for name in dict.fromkeys(r["strategy"] for r in rows):
-        cells = []
-        for g in groups.values():
-            hit = next((r for r in g if r["strategy"] == name), None)
-            learned, cold = (hit or {}).get("auroc_unlabelled"), (hit or {}).get("auroc_unlabelled_cold")
-            cells.append("–" if learned is None or cold is None else
-                         f"{learned:.3f} vs {cold:.3f} ({learned - cold:+.3f})")
-        lines.append(f"| {html.escape(name)} | " + " | ".join(cells) + " |")
-    return lines
+    """AUROC on the unlabelled rest at each budget: the learned estimator vs the cold start."""
+    def cell(hit: dict) -> str:
+        learned, cold = hit.get("auroc_unlabelled"), hit.get("auroc_unlabelled_cold")
+        return "–" if learned is None or cold is None else f"{learned:.3f} vs {cold:.3f} ({learned - cold:+.3f})"
+
+    return budget_table(rows, cell, cold_start=False)
 
 
 SINGLE_SIGNALS = ("confidence_only", "vote_share_only")  # the single-signal baselines the issue names
