@@ -163,7 +163,8 @@ if bands:
         "labels behind it": st.column_config.NumberColumn(
             "labels behind it", help="Random calibration probes drawn from the band plus labels that fell in it.")})
     st.caption("A band opens only when its measured precision's lower bound reaches the target; until then "
-               "its problems wait (self-train pending) and probe labels are queued for annotators.")
+               "its problems wait (self-train pending), and probe labels are queued for annotators when the band "
+               "holds at least twice the probes it needs (a smaller band is cheaper to label directly).")
 
 st.markdown("##### Router versions")
 if history:
