@@ -1780,8 +1780,8 @@ def search_problems(db: sqlite_utils.Database, *, routes: list | None = None, mi
               + ("where " + " and ".join(where) if where else ""))
     total = db.execute(f"select count(*) {tables}", params).fetchone()[0]
     rows = list(db.query(
-        "select p.id as problem_id, p.text, p.source, p.verdict, r.route, r.uncertainty, r.value, "
-        "r.model_id, f.pivot_density, f.n_pivots, f.n_steps, f.vote_share, f.majority_answer, "
+        "select p.id as problem_id, p.text, p.source, p.verdict, r.route, r.uncertainty, r.u_low, r.u_high, "
+        "r.value, r.model_id, f.pivot_density, f.n_pivots, f.n_steps, f.vote_share, f.majority_answer, "
         "(select count(*) from traces t where t.problem_id = p.id) as n_traces "
         f"{tables} order by {PROBLEM_SORTS[sort]} limit ?", params + [-1 if limit is None else int(limit)]))
     return rows, total

@@ -152,6 +152,9 @@ def test_find_problems_filters_and_sorts(db):
     assert views.find_problems(db, search="no-such-word-here").rows == []
     band = views.find_problems(db, uncertainty=(0.4, 0.6)).rows
     assert all(0.4 <= r["uncertainty"] <= 0.6 for r in band)
+    for r in everything.rows:  # each routed problem shows its credible interval around its uncertainty
+        low, high = (float(x) for x in r["90% interval"].split("–"))
+        assert low - 0.005 <= r["uncertainty"] <= high + 0.005
     dense = views.find_problems(db, min_density=2.0).rows
     assert dense and all(r["pivot_density"] >= 2.0 for r in dense)
     first = everything.rows[0]["problem_id"]

@@ -55,9 +55,15 @@ def find_problems(db, *, routes: list[str] | None = None, min_density: float | N
         words=(search or "").split(), traced_only=traced_only, sort=sort, limit=limit)
     return ProblemMatches([{
         "problem_id": r["problem_id"], "problem": preview(r["text"]), "route": ROUTE_LABELS.get(r["route"], r["route"]),
-        "uncertainty": r["uncertainty"], "pivot_density": r["pivot_density"], "pivots": r["n_pivots"],
+        "uncertainty": r["uncertainty"], "90% interval": interval_text(r["u_low"], r["u_high"]),
+        "pivot_density": r["pivot_density"], "pivots": r["n_pivots"],
         "steps": r["n_steps"], "vote_share": r["vote_share"], "verdict": r["verdict"] or "",
         "traces": r["n_traces"], "source": r["source"]} for r in rows], total)
+
+
+def interval_text(low: float | None, high: float | None) -> str:
+    """"0.41–0.79": a stored credible interval of the uncertainty ("" where the route has none)."""
+    return "" if low is None or high is None else f"{low:.2f}–{high:.2f}"
 
 
 @dataclass
