@@ -34,6 +34,7 @@ from store_scale import ANNOTATORS, MODEL_ID, bulk_write, make_pool, pool_featur
 
 from pivottrace import pipeline, store  # noqa: E402
 from pivottrace.answers import canonical  # noqa: E402
+from pivottrace.route import step_per_label  # noqa: E402
 
 OPERATOR = store.LocalOperator("bench")  # who registers the bench's users (as the CLI would)
 
@@ -78,13 +79,6 @@ def submit(db, annotator: str, gold: dict, *, wait: bool) -> float | None:
                    verdict="correct" if right else "wrong", gold_answer=None if right else gold[item["problem_id"]],
                    shown_answer=majority, seconds=10.0, wait=wait)
     return time.perf_counter() - start
-
-
-def pipeline_step(n: int) -> int:
-    """Problems a band or the annotate queue may take in per new label (route.BAND_STEP_PER_LABEL)."""
-    from pivottrace.route import BAND_STEP_PER_LABEL, MIN_STEP_PER_LABEL
-
-    return max(int(BAND_STEP_PER_LABEL * n), MIN_STEP_PER_LABEL)
 
 
 def moves_by_kind(log: list[dict]) -> dict[int, Counter]:
@@ -163,7 +157,7 @@ def main() -> None:
             per_label = [d / max(k, 1) for d, k in zip(drift, labels_per_pass)]
             print(f"  without band openings/closings: median {statistics.median(drift):,.0f}, max {max(drift):,} "
                   f"per recalibration; per label folded: median {statistics.median(per_label):,.0f}, "
-                  f"max {max(per_label):,.0f} (the step limit allows {pipeline_step(args.n)} per label per band)")
+                  f"max {max(per_label):,.0f} (the step limit allows {step_per_label(args.n)} per label per band)")
         stamps = [v["created_at"] for v in versions[versions_before - 1:]]
         gaps = np.diff(stamps) if len(stamps) > 1 else [float("nan")]
         print(f"median recalibration interval: {statistics.median(gaps):.2f} s")

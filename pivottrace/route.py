@@ -188,7 +188,7 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
                 evidence[i] = 1 - int(outcomes[pid])
 
     new_labels = max(len(outcomes) - int(previous.get("n_labels") or 0), 1)
-    max_step = max(int(BAND_STEP_PER_LABEL * n), MIN_STEP_PER_LABEL) * new_labels  # a band or the queue may take in
+    max_step = step_per_label(n) * new_labels  # problems a band or the queue may take in this pass
     was = _previous_route(table.ids, previous_routes)  # [N] route in force, "" where none
     route = np.full(n, "deferred", dtype=object)
     route[~open_] = "annotate"
@@ -305,6 +305,11 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
 def _certificate(cert: BandCertificate | None, repays: bool | None) -> dict | None:
     """The certificate as recorded, with whether probes for it are queued (`probes_repay`)."""
     return None if cert is None else {**cert.as_dict(), "probes_repay": repays}
+
+
+def step_per_label(n: int) -> int:
+    """Problems a band or the annotate queue may take in per new label, in a pool of n."""
+    return max(int(BAND_STEP_PER_LABEL * n), MIN_STEP_PER_LABEL)
 
 
 def _previous_route(ids: list, previous_routes: dict | None) -> np.ndarray:
