@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .. import pipeline, store
 from ..answers import canonical, majority_vote, parse_gold_input
-from .common import InvalidInput, StepView, build_steps, md, preview, problem_html, steps_html
+from .common import InvalidInput, StepView, build_steps, interval_text, md, preview, problem_html, steps_html
 
 # Label actions an annotator can take -> the verdict stored.
 ACTIONS = {"accept": "correct", "wrong": "wrong", "flawed": "flawed", "skip": "skip"}
@@ -52,8 +52,7 @@ class QueueItemView:
             return "-"
         if self.uncertainty_interval is None:
             return f"{self.uncertainty:.2f}"
-        low, high = self.uncertainty_interval
-        return f"{self.uncertainty:.2f} ({low:.2f}–{high:.2f})"
+        return f"{self.uncertainty:.2f} ({interval_text(*self.uncertainty_interval)})"
 
     @property
     def steps_html(self) -> str:

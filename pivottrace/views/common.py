@@ -55,6 +55,11 @@ def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def interval_text(low: float | None, high: float | None) -> str:
+    """"0.41–0.79": a stored credible interval of the uncertainty ("" where the route has none)."""
+    return "" if low is None or high is None else f"{low:.2f}–{high:.2f}"
+
+
 def db_path(db) -> str:
     """The file behind an open database ("" for an in-memory one)."""
     return store.db_file(db)

@@ -17,7 +17,7 @@ from ..answers import majority_vote
 from ..models import DEFAULT_SPEC
 from ..pivots import pool_stats, score_trace
 from ..vocab import ROUTE_NAMES, ROUTES
-from .common import StepView, build_steps, esc, preview
+from .common import StepView, build_steps, esc, interval_text, preview
 
 TOKEN_ENTROPY_SPAN = 4.0  # nats; at ~4 nats the model is spread over dozens of tokens: full colour
 ROUTE_CHOICES = ROUTES  # the Route filter's options, in the store's order
@@ -59,11 +59,6 @@ def find_problems(db, *, routes: list[str] | None = None, min_density: float | N
         "pivot_density": r["pivot_density"], "pivots": r["n_pivots"],
         "steps": r["n_steps"], "vote_share": r["vote_share"], "verdict": r["verdict"] or "",
         "traces": r["n_traces"], "source": r["source"]} for r in rows], total)
-
-
-def interval_text(low: float | None, high: float | None) -> str:
-    """"0.41–0.79": a stored credible interval of the uncertainty ("" where the route has none)."""
-    return "" if low is None or high is None else f"{low:.2f}–{high:.2f}"
 
 
 @dataclass
