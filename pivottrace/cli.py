@@ -160,10 +160,16 @@ def ingest(path: Path = typer.Argument(..., help="A .jsonl, .csv, .tsv or .parqu
                              answer_field=answer_field, source=source)
     typer.echo(report.totals())
     typer.echo(f"Added {report.added} problems ({report.existing} already present).")
-    for row in report.rejected:
-        typer.secho(f"  {row.where}: {row.reason}", fg="yellow", err=True)
-    if report.rejected:
-        typer.secho(f"Rejected {len(report.rejected)} rows.", fg="red", err=True)
+    _exit_if_rejected([(row.where, row.reason) for row in report.rejected])
+
+
+def _exit_if_rejected(rejected: list[tuple[str, str]]) -> None:
+    """Print each rejected row (where, why) to stderr and exit 2 if there was any; the good rows
+    are already stored."""
+    for where, reason in rejected:
+        typer.secho(f"  {where}: {reason}", fg="yellow", err=True)
+    if rejected:
+        typer.secho(f"Rejected {len(rejected)} rows.", fg="red", err=True)
         raise typer.Exit(2)
 
 
@@ -246,11 +252,7 @@ def import_rollouts(path: Path = typer.Argument(..., help="A rollout file (.json
     if len(report.new_problems) > 20:
         typer.echo(f"  ... and {len(report.new_problems) - 20} more new problems")
     typer.echo("Model ids: " + ", ".join(report.model_ids) + ". Next: pivottrace analyse")
-    for row in report.rejected:
-        typer.secho(f"  line {row.line}: {row.reason}", fg="yellow", err=True)
-    if report.rejected:
-        typer.secho(f"Rejected {len(report.rejected)} rows.", fg="red", err=True)
-        raise typer.Exit(2)
+    _exit_if_rejected([(f"line {row.line}", row.reason) for row in report.rejected])
 
 
 @app.command()
