@@ -103,11 +103,13 @@ def render_markdown(info: dict, rows: list[dict], settings: dict, *, strategies:
     out += ["", "## Summary", ""] + summary_lines(rows, target=settings["target_precision"]) + [""]
     out += warning_lines(info)
     out += ["## AUROC by labels spent", "",
-            "Whole pool, each problem scored by an estimator that did not see its label. `random`: mean over "
-            f"{settings.get('random_seeds', 1)} seeds (range in brackets). Labelled problems are scored by "
-            "cross-fitting (models fitted without their fold), the rest by the final model; the paired table "
-            "below compares the learned estimator with the prior on the very same unlabelled problems.", ""]
+            "Whole pool, each problem scored by an estimator that did not see its label: the pool is split into "
+            "5 folds, each fold is scored by the strategy's estimator fitted on the labels outside it, and the "
+            "AUROC is the mean over the folds (one AUROC over several models' scores would mix their scales). "
+            f"`random`: mean over {settings.get('random_seeds', 1)} seeds (range in brackets). The paired table "
+            "below compares the final estimator with the prior on the very same unlabelled problems.", ""]
     out += auroc_table(rows) + [""]
+    out += headroom_lines(info.get("headroom") or {})
     out += ["## Learning, paired: the problems still unlabelled", "",
             "AUROC on the problems no label has reached at that budget, by the strategy's final estimator and "
             "by the cold-start prior on the very same problems (the difference in brackets). This is what "
@@ -176,6 +178,24 @@ def learning_table(rows: list[dict]) -> list[str]:
     return budget_table(rows, cell, cold_start=False)
 
 
+def headroom_lines(headroom: dict) -> list[str]:
+    """Markdown: what the estimator learns from random labels on this pool (evaluate.learning_headroom)."""
+    if not headroom.get("shares"):
+        return []
+    lines = ["## Learning headroom: random labels", "",
+             f"The same estimator fitted on labels drawn at random (no router bias), each of {headroom['folds']} "
+             f"folds scored by a model that never saw it, over {headroom['repeats']} splits; paired with the "
+             "cold-start prior on the same problems (± one standard error). It bounds what any labelling "
+             "strategy can show on this pool: a gain within two standard errors means the signals hold "
+             "little more for this model class to learn at that many labels.", "",
+             "| labels | AUROC learned | AUROC cold start | gain |", "|---:|---:|---:|---:|"]
+    for share, entry in headroom["shares"].items():
+        what = "every other fold's" if float(share) >= 1 else f"{float(share):.0%} of the pool,"
+        lines.append(f"| {what} {entry['labels']} | {entry['auroc']:.3f} | {entry['auroc_cold']:.3f} | "
+                     f"{entry['gain']:+.3f} ± {entry['gain_se']:.3f} |")
+    return lines + [""]
+
+
 SINGLE_SIGNALS = ("confidence_only", "vote_share_only")  # the single-signal baselines the issue names
 
 
@@ -211,6 +231,11 @@ def summary_lines(rows: list[dict], *, target: float | None = None) -> list[str]
         lines.append(f"- Wrong majorities caught vs the best single-signal baseline: at least as many at "
                      f"{len(singles) - len(short)} of {len(singles)} budgets"
                      + (f"; fewer at {', '.join(short)}." if short else "."))
+    cold = next((r for r in rows if r["strategy"] == MAIN and r["budget"] == 0 and r["auroc"] is not None), None)
+    spent = [(share, g[MAIN]["auroc"]) for share, g in groups.items() if MAIN in g and g[MAIN]["auroc"] is not None]
+    if cold and spent:
+        lines.append(f"- Whole-pool AUROC against the cold start's {cold['auroc']:.3f}: "
+                     + ", ".join(f"{share:.0%} {a:.3f} ({a - cold['auroc']:+.3f})" for share, a in spent) + ".")
     learned = [(share, g[MAIN]["auroc_unlabelled"] - g[MAIN]["auroc_unlabelled_cold"])
                for share, g in groups.items() if MAIN in g and g[MAIN].get("auroc_unlabelled") is not None
                and g[MAIN].get("auroc_unlabelled_cold") is not None]

@@ -170,3 +170,48 @@ def test_eval_rereads_answers_stored_by_an_older_extraction(tmp_path):
     pool = evaluate.load_pool(db)
     assert pool.size == 12 and int(pool.wrong.sum()) == 0  # every majority is the gold, read as the result
     assert store.sample_answers(db, problems[0].id, "synth")[0] == "0"  # read-only: nothing was rewritten
+
+
+def feature_pool(n: int, wrong: np.ndarray, seed: int = 0) -> evaluate.EvalPool:
+    """An EvalPool of random feature rows (every signal independent) with the given truth."""
+    from tests.test_posterior import pool as feature_rows
+
+    return evaluate.EvalPool(rows=feature_rows(n, seed), wrong=np.asarray(wrong, dtype=int), model_id="m")
+
+
+def test_no_problem_is_scored_by_a_model_that_saw_its_label():
+    """Flip one labelled problem's outcome: its own out-of-fold score must not move (its fold's
+    model never saw it), while problems in other folds are scored by models that did."""
+    rng = np.random.default_rng(0)
+    pool = feature_pool(200, rng.random(200) < 0.5)
+    table = evaluate.FeatureTable.from_rows(pool.rows)
+    labelled = rng.choice(200, size=80, replace=False)
+    outcomes = {table.ids[i]: int(pool.wrong[i]) for i in labelled}
+    ours = evaluate.strategies()[0]
+    before, auroc = evaluate._out_of_sample(table, outcomes, ours, pool.wrong)
+    target = table.ids[labelled[0]]
+    flipped = dict(outcomes, **{target: 1 - outcomes[target]})
+    after, _ = evaluate._out_of_sample(table, flipped, ours, pool.wrong)
+    assert after[labelled[0]] == pytest.approx(before[labelled[0]], abs=1e-12)
+    assert np.abs(after - before).max() > 1e-4  # the other folds' models did learn from it
+    folds = evaluate.pool_folds(pool.wrong)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(200))  # a partition of the pool
+    assert auroc is not None and 0.0 <= auroc <= 1.0
+
+
+def test_learning_headroom_finds_a_learnable_signal_and_nothing_in_noise():
+    """Outcomes that follow the chain's length (a signal the prior weights lightly) leave room to
+    learn: random labels lift the AUROC well past its standard error. Coin-flip outcomes leave none."""
+    rows = feature_pool(300, np.zeros(300)).rows
+    length = np.array([r["length"] for r in rows])
+    rng = np.random.default_rng(1)
+    follows = rng.random(300) < 1 / (1 + np.exp(-(length - length.mean()) / 25))
+    learnable = evaluate.learning_headroom(feature_pool(300, follows), repeats=2)
+    for share in ("0.3", "1"):
+        entry = learnable["shares"][share]
+        assert entry["gain"] > max(0.05, 3 * entry["gain_se"])
+        assert entry["auroc"] == pytest.approx(entry["auroc_cold"] + entry["gain"])
+    assert learnable["shares"]["1"]["labels"] == 240  # every label outside the fold
+    noise = evaluate.learning_headroom(feature_pool(300, rng.random(300) < 0.5), repeats=2)
+    assert abs(noise["shares"]["1"]["auroc"] - 0.5) < 0.1
+    assert evaluate.learning_headroom(feature_pool(300, np.ones(300))) == {}  # one outcome: nothing to say
