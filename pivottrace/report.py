@@ -100,7 +100,8 @@ def render_markdown(info: dict, rows: list[dict], settings: dict, *, strategies:
     for name, description in strategies:  # (name, description) in the order evaluate.strategies gives
         if any(r["strategy"] == name for r in rows):
             out.append(f"- `{name}`: {html.escape(description)}")
-    out += ["", "## Summary", ""] + summary_lines(rows, target=settings["target_precision"]) + [""]
+    out += ["", "## Summary", ""] + summary_lines(rows, target=settings["target_precision"])
+    out += headroom_summary(info.get("headroom")) + [""]
     out += warning_lines(info)
     out += ["## AUROC by labels spent", "",
             "Whole pool, each problem scored by an estimator that did not see its label: the pool is split into "
@@ -194,6 +195,15 @@ def headroom_lines(headroom: dict) -> list[str]:
         lines.append(f"| {what} {entry['labels']} | {entry['auroc']:.3f} | {entry['auroc_cold']:.3f} | "
                      f"{entry['gain']:+.3f} ± {entry['gain_se']:.3f} |")
     return lines + [""]
+
+
+def headroom_summary(headroom: dict | None) -> list[str]:
+    """One summary line: the learning headroom from random labels (empty when it was not measured)."""
+    if not headroom or not headroom.get("shares"):
+        return []
+    parts = [f"{'every other fold' if float(share) >= 1 else f'{float(share):.0%}'} ({entry['labels']} labels) "
+             f"{entry['gain']:+.3f} ± {entry['gain_se']:.3f}" for share, entry in headroom["shares"].items()]
+    return ["- Learning headroom, the estimator on random labels against the cold start: " + ", ".join(parts) + "."]
 
 
 SINGLE_SIGNALS = ("confidence_only", "vote_share_only")  # the single-signal baselines the issue names

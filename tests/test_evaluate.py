@@ -62,6 +62,12 @@ def test_eval_writes_the_report_and_leaves_the_database_untouched(synthetic_db_p
                      "labels_ignored", "uncertified", "two_way", "fixed_thresholds"):
         assert f"| {strategy} |" in markdown
     assert "## Budget 10% of the pool (12 labels)" in markdown and "## Cold start" in markdown
+    assert "## Learning headroom: random labels" in markdown and "Whole-pool AUROC against the cold start" in markdown
+    from pivottrace.views import evaluation_view
+
+    summary = evaluation_view(tmp_path / "out").summary  # what the app's Evaluation page shows
+    assert any(line.startswith("- Learning headroom") for line in summary)
+    assert set(report.pool["headroom"]["shares"]) == {"0.3", "1"}
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.count("plotly.js") >= 1 and "<table>" in html
 

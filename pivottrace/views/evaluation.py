@@ -53,7 +53,7 @@ def step_localisation_rows(db) -> list[dict]:
 def evaluation_view(folder: str | Path) -> EvaluationView:
     """The latest evaluation report in `folder`, ready to show; a hint when there is none."""
     from ..evaluate import EvaluationError, load_report
-    from ..report import summary_lines
+    from ..report import headroom_summary, summary_lines
 
     try:
         report = load_report(folder)
@@ -64,7 +64,7 @@ def evaluation_view(folder: str | Path) -> EvaluationView:
                                                 "human_share", "train_size", "train_precision", "caught",
                                                 "leaked")}}
              for row in report.results]
-    return EvaluationView(report, "", table, summary_lines(report.results))
+    return EvaluationView(report, "", table, summary_lines(report.results) + headroom_summary(report.pool.get("headroom")))
 
 
 def evaluation_blocker(db) -> str | None:
