@@ -22,6 +22,7 @@ from pivottrace.evaluate import MIN_POOL
 pytestmark = pytest.mark.browser
 
 MODEL_ENV = "PIVOTTRACE_E2E_MODEL"
+NAVIGATION_TRIES = 3  # clicks on a navigation link before giving up (see go)
 NARROW = 1400  # px: the width at which "Flawed" used to read "Flaw…"
 LEAD, LEAD_PASSWORD = "ana", "first lead password 1"
 DEMO_MINUTES = 20  # upper bound for tracing the whole demo pool on a busy shared 2-core CPU (the tiny
@@ -57,8 +58,19 @@ def main_heading(page, name: str):
 
 
 def go(page, name: str) -> None:
-    """Open a page through the navigation: a reload would end the session (it lives server-side)."""
-    page.get_by_role("link", name=name, exact=True).click()
+    """Open a page through the navigation: a reload would end the session (it lives server-side).
+    On a busy machine a click can land while the sidebar's job fragment reruns and be lost (seen
+    once in CI: the Pool page stayed), so click again until the page's own heading shows."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(NAVIGATION_TRIES):
+        page.get_by_role("link", name=name, exact=True).click()
+        try:
+            main_heading(page, name).wait_for(timeout=20_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == NAVIGATION_TRIES - 1:
+                raise
     idle(page)
 
 
