@@ -24,7 +24,7 @@ import numpy as np
 from . import store
 from .answers import answers_match, extract_answer
 from .features import NUMERIC_FEATURES, build_features
-from .posterior import PosteriorModel, estimator_for
+from .posterior import estimator_for
 from .route import DEFAULT_TARGET_PRECISION, FIXED_THRESHOLDS, RouterConfig, route_pool
 from .uncertainty import ATTENTION_FEATURES, EstimatorConfig, FeatureTable
 from .metrics import calibration_metrics, reliability_bins
@@ -264,7 +264,8 @@ def _route(rows, table, outcomes, strategy: Strategy, budget_left: int, last=Non
     return estimator, routing
 
 
-def _out_of_sample(table: FeatureTable, outcomes, strategy: Strategy, wrong: np.ndarray) -> tuple[np.ndarray, float | None]:
+def _out_of_sample(table: FeatureTable, outcomes, strategy: Strategy,
+                   wrong: np.ndarray) -> tuple[np.ndarray, float | None]:
     """([N] uncertainty of every problem from an estimator that did not see its label, mean AUROC over the folds).
 
     The pool is split into CROSS_FIT_FOLDS folds (stratified by the truth, the same split for every
@@ -362,20 +363,21 @@ def learning_headroom(pool: EvalPool, *, shares: tuple = HEADROOM_SHARES, repeat
     cold = config.prior().predict(table)  # [N]
     out = {"repeats": repeats, "folds": CROSS_FIT_FOLDS, "shares": {}}
     for share in shares:
-        learned, prior = [], []
+        learned, prior, sizes = [], [], []
         for repeat in range(repeats):
             rng = np.random.default_rng(seed + repeat)
             folds = pool_folds(y, seed=seed + repeat)
             for fold in folds:
                 others = np.setdiff1d(np.arange(y.size), fold)
                 picked = rng.choice(others, size=min(others.size, max(int(round(share * y.size)), 1)), replace=False)
+                sizes.append(picked.size)
                 model = estimator_for(table, {table.ids[i]: int(y[i]) for i in picked}, config=config,
                                       with_metrics=False)
                 learned.append(calibration_metrics(model.predict(table)[fold], y[fold])["auroc"])
                 prior.append(calibration_metrics(cold[fold], y[fold])["auroc"])
         gain = np.array(learned) - np.array(prior)  # [repeats * folds]
         out["shares"][f"{share:g}"] = {
-            "labels": int(min(round(share * y.size), y.size - y.size // CROSS_FIT_FOLDS)),
+            "labels": int(max(sizes)),
             "auroc": float(np.mean(learned)), "auroc_cold": float(np.mean(prior)),
             "gain": float(gain.mean()), "gain_se": float(gain.std(ddof=1) / np.sqrt(gain.size))}
     return out

@@ -189,21 +189,26 @@ def headroom_lines(headroom: dict) -> list[str]:
              "cold-start prior on the same problems (± one standard error). It bounds what any labelling "
              "strategy can show on this pool: a gain within two standard errors means the signals hold "
              "little more for this model class to learn at that many labels.", "",
-             "| labels | AUROC learned | AUROC cold start | gain |", "|---:|---:|---:|---:|"]
+             "| random labels | AUROC learned | AUROC cold start | gain |", "|---:|---:|---:|---:|"]
     for share, entry in headroom["shares"].items():
-        what = "every other fold's" if float(share) >= 1 else f"{float(share):.0%} of the pool,"
-        lines.append(f"| {what} {entry['labels']} | {entry['auroc']:.3f} | {entry['auroc_cold']:.3f} | "
+        lines.append(f"| {_headroom_labels(share, entry)} | {entry['auroc']:.3f} | {entry['auroc_cold']:.3f} | "
                      f"{entry['gain']:+.3f} ± {entry['gain_se']:.3f} |")
     return lines + [""]
+
+
+def _headroom_labels(share: str, entry: dict) -> str:
+    """"30% of the pool (90 labels)" or "every other fold (240 labels)": one headroom share, in words."""
+    what = "every other fold" if float(share) >= 1 else f"{float(share):.0%} of the pool"
+    return f"{what} ({entry['labels']} labels)"
 
 
 def headroom_summary(headroom: dict | None) -> list[str]:
     """One summary line: the learning headroom from random labels (empty when it was not measured)."""
     if not headroom or not headroom.get("shares"):
         return []
-    parts = [f"{'every other fold' if float(share) >= 1 else f'{float(share):.0%}'} ({entry['labels']} labels) "
-             f"{entry['gain']:+.3f} ± {entry['gain_se']:.3f}" for share, entry in headroom["shares"].items()]
-    return ["- Learning headroom, the estimator on random labels against the cold start: " + ", ".join(parts) + "."]
+    parts = [f"{_headroom_labels(share, entry)} {entry['gain']:+.3f} ± {entry['gain_se']:.3f}"
+             for share, entry in headroom["shares"].items()]
+    return ["- Learning headroom, the estimator on random labels against the cold start: " + "; ".join(parts) + "."]
 
 
 SINGLE_SIGNALS = ("confidence_only", "vote_share_only")  # the single-signal baselines the issue names

@@ -64,7 +64,8 @@ def evaluation_view(folder: str | Path) -> EvaluationView:
                                                 "human_share", "train_size", "train_precision", "caught",
                                                 "leaked")}}
              for row in report.results]
-    return EvaluationView(report, "", table, summary_lines(report.results) + headroom_summary(report.pool.get("headroom")))
+    summary = summary_lines(report.results) + headroom_summary(report.pool.get("headroom"))
+    return EvaluationView(report, "", table, summary)
 
 
 def evaluation_blocker(db) -> str | None:
