@@ -182,6 +182,7 @@ class BudgetResult:
     n_unlabelled: int = 0
     auroc_unlabelled: float | None = None
     auroc_unlabelled_cold: float | None = None
+    caught_ids: list | None = None  # the problem ids of the wrong majorities caught (None: averaged over seeds)
 
 
 def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUNDS,
@@ -247,6 +248,7 @@ def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUND
         below_target=bool(self_train.any() and right[self_train].mean() < strategy.router.target_precision),
         reliability=reliability_bins(u, wrong),
         n_unlabelled=int(rest.sum()), auroc_unlabelled=learned, auroc_unlabelled_cold=cold,
+        caught_ids=[pid for pid, hit in zip(ids, wrong.astype(bool) & labelled) if hit],
     )
 
 
@@ -451,6 +453,7 @@ def _averaged(runs: list[BudgetResult]) -> BudgetResult:
             out[key] = float(np.mean(present)) if present else None
     out["below_target"] = any(r.below_target for r in runs)
     out["seeds"] = len(runs)
+    out["caught_ids"] = None  # each seed caught its own set: no one set stands for the mean
     out["caught_range"] = [min(r.caught for r in runs), max(r.caught for r in runs)]
     aurocs = [r.auroc for r in runs if r.auroc is not None]
     out["auroc_range"] = [min(aurocs), max(aurocs)] if aurocs else None

@@ -1,4 +1,5 @@
-"""Calibration and ranking metrics of probabilities against 0/1 outcomes: ECE, Brier, AUROC, reliability bins.
+"""Calibration and ranking metrics of probabilities against 0/1 outcomes: ECE, Brier, AUROC, reliability
+bins; and a paired test of two selections of the same pool (which of two strategies caught more).
 
 Pure functions of arrays (optionally weighted). It fits nothing, chooses no estimator
 (uncertainty.py) and renders nothing (report.py).
@@ -52,3 +53,23 @@ def calibration_metrics(probs: np.ndarray, y: np.ndarray, *, weights: np.ndarray
     return {"ece": expected_calibration_error(probs, y, weights=weights),
             "brier": float(brier_score_loss(y, probs, sample_weight=weights, labels=[0, 1])),
             "auroc": auroc, "n": int(y.size)}
+
+
+def paired_catch_test(caught_a, caught_b) -> dict:
+    """McNemar's exact test of two strategies on the same pool: did A and B catch different numbers
+    of the same wrong majorities by more than chance?
+
+    `caught_a` / `caught_b`: the problem ids each one caught. Only the discordant problems (caught
+    by one and not the other) carry information; under "equally good" each is A's or B's with
+    probability 1/2, so the two-sided p-value is a binomial test on them. Returns {only_a, only_b,
+    p_value} (p 1.0 when there is no discordant problem). The picks of a budget are not independent
+    of one another, so read p as a guide (Dietterich 1998 recommends this test for two classifiers
+    on one test set), not a guarantee.
+    """
+    from scipy.stats import binomtest
+
+    a, b = set(caught_a), set(caught_b)
+    only_a, only_b = len(a - b), len(b - a)
+    n = only_a + only_b
+    p = float(binomtest(only_a, n, 0.5).pvalue) if n else 1.0
+    return {"only_a": only_a, "only_b": only_b, "p_value": p}

@@ -100,6 +100,37 @@ def test_baselines_are_scored_on_the_same_problems_and_the_accounting_adds_up(sy
     ignored, ours = spent["labels_ignored"], spent["pivottrace"]
     assert ignored.auroc_unlabelled == ignored.auroc_unlabelled_cold  # nothing learned, nothing gained
     assert ours.auroc_unlabelled != ours.auroc_unlabelled_cold  # the posterior moved the ranking
+    # the caught sets behind the paired test: exactly the wrong majorities each strategy labelled
+    wrong_ids = {pid for pid, w in zip([r["problem_id"] for r in pool.rows], pool.wrong) if w}
+    for r in spent.values():
+        if r.caught_ids is not None:
+            assert len(r.caught_ids) == r.caught and set(r.caught_ids) <= wrong_ids
+    assert spent["random"].caught_ids is None  # a mean over seeds has no one caught set
+
+
+def test_a_shortfall_in_caught_wrong_majorities_is_tested_for_chance():
+    from pivottrace import report
+    from pivottrace.metrics import paired_catch_test
+
+    same = paired_catch_test(["a", "b"], ["b", "a"])
+    assert same == {"only_a": 0, "only_b": 0, "p_value": 1.0}
+    lopsided = paired_catch_test([], [f"p{i}" for i in range(10)])  # ten problems only B caught
+    assert lopsided["only_b"] == 10 and lopsided["p_value"] == pytest.approx(2 * 0.5 ** 10)
+
+    def row(strategy, caught_ids):
+        return {"strategy": strategy, "budget": 20, "budget_share": 0.2, "caught": len(caught_ids),
+                "caught_ids": caught_ids, "auroc": 0.7, "self_train": 0, "self_train_precision": None,
+                "leaked": 0}
+
+    shared = [f"s{i}" for i in range(30)]
+    clear = report.summary_lines([row("pivottrace", shared), row("confidence_only", shared + [f"c{i}" for i in range(12)]),
+                                  row("vote_share_only", shared)])
+    close = report.summary_lines([row("pivottrace", shared + ["x1", "x2"]),
+                                  row("confidence_only", shared + ["c1", "c2", "c3"]), row("vote_share_only", shared)])
+    caught_line = next(line for line in clear if line.startswith("- Wrong majorities caught vs the best"))
+    assert "fewer at 20% (30 vs 42 `confidence_only`" in caught_line and ": significant)" in caught_line
+    caught_line = next(line for line in close if line.startswith("- Wrong majorities caught vs the best"))
+    assert "(32 vs 33 `confidence_only`" in caught_line and "within chance" in caught_line
 
 
 def test_the_report_warns_loudly_when_a_pool_has_too_few_right_answers():
