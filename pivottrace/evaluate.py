@@ -24,7 +24,7 @@ import numpy as np
 from . import store
 from .answers import answers_match, extract_answer
 from .features import NUMERIC_FEATURES, build_features
-from .posterior import estimator_for
+from .posterior import BAYES_FACTOR_TO_SWITCH, estimator_for
 from .route import DEFAULT_TARGET_PRECISION, FIXED_THRESHOLDS, RouterConfig, route_pool
 from .uncertainty import ATTENTION_FEATURES, EstimatorConfig, FeatureTable
 from .metrics import calibration_metrics, reliability_bins
@@ -114,20 +114,22 @@ def strategies(*, target_precision: float = DEFAULT_TARGET_PRECISION) -> list[St
     router = RouterConfig(target_precision=target_precision)
     flat = RouterConfig(target_precision=target_precision, pivot_tiebreak=False)  # one signal: no pivot tiebreak
     return [
-        Strategy(MAIN, "all signals, Bayesian update of the cold-start prior from the first label, "
-                 "certified self-train band", router=router),
+        Strategy(MAIN, "all signals, Bayesian update of the cold-start prior from the first label (the "
+                 "confidence-only or vote-share-only model instead when the labels favour it by a Bayes factor "
+                 f"above {BAYES_FACTOR_TO_SWITCH:g}), certified self-train band", router=router),
         Strategy("random", "random annotate picks; the rest routed like PivotTrace", router=router,
                  select="random"),
         Strategy("confidence_only", "mean token log-prob only (rank prior, then its Bayesian update)",
-                 EstimatorConfig(columns=("mean_logprob",), prior_weights={"mean_logprob": (-1, 1.0)},
-                                 prior_anchor=None), flat),
+                 EstimatorConfig.confidence_only(), flat),
         Strategy("vote_share_only", "vote share only (1 - share prior, then its Bayesian update)",
-                 EstimatorConfig(columns=("vote_share",), prior_weights={}), flat),
+                 EstimatorConfig.vote_share_only(), flat),
         Strategy("no_attention", "ablation: no attention or pivot signals",
                  EstimatorConfig.without(ATTENTION_FEATURES), flat),
         Strategy("pivot_lift", f"ablation: annotate value lifted by pivot richness, u x (1 + {PIVOT_LIFT} x "
                  f"pivot-density percentile)", router=RouterConfig(target_precision=target_precision,
                                                                    pivot_value_weight=PIVOT_LIFT)),
+        Strategy("no_model_choice", "ablation: the all-signal posterior throughout (never the confidence-only "
+                 "or vote-share-only model, whatever the labels favour)", EstimatorConfig().single(), router),
         Strategy("labels_ignored", "ablation: the cold-start prior throughout (labels never update it)",
                  select="value", learn=False, router=router),
         Strategy("uncertified", "ablation: self-train on the estimated band alone (no probe labels, no bound)",

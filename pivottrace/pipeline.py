@@ -371,7 +371,24 @@ def explain(report: RouteReport) -> list[str]:
         lines.append(f"{t['calibration_probes']} calibration probes are in the annotate queue.")
     lines.append(f"Estimator: {report.kind}" + (f", {report.metrics.get('n')} labels" if report.metrics.get("n") else
                                                 " (cold-start prior, no labels yet)") + ".")
+    choice = model_choice(report.metrics)
+    if choice:
+        lines.append(choice)
     return lines
+
+
+def model_choice(metrics: dict) -> str | None:
+    """Which model ranks the pool, and the Bayes factor behind the choice, in one line (None before
+    the labels hold both outcomes, when no alternative was weighed)."""
+    factor, best = metrics.get("bayes_factor"), metrics.get("best_alternative")
+    if factor is None or best is None:
+        return None
+    needed = metrics.get("bayes_factor_to_switch")
+    if metrics.get("model") == best:
+        return (f"Ranked by {best}: the labels favour it over all signals by a Bayes factor of {factor:.3g} "
+                f"(switch above {needed:g}).")
+    return (f"Ranked by {metrics.get('model', 'all signals')}; the best alternative, {best}, has a Bayes factor "
+            f"of {factor:.3g} (switch above {needed:g}).")
 
 
 @dataclass(frozen=True)

@@ -244,7 +244,8 @@ def summary_lines(rows: list[dict], *, target: float | None = None) -> list[str]
                      f"below the target{'' if target is None else f' {target}'} at {len(below)}"
                      + (f" (lowest realised precision {worst:.3f})" if worst is not None else "") + ".")
     for rival, what in (("confidence_only", "confidence only"), ("vote_share_only", "vote share only"),
-                        ("no_attention", "the no-attention ablation"), ("random", "random selection")):
+                        ("no_attention", "the no-attention ablation"),
+                        ("no_model_choice", "the all-signal model alone"), ("random", "random selection")):
         pairs = [(g[MAIN]["auroc"], g[rival]["auroc"]) for g in groups.values()
                  if rival in g and MAIN in g and g[MAIN]["auroc"] is not None and g[rival]["auroc"] is not None]
         if not pairs:
@@ -272,6 +273,7 @@ def summary_lines(rows: list[dict], *, target: float | None = None) -> list[str]
         lines.append("- What the labels taught (AUROC on the unlabelled rest, learned minus cold start): "
                      + ", ".join(f"{share:.0%} {gap:+.3f}" for share, gap in learned) + ".")
     for rival, what in (("random", "random selection"), ("confidence_only", "confidence only"),
+                        ("no_model_choice", "the all-signal model alone"),
                         ("two_way", "two-way routing"), ("fixed_thresholds", "fixed thresholds")):
         pairs = [(g[MAIN], g[rival]) for g in groups.values() if rival in g and MAIN in g]
         if not pairs:
@@ -287,6 +289,7 @@ def summary_lines(rows: list[dict], *, target: float | None = None) -> list[str]
 STRATEGY_COLOURS = {MAIN: "#2563eb", "random": "#9ca3af", "confidence_only": "#f59e0b",
                     "vote_share_only": "#16a34a", "no_attention": "#7c3aed", "two_way": "#db2777",
                     "fixed_thresholds": "#0d9488", "labels_ignored": "#111827", "uncertified": "#ef4444",
+                    "no_model_choice": "#0891b2",
                     "pivot_lift": "#a16207"}
 
 

@@ -3,7 +3,8 @@
 - `ColdStartPrior`: no labels needed. The vote anchors it (1 - vote share is a rough probability
   of error by itself); a rank-based combination of the other signals moves it up or down.
 - `EstimatorConfig`: which signals an estimator may read (the full set, or a baseline's or an
-  ablation's subset) and whether labels are reweighted.
+  ablation's subset), whether labels are reweighted, and the simpler models (confidence only,
+  vote share only) the labels may prefer on strong evidence.
 - `covariate_shift_weights`: 1 / P(labelled | x), so labels picked by the router stand for the pool.
 The estimate that learns from labels is posterior.py's Bayesian update of this prior. `rows` may be
 feature dicts or a `FeatureTable` (built once, so a pool of 10,000 is converted once per
@@ -189,12 +190,18 @@ def covariate_shift_weights(x_pool: np.ndarray, labelled: np.ndarray) -> np.ndar
 
 @dataclass
 class EstimatorConfig:
-    """Which signals the estimators may read (the full set, or a baseline's / ablation's subset)."""
+    """Which signals the estimators may read (the full set, or a baseline's / ablation's subset),
+    and which simpler models the labels may prefer (posterior.estimator_for)."""
 
     columns: tuple = NUMERIC_FEATURES  # signal columns of the posterior (posterior.PosteriorModel)
     prior_weights: dict = field(default_factory=lambda: dict(PRIOR_WEIGHTS))  # {} = anchor only
     prior_anchor: str | None = "vote_share"  # None: the prior is a pure rank score
     reweight: bool = True  # correct the labels' selection bias (see covariate_shift_weights)
+    name: str = "all signals"  # how reports and router versions name this model
+    # models the labels may choose instead, on strong evidence (posterior.BAYES_FACTOR_TO_SWITCH):
+    # by default the two classic label-free uncertainty scores, self-consistency and token confidence
+    alternatives: tuple = field(default_factory=lambda: (EstimatorConfig.confidence_only(),
+                                                         EstimatorConfig.vote_share_only()))
 
     def prior(self) -> ColdStartPrior:
         return ColdStartPrior(weights=dict(self.prior_weights), anchor=self.prior_anchor)
@@ -204,4 +211,22 @@ class EstimatorConfig:
         """The full configuration minus some signals (e.g. ATTENTION_FEATURES)."""
         drop = set(names)
         return cls(columns=tuple(c for c in NUMERIC_FEATURES if c not in drop),
-                   prior_weights={k: v for k, v in PRIOR_WEIGHTS.items() if k not in drop})
+                   prior_weights={k: v for k, v in PRIOR_WEIGHTS.items() if k not in drop},
+                   name="all signals without " + ", ".join(sorted(drop)))
+
+    @classmethod
+    def confidence_only(cls) -> "EstimatorConfig":
+        """Mean token log-prob alone: its pool rank as the prior, then intercept and slope learned."""
+        return cls(columns=("mean_logprob",), prior_weights={"mean_logprob": (-1, 1.0)}, prior_anchor=None,
+                   name="confidence only", alternatives=())
+
+    @classmethod
+    def vote_share_only(cls) -> "EstimatorConfig":
+        """Vote share alone: 1 - share as the prior, then intercept and slope learned."""
+        return cls(columns=("vote_share",), prior_weights={}, name="vote share only", alternatives=())
+
+    def single(self) -> "EstimatorConfig":
+        """This configuration with no alternatives (the labels only update it)."""
+        from dataclasses import replace
+
+        return replace(self, alternatives=())

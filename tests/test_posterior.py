@@ -9,7 +9,8 @@ import pytest
 from scipy.special import expit
 
 from pivottrace.metrics import expected_calibration_error
-from pivottrace.posterior import PosteriorModel, estimator_for, fit_posterior
+from pivottrace.posterior import (BAYES_FACTOR_TO_SWITCH, PosteriorModel, estimator_for, fit_posterior,
+                                  laplace_log_evidence)
 from pivottrace.uncertainty import ColdStartPrior, EstimatorConfig
 
 
@@ -117,3 +118,49 @@ def test_labels_outside_the_pool_are_refused():
     rows = pool(50)
     with pytest.raises(ValueError, match="not in the pool"):
         PosteriorModel().fit([{**rows[0], "problem_id": "stranger"}], np.ones(1), pool=rows)
+
+
+def test_the_laplace_evidence_matches_the_integral_for_one_parameter():
+    """An intercept-only model: log p(y) by numerical integration over the intercept's prior."""
+    from scipy.integrate import quad
+    from scipy.stats import norm
+
+    y = (np.arange(40) < 13).astype(float)  # [M] 13 wrong of 40
+    x = np.ones((y.size, 1))  # [M, 1]
+    mean, sd = np.array([0.5]), np.array([1.0])
+
+    def log_joint(b):
+        return float(np.sum(y * b - np.logaddexp(0.0, b)) + norm.logpdf(b, mean[0], sd[0]))
+
+    peak = max(log_joint(b) for b in np.linspace(-5, 5, 201))
+    exact = peak + np.log(quad(lambda b: np.exp(log_joint(b) - peak), -10, 10)[0])
+    assert laplace_log_evidence(x, y, mean, sd) == pytest.approx(exact, abs=0.02)
+
+
+def test_the_labels_switch_to_a_single_signal_only_on_strong_evidence():
+    """Outcomes that follow token confidence alone make the confidence-only model win by a Bayes
+    factor above the switch; outcomes from the all-signal model's own prior keep it; a handful of
+    labels, or labels of one outcome only, never switch."""
+    from sklearn.metrics import roc_auc_score
+
+    rows = pool(600, seed=7)
+    confidence = np.array([r["mean_logprob"] for r in rows])
+    y = (confidence < np.quantile(confidence, 0.4)).astype(int)  # [N] low confidence = wrong, nothing else counts
+    picked = np.random.default_rng(8).choice(len(rows), size=120, replace=False)
+    model = estimator_for(rows, {rows[i]["problem_id"]: int(y[i]) for i in picked})
+    assert model.name == "confidence only" and model.metrics["model"] == "confidence only"
+    assert model.metrics["bayes_factor"] > BAYES_FACTOR_TO_SWITCH
+    assert set(model.metrics["model_log_evidence"]) == {"all signals", "confidence only", "vote share only"}
+    assert roc_auc_score(y, model.predict(rows)) > 0.95
+    assert estimator_for(rows, {rows[i]["problem_id"]: int(y[i]) for i in picked},
+                         config=EstimatorConfig().single()).name == "all signals"  # no alternatives: no switch
+
+    blend = (np.random.default_rng(9).random(len(rows)) < ColdStartPrior().predict(rows)).astype(int)  # [N]
+    stays = estimator_for(rows, {rows[i]["problem_id"]: int(blend[i]) for i in picked})
+    assert stays.name == "all signals" and stays.metrics["bayes_factor"] < BAYES_FACTOR_TO_SWITCH
+
+    few = estimator_for(rows, {rows[i]["problem_id"]: int(y[i]) for i in picked[:4]})
+    assert few.name == "all signals"
+    wrong_only = [i for i in picked if y[i] == 1][:30]
+    one_outcome = estimator_for(rows, {rows[i]["problem_id"]: 1 for i in wrong_only})
+    assert one_outcome.name == "all signals" and "bayes_factor" not in one_outcome.metrics

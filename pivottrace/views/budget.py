@@ -92,6 +92,7 @@ def router_history(db) -> list[dict]:
         t, m = v["thresholds"], v["metrics"]
         rows.append({
             "version": v["id"], "time": dt.datetime.fromtimestamp(v["created_at"]), "estimator": v["kind"],
+            "ranked by": m.get("model"), "Bayes factor": num(m.get("bayes_factor"), 2),
             "labels": v["n_labels"], "budget left": v["budget_remaining"],
             "target precision": num(t.get("target_precision"), 2), "delta": num(t.get("delta"), 3),
             "self-train": band_state(t.get("self_train_certificate")),
