@@ -3,11 +3,13 @@
 Recalibration = `pipeline.route(db, rescore=False)`, what the app runs behind each label: load the
 stored features and the labels in force, update the cold-start prior with the labels
 (`posterior.estimator_for` with the default `EstimatorConfig`: covariate-shift weights, the Laplace
-posterior, its held-out ECE / Brier / AUROC), predict with each problem's credible interval, derive
+posterior, its held-out ECE / Brier / AUROC, and the same for the two single-signal models it may
+switch to), predict with each problem's credible interval, derive
 and certify the thresholds, write a router version and the routes. The issue's target is under 200 ms on this machine. Baselines
 measured in the same run, on the same database:
 - the cold-start route (no labels, so nothing to fit): the floor that storage and routing cost;
-- the cold-start prior's prediction alone, against the posterior's fit + prediction.
+- the cold-start prior's prediction alone, against the posterior's fit + prediction;
+- the all-signal fit alone, against the choice among it and the two single-signal models.
 
 The pool is synthetic (pivottrace.synthetic traces -> features); setting it up is not timed.
 The machine is shared, so each run prints wall time and this process's CPU time (what the work
@@ -162,6 +164,9 @@ def main() -> None:
         # the fit without its held-out metrics, and the cold-start prior alone (the floor of an estimate)
         t_fit_bare = median_of(args.repeats, None, fresh, lambda t: estimator_for(t, outs, with_metrics=False))
         t_prior = median_of(args.repeats, None, fresh, EstimatorConfig().prior().predict)
+        # the all-signal model alone, against the choice among it and the two single-signal models
+        t_fit_single = median_of(args.repeats, None, fresh,
+                                 lambda t: estimator_for(t, outs, config=EstimatorConfig().single()))
 
     wall = statistics.median(w for w, _ in runs) * 1e3
     cpu = statistics.median(c for _, c in runs) * 1e3
@@ -179,6 +184,9 @@ def main() -> None:
     print(f"baseline, the cold-start prior's prediction alone: {t_prior * 1e3:.0f} ms vs the posterior's "
           f"fit + prediction {(t_fit + t_predict) * 1e3:.0f} ms ({(t_fit + t_predict) / t_prior:.1f}x); "
           f"the fit without held-out metrics {t_fit_bare * 1e3:.0f} ms")
+    print(f"baseline, the all-signal fit alone (no model choice): {t_fit_single * 1e3:.0f} ms vs the choice among "
+          f"three models {t_fit * 1e3:.0f} ms ({t_fit / t_fit_single:.2f}x); ranked by {report.metrics.get('model')} "
+          f"(Bayes factor of the best alternative {report.metrics.get('bayes_factor')})")
     parts = {"store.latest_model_id": t_model, "store.load_feature_table": t_load,
              "store.effective_labels": t_labels, "label_outcomes": t_outcomes,
              f"posterior.estimator_for ({estimator.kind}: weights, MAP, held-out metrics)": t_fit,

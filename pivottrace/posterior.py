@@ -145,7 +145,7 @@ class PosteriorModel:
     # ----------------------------------------------------------------- fitting
 
     def fit(self, rows, wrong: np.ndarray, *, pool=None, with_metrics: bool = True,
-            weights: np.ndarray | None = None) -> "PosteriorModel":
+            weights: np.ndarray | None = None, evidence_only: bool = False) -> "PosteriorModel":
         """Update the prior with labelled `rows` (part of `pool`; default the rows themselves).
         `wrong`: [M] 1 = majority answer wrong. Any number of labels, one outcome or both."""
         y = np.asarray(wrong, dtype=np.float64)  # [M]
@@ -165,7 +165,7 @@ class PosteriorModel:
         self.prior_mean, self.prior_sd = self.cold_start_parameters()
         if weights is not None:
             self.weights = np.asarray(weights, dtype=np.float64)
-        elif self.reweight and 0 < labelled.size < len(pool):
+        elif self.reweight and 0 < labelled.size < len(pool) and not evidence_only:
             inputs = x_pool[:, 1:]
             spread = inputs.std(axis=0)
             standard = (inputs - inputs.mean(axis=0)) / np.where(spread > 1e-12, spread, 1.0)  # [N, P-1]
@@ -174,6 +174,10 @@ class PosteriorModel:
         else:
             self.weights = np.ones(labelled.size)
         x = x_pool[labelled]  # [M, P]
+        if evidence_only:  # a rival weighed by its evidence: the unweighted fit, no metrics
+            self.log_evidence, self.mean, self.cov = laplace_evidence_fit(x, y, self.prior_mean, self.prior_sd)
+            self.metrics = {"n": int(y.size), "n_wrong": int(y.sum()), "model": self.name}
+            return self
         self.mean, self.cov = laplace_posterior(x, y, self.weights, self.prior_mean, self.prior_sd)
         self.log_evidence = laplace_log_evidence(x, y, self.prior_mean, self.prior_sd)
         self.metrics = {"n": int(y.size), "n_wrong": int(y.sum()), "reweighted": bool(self.reweight),
@@ -258,18 +262,24 @@ def laplace_posterior(x: np.ndarray, y: np.ndarray, weights: np.ndarray, prior_m
 def laplace_log_evidence(x: np.ndarray, y: np.ndarray, prior_mean: np.ndarray, prior_sd: np.ndarray) -> float:
     """Laplace approximation of log p(y | model): the unweighted logistic likelihood at its MAP, times
     the Gaussian prior there, times the posterior volume ((2 pi)^(P/2) |cov|^(1/2))."""
+    return laplace_evidence_fit(x, y, prior_mean, prior_sd)[0]
+
+
+def laplace_evidence_fit(x: np.ndarray, y: np.ndarray, prior_mean: np.ndarray,
+                         prior_sd: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(log evidence, [P] MAP, [P, P] covariance) of the unweighted fit (laplace_log_evidence)."""
     mode, cov = laplace_posterior(x, y, np.ones(y.size), prior_mean, prior_sd)
     z = x @ mode  # [M]
     log_likelihood = float(np.sum(y * z - np.logaddexp(0.0, z)))
     log_prior = float(-0.5 * np.sum(((mode - prior_mean) / prior_sd) ** 2) - np.sum(np.log(prior_sd))
                       - 0.5 * prior_sd.size * np.log(2.0 * np.pi))
     log_volume = 0.5 * prior_sd.size * np.log(2.0 * np.pi) + 0.5 * float(np.linalg.slogdet(cov)[1])
-    return log_likelihood + log_prior + log_volume
+    return log_likelihood + log_prior + log_volume, mode, cov
 
 
 def fit_posterior(rows, outcomes: dict[str, int], *, prior: ColdStartPrior | None = None,
                   signals: tuple = (), reweight: bool = True, with_metrics: bool = True,
-                  name: str = "all signals"):
+                  name: str = "all signals", evidence_only: bool = False):
     """The posterior given the labels in `outcomes` ({problem_id: 1 wrong / 0 right}); the
     cold-start prior itself when none of them is in `rows`."""
     prior = prior or ColdStartPrior()
@@ -279,7 +289,7 @@ def fit_posterior(rows, outcomes: dict[str, int], *, prior: ColdStartPrior | Non
     if labelled.size == 0:
         return prior
     wrong = np.array([outcomes[table.ids[i]] for i in labelled], dtype=int)  # [M]
-    return model.fit(table.take(labelled), wrong, pool=table, with_metrics=with_metrics)
+    return model.fit(table.take(labelled), wrong, pool=table, with_metrics=with_metrics, evidence_only=evidence_only)
 
 
 def credible_intervals(estimator, rows, *, config=None, level: float = CREDIBLE_LEVEL) -> tuple[np.ndarray, np.ndarray]:
@@ -306,10 +316,12 @@ def estimator_for(rows, outcomes: dict[str, int], *, config=None, with_metrics: 
     main = _fit_config(rows, outcomes, config, with_metrics)
     if not config.alternatives or not isinstance(main, PosteriorModel) or main.metrics["n_wrong"] in (0, main.metrics["n"]):
         return main  # the cold start (no labels), or one outcome only: nothing to tell the models apart
-    rivals = [_fit_config(rows, outcomes, alternative, with_metrics) for alternative in config.alternatives]
+    rivals = [_fit_config(rows, outcomes, alternative, False, evidence_only=True) for alternative in config.alternatives]
     best = max(rivals, key=lambda model: model.log_evidence)
     log_factor = best.log_evidence - main.log_evidence
-    chosen = best if log_factor > np.log(BAYES_FACTOR_TO_SWITCH) else main
+    chosen = main
+    if log_factor > np.log(BAYES_FACTOR_TO_SWITCH):  # fitted in full (reweighted, metrics) only when chosen
+        chosen = _fit_config(rows, outcomes, config.alternatives[rivals.index(best)], with_metrics)
     chosen.metrics.update({
         "model_log_evidence": {model.name: round(float(model.log_evidence), 3) for model in [main, *rivals]},
         "best_alternative": best.name, "bayes_factor": round(float(np.exp(min(log_factor, 700.0))), 3),
@@ -318,6 +330,7 @@ def estimator_for(rows, outcomes: dict[str, int], *, config=None, with_metrics: 
     return chosen
 
 
-def _fit_config(rows, outcomes: dict[str, int], config, with_metrics: bool):
+def _fit_config(rows, outcomes: dict[str, int], config, with_metrics: bool, *, evidence_only: bool = False):
     return fit_posterior(rows, outcomes, prior=config.prior(), signals=tuple(config.columns),
-                         reweight=config.reweight, with_metrics=with_metrics, name=config.name)
+                         reweight=config.reweight, with_metrics=with_metrics, name=config.name,
+                         evidence_only=evidence_only)
