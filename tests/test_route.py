@@ -185,6 +185,11 @@ def test_recalibration_writes_a_router_version_and_changes_the_routes(tmp_path):
     assert set(metrics["model_log_evidence"]) == {"all signals", "confidence only", "vote share only"}
     assert metrics["model"] in metrics["model_log_evidence"]
     assert ("pivot_density" in weights) == (metrics["model"] == "all signals")
+    choice = [line for line in pipeline.explain(made[-1]) if line.startswith("Ranked by")]
+    assert len(choice) == 1 and choice[0].startswith(f"Ranked by {metrics['model']}") and "Bayes factor" in choice[0]
+    from pivottrace import views
+
+    assert views.router_history(db)[-1]["ranked by"] == metrics["model"]  # what the Budget page lists
     after = {r["problem_id"]: r["route"] for r in db.query("select problem_id, route from routes")}
     assert sum(before[p] != after[p] for p in before) > 0 and sum(r.changed for r in made) > 0
     labelled = {r["problem_id"] for r in store.effective_labels(db)}
