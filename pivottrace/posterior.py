@@ -76,7 +76,8 @@ class PosteriorModel:
     weights: np.ndarray | None = None  # [M] covariate-shift weights of the labels
     anchor_center: float = 0.0  # the pool's mean anchor logit (set by `fit`); the intercept's prior mean
     name: str = "all signals"  # the model's name in reports (uncertainty.EstimatorConfig.name)
-    log_evidence: float | None = None  # log marginal likelihood of the labels (unweighted Laplace), set by `fit`
+    log_evidence: float | None = None  # log marginal likelihood of the labels (unweighted Laplace), from
+    # `fit` when asked (with_evidence / evidence_only)
 
     # ----------------------------------------------------------------- design
 
@@ -145,9 +146,12 @@ class PosteriorModel:
     # ----------------------------------------------------------------- fitting
 
     def fit(self, rows, wrong: np.ndarray, *, pool=None, with_metrics: bool = True,
-            weights: np.ndarray | None = None, evidence_only: bool = False) -> "PosteriorModel":
+            weights: np.ndarray | None = None, with_evidence: bool = False,
+            evidence_only: bool = False) -> "PosteriorModel":
         """Update the prior with labelled `rows` (part of `pool`; default the rows themselves).
-        `wrong`: [M] 1 = majority answer wrong. Any number of labels, one outcome or both."""
+        `wrong`: [M] 1 = majority answer wrong. Any number of labels, one outcome or both.
+        `with_evidence`: also compute `log_evidence` (one more, unweighted fit: only model choice
+        needs it); `evidence_only`: that unweighted fit alone, no reweighting and no metrics."""
         y = np.asarray(wrong, dtype=np.float64)  # [M]
         ids = rows.ids if isinstance(rows, FeatureTable) else [r["problem_id"] for r in rows]
         if len(ids) != y.size:
@@ -179,7 +183,8 @@ class PosteriorModel:
             self.metrics = {"n": int(y.size), "n_wrong": int(y.sum()), "model": self.name}
             return self
         self.mean, self.cov = laplace_posterior(x, y, self.weights, self.prior_mean, self.prior_sd)
-        self.log_evidence = laplace_log_evidence(x, y, self.prior_mean, self.prior_sd)
+        if with_evidence:
+            self.log_evidence = laplace_log_evidence(x, y, self.prior_mean, self.prior_sd)
         self.metrics = {"n": int(y.size), "n_wrong": int(y.sum()), "reweighted": bool(self.reweight),
                         "weights": self.weight_summary(), "model": self.name}
         if with_metrics:
@@ -279,7 +284,7 @@ def laplace_evidence_fit(x: np.ndarray, y: np.ndarray, prior_mean: np.ndarray,
 
 def fit_posterior(rows, outcomes: dict[str, int], *, prior: ColdStartPrior | None = None,
                   signals: tuple = (), reweight: bool = True, with_metrics: bool = True,
-                  name: str = "all signals", evidence_only: bool = False):
+                  name: str = "all signals", with_evidence: bool = False, evidence_only: bool = False):
     """The posterior given the labels in `outcomes` ({problem_id: 1 wrong / 0 right}); the
     cold-start prior itself when none of them is in `rows`."""
     prior = prior or ColdStartPrior()
@@ -289,7 +294,8 @@ def fit_posterior(rows, outcomes: dict[str, int], *, prior: ColdStartPrior | Non
     if labelled.size == 0:
         return prior
     wrong = np.array([outcomes[table.ids[i]] for i in labelled], dtype=int)  # [M]
-    return model.fit(table.take(labelled), wrong, pool=table, with_metrics=with_metrics, evidence_only=evidence_only)
+    return model.fit(table.take(labelled), wrong, pool=table, with_metrics=with_metrics,
+                     with_evidence=with_evidence, evidence_only=evidence_only)
 
 
 def credible_intervals(estimator, rows, *, config=None, level: float = CREDIBLE_LEVEL) -> tuple[np.ndarray, np.ndarray]:
@@ -313,7 +319,7 @@ def estimator_for(rows, outcomes: dict[str, int], *, config=None, with_metrics: 
     from .uncertainty import EstimatorConfig
 
     config = config or EstimatorConfig()
-    main = _fit_config(rows, outcomes, config, with_metrics)
+    main = _fit_config(rows, outcomes, config, with_metrics, with_evidence=bool(config.alternatives))
     if not config.alternatives or not isinstance(main, PosteriorModel) or main.metrics["n_wrong"] in (0, main.metrics["n"]):
         return main  # the cold start (no labels), or one outcome only: nothing to tell the models apart
     rivals = [_fit_config(rows, outcomes, alternative, False, evidence_only=True) for alternative in config.alternatives]
@@ -330,7 +336,8 @@ def estimator_for(rows, outcomes: dict[str, int], *, config=None, with_metrics: 
     return chosen
 
 
-def _fit_config(rows, outcomes: dict[str, int], config, with_metrics: bool, *, evidence_only: bool = False):
+def _fit_config(rows, outcomes: dict[str, int], config, with_metrics: bool, *, with_evidence: bool = False,
+                evidence_only: bool = False):
     return fit_posterior(rows, outcomes, prior=config.prior(), signals=tuple(config.columns),
                          reweight=config.reweight, with_metrics=with_metrics, name=config.name,
-                         evidence_only=evidence_only)
+                         with_evidence=with_evidence, evidence_only=evidence_only)

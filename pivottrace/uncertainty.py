@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.stats import rankdata
@@ -227,6 +227,4 @@ class EstimatorConfig:
 
     def single(self) -> "EstimatorConfig":
         """This configuration with no alternatives (the labels only update it)."""
-        from dataclasses import replace
-
         return replace(self, alternatives=())
