@@ -18,7 +18,7 @@ from . import store
 from .answers import answers_match, canonical, extract_answer
 from .datasets import LoadResult, RejectedRow, demo_problems, read_pool, spread_by_steps, with_every_step_count
 from .features import FeatureTable, build_features, fit_pool_pivot_weights
-from .route import RouterConfig, route_pool
+from .route import RouterConfig, probe_plan, route_pool
 from .posterior import credible_intervals, estimator_for
 from .uncertainty import EstimatorConfig
 
@@ -353,15 +353,11 @@ def explain(report: RouteReport) -> list[str]:
                          f"precision {cert['precision']:.3f} on {cert['labels']} labels, lower bound "
                          f"{cert['lower_bound']:.3f} >= target {target} (delta {delta}).")
         else:
-            more = cert["probes_to_go"]
             waiting = report.counts.get("self_train_pending", 0)
             lines.append(f"Self-train: closed, {waiting} problems wait as self_train_pending"
                          + (f" ({cert['candidates'] - waiting} of the band are probes or labelled)"
                             if cert["candidates"] > waiting else "") + "; "
-                         + (f"{more} probe labels to go" if more is not None and cert.get("probes_repay") is not False
-                            else f"{more} probe labels would open it, too many for its {cert['candidates']} "
-                                 f"candidates, so none are queued" if more is not None
-                            else "the labels so far say it would not reach the target")
+                         + probe_plan(cert)
                          + f" (target {target}, delta {delta}).")
     low = t.get("low_priority_certificate")
     if low and low["candidates"]:

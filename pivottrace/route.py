@@ -21,13 +21,20 @@ How the bands are derived (none is a constant):
   computed for them; `low_priority_verified` says whether it holds (the route stays, since nothing
   is trained on it, but the claim "error <= 1 - target" is shown as unverified until it does).
 - calibration probes: as many labels as certification still needs (if the precision seen so far
-  holds), drawn uniformly (by a stable hash) from the open candidates of each band, at most
-  `explore_share` of the annotate capacity; none when the band could not open at its precision,
-  and none when it could not repay them: a probe is a label not spent on a likely wrong majority,
-  so probes are queued only while the band holds at least twice the probes still needed (each
-  probe then unlocks at least one pseudo-label). A smaller band waits; its problems are cheaper to
-  label directly (measured: probes into bands of 11-17 problems, which need >= 23 labels to open
-  at target 0.85, cost 3-7 caught wrong majorities per budget on the demo pools, and never opened).
+  holds), drawn uniformly (by a stable hash) from the open candidates of a band, all of them or
+  none. A probe is a label not spent on a likely wrong majority, so none are queued (and the
+  certificate's `probes_held` says why) when
+  - the band could not open at the precision its labels show;
+  - it could not repay them: it holds fewer than twice the probes still needed (each probe should
+    unlock at least one pseudo-label; measured: probes into bands of 11-17 problems, which need
+    >= 23 labels to open at target 0.85, cost 3-7 caught wrong majorities per budget on the demo
+    pools, and never opened);
+  - the budget cannot finish them ("budget"): more are needed than `explore_share` of the annotate
+    capacity left, so the band could not open before the budget ends (measured on the synthetic
+    pool: 6-12 such probes at the 5 % and 10 % budgets, and the band never opened);
+  - low_priority only ("annotate_queue"): verifying it adds no training example, so its probes take
+    only capacity the annotate candidates leave unused (measured on the synthetic pool: 23 probes a
+    round verifying low_priority left 22 wrong majorities caught at the 20 % budget instead of 34).
 - annotate: everything else (split votes beyond the band, unanimous answers that are probably
   wrong, no answer at all), ranked by value = u, pivot-richer first among equal u. The posterior
   already weighs the pivot signals by what the labels show; a fixed lift on top ranked problems by
@@ -195,7 +202,7 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
     pending = np.zeros(n, bool)
     certificates: dict[str, BandCertificate] = {}
     band_sizes = {}
-    repays: dict[str, bool] = {}  # band -> its open candidates can repay the probes it still needs
+    held: dict[str, str | None] = {}  # band -> why its probes are not queued (None: they are, or none needed)
     probe_sets: list[np.ndarray] = []
     if not config.three_way:  # ablation: the top of the open pool to humans, every other majority self-trained
         low = np.zeros(n, bool)
@@ -229,15 +236,18 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
             self_train[band_s] = True
         self_train &= open_
         pending &= open_
+        candidates = np.flatnonzero(open_ & ~low & ~self_train & ~pending)
         capacity_for_probes = min(capacity, int(capacity * config.explore_share)) if capacity < n_open else 0
+        spare = max(capacity - candidates.size, 0)  # capacity the annotate candidates cannot use
         for name, band in (("self_train", band_s), ("low_priority", band_l)):
             cert = certificates[name]
             members = band[open_[band]]
             wanted = cert.probes_to_go or 0
-            repays[name] = bool(wanted and members.size >= PROBE_REPAY * wanted)
-            k = min(wanted if repays[name] else 0, capacity_for_probes - sum(p.size for p in probe_sets))
-            probe_sets.append(_probes(table.ids, members, k))
-        candidates = np.flatnonzero(open_ & ~low & ~self_train & ~pending)
+            room = capacity_for_probes - sum(p.size for p in probe_sets)
+            if name == "low_priority":  # verifying it buys no training example: only labels nothing else needs
+                room = min(room, spare - sum(p.size for p in probe_sets))
+            held[name] = _probes_held(wanted, members.size, room, name)
+            probe_sets.append(_probes(table.ids, members, wanted if wanted and held[name] is None else 0))
     probes = np.concatenate(probe_sets) if probe_sets else np.zeros(0, dtype=np.int64)
     if previous_routes:  # hysteresis on the annotate edge: a newcomer must beat an incumbent clearly,
         # and at most max_step newcomers join the queue per pass
@@ -290,8 +300,8 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
         "n_labels": len(outcomes),
         "self_train_candidates": band_sizes.get("self_train"),
         "low_priority_candidates": band_sizes.get("low_priority"),
-        "self_train_certificate": _certificate(cert_s, repays.get("self_train")),
-        "low_priority_certificate": _certificate(cert_l, repays.get("low_priority")),
+        "self_train_certificate": _certificate(cert_s, held.get("self_train")),
+        "low_priority_certificate": _certificate(cert_l, held.get("low_priority")),
         "self_train_open": bool(cert_s.open) if cert_s else None,
         "low_priority_verified": bool(cert_l.open and cert_l.certified == cert_l.candidates) if cert_l else None,
         "certified": bool(config.certify and config.three_way and config.fixed_thresholds is None),
@@ -302,9 +312,45 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
     return Routing(list(table.ids), list(table.model_ids), route, u, value, thresholds)
 
 
-def _certificate(cert: BandCertificate | None, repays: bool | None) -> dict | None:
-    """The certificate as recorded, with whether probes for it are queued (`probes_repay`)."""
-    return None if cert is None else {**cert.as_dict(), "probes_repay": repays}
+def _probes_held(wanted: int, members: int, room: int, band: str) -> str | None:
+    """Why a band's `wanted` probes are not queued, or None (queued, or none wanted): "band_too_small",
+    "budget" or "annotate_queue" (low_priority only), as the module docstring explains. `room`: the
+    probe capacity left for this band."""
+    if not wanted:
+        return None
+    if members < PROBE_REPAY * wanted:
+        return "band_too_small"
+    if wanted > room:
+        return "annotate_queue" if band == "low_priority" else "budget"
+    return None
+
+
+def probe_plan(certificate: dict) -> str:
+    """What a closed band's certificate says about probes, in words (the app and `explain` share it)."""
+    more, held = certificate.get("probes_to_go"), certificate.get("probes_held")
+    if held is None and certificate.get("probes_repay") is False:  # recorded by an older version
+        held = "band_too_small"
+    if more is None:
+        return "the labels so far say it would not reach the target"
+    if held == "band_too_small":
+        return (f"{more} probe labels would open it, too many for its {certificate['candidates']} problems, "
+                f"so none are queued (they wait, or are labelled directly)")
+    if held == "budget":
+        return f"{more} probe labels would open it, more than the budget left can spare, so none are queued"
+    if held == "annotate_queue":
+        return (f"{more} probe labels would verify it; they wait until the annotate queue leaves budget "
+                f"unused (verifying it adds no training example)")
+    return f"{more} probe labels to go"
+
+
+def _certificate(cert: BandCertificate | None, held: str | None) -> dict | None:
+    """The certificate as recorded, with why its probes are not queued (`probes_held`, None when they
+    are) and `probes_repay` (False when the band is too small for them to pay, as older versions wrote)."""
+    if cert is None:
+        return None
+    queued = bool(cert.probes_to_go) and held is None
+    return {**cert.as_dict(), "probes_held": held,
+            "probes_repay": None if not cert.probes_to_go else held != "band_too_small", "probes_queued": queued}
 
 
 def step_per_label(n: int) -> int:

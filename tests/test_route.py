@@ -12,6 +12,7 @@ from pivottrace.answers import answers_match
 from pivottrace.datasets import demo_problems
 from pivottrace.route import RouterConfig, probe_keys, route_pool
 from pivottrace.synthetic import synthetic_trace
+from pivottrace.views.budget import band_state
 
 
 
@@ -85,13 +86,46 @@ def test_low_priority_is_unanimous_and_unanimous_but_doubtful_answers_can_go_to_
     assert not np.isin(route[no_majority], ["self_train", "low_priority"]).any()
 
 
+def test_probes_are_queued_only_when_the_budget_can_open_the_band():
+    """Probes toward a certificate the budget cannot complete would be labels lost: none are queued,
+    and the certificate says why; a budget that can pay for all of them gets all of them."""
+    rows, u = pool()
+    config = RouterConfig(explore_share=0.2)
+    short = route_pool(rows, u, budget_remaining=50, config=config)  # 20 % of 50 = 10 probes at most
+    cert = short.thresholds["self_train_certificate"]
+    assert cert["probes_to_go"] > 10 and cert["probes_held"] == "budget" and not cert["probes_queued"]
+    assert short.thresholds["calibration_probes"] == 0
+    assert "more than the budget left can spare" in band_state(cert)
+    ample = route_pool(rows, u, budget_remaining=120, config=config)  # 24 probes at most
+    cert = ample.thresholds["self_train_certificate"]
+    assert cert["probes_held"] is None and cert["probes_queued"]
+    assert ample.thresholds["calibration_probes"] == cert["probes_to_go"]  # all of them, not a part
+
+
+def test_low_priority_is_verified_only_with_budget_the_annotate_queue_cannot_use():
+    """A probe into low_priority buys no training example: it takes only capacity that the annotate
+    candidates leave unused, never a pick from them."""
+    rows, u = pool()
+    config = RouterConfig(explore_share=0.2)
+    unanimous_sure = np.array([r["vote_share"] == 1.0 and r["majority_answer"] is not None for r in rows]) & (u <= 0.15)
+    tight = route_pool(rows, u, budget_remaining=120, config=config)
+    cert = tight.thresholds["low_priority_certificate"]
+    assert cert["probes_to_go"] > 0 and cert["probes_held"] == "annotate_queue"
+    assert not (routes_of(tight)[unanimous_sure] == "annotate").any()
+    assert "verifying it adds no training example" in band_state(cert)
+    ample = route_pool(rows, u, budget_remaining=250, config=config)  # more than the uncertain set
+    cert = ample.thresholds["low_priority_certificate"]
+    assert cert["probes_held"] is None
+    assert (routes_of(ample)[unanimous_sure] == "annotate").sum() == cert["probes_to_go"]
+
+
 def test_probes_come_from_the_band_are_stable_and_interleave_in_the_queue():
     rows, u = pool()
     config = RouterConfig(explore_share=0.2)
-    first = route_pool(rows, u, budget_remaining=50, config=config)
-    assert first.thresholds["calibration_probes"] == 10  # certification wants more: capped at 20 % of 50
+    first = route_pool(rows, u, budget_remaining=120, config=config)
+    assert first.thresholds["calibration_probes"] == 23  # what certification needs at 4 edges, all right
     shifted = route_pool(rows, np.clip(u + np.random.default_rng(1).normal(0, 0.01, u.size), 0.01, 0.99),
-                         budget_remaining=50, config=config)
+                         budget_remaining=120, config=config)
 
     def probes(routing):  # annotate picks inside the self-train candidate band: the probes
         size = routing.thresholds["self_train_candidates"]
@@ -100,9 +134,9 @@ def test_probes_come_from_the_band_are_stable_and_interleave_in_the_queue():
         band = set(sorted(split, key=lambda i: routing.uncertainty[i])[:size])
         return {rows[i]["problem_id"] for i, d in enumerate(routing.decisions) if d["route"] == "annotate" and i in band}
 
-    assert len(probes(first)) == 10 and len(probes(first) & probes(shifted)) >= 5
+    assert len(probes(first)) == 23 and len(probes(first) & probes(shifted)) >= 12
     queue = sorted((d for d in first.decisions if d["route"] == "annotate"), key=lambda d: -d["value"])
-    top_half = {d["problem_id"] for d in queue[:25]}
+    top_half = {d["problem_id"] for d in queue[:60]}
     assert top_half & probes(first)  # probes are not all at the end of the queue
 
 

@@ -359,6 +359,6 @@ def test_a_band_that_cannot_repay_its_probes_says_so():
     from pivottrace.views.budget import band_state
 
     cert = {"candidates": 19, "certified": 0, "open": False, "probes_to_go": 23, "probes_repay": False}
-    assert band_state(cert) == ("closed, 23 probe labels would open it: too many for its 19 problems, "
+    assert band_state(cert) == ("closed, 23 probe labels would open it, too many for its 19 problems, "
                                 "so none are queued (they wait, or are labelled directly)")
     assert band_state({**cert, "candidates": 400, "probes_repay": True}) == "closed, 23 probe labels to go"

@@ -12,7 +12,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from .. import analytics, pipeline, store
-from ..route import MIN_TARGET_PRECISION, RouterConfig
+from ..route import MIN_TARGET_PRECISION, RouterConfig, probe_plan
 from ..vocab import ROUTE_MEANINGS, ROUTES, route_name
 from .common import InvalidInput, md, problem_html
 
@@ -114,13 +114,7 @@ def band_state(certificate: dict | None) -> str:
         words = f"open ({certificate['certified']} of {certificate['candidates']} candidates)"
         more = certificate.get("probes_to_go")
         return words + (f", {more} probe labels to open more" if more else "")
-    more = certificate.get("probes_to_go")
-    if more is None:
-        return "closed: the labels so far say it would not reach the target"
-    if certificate.get("probes_repay") is False:
-        return (f"closed, {more} probe labels would open it: too many for its {certificate['candidates']} "
-                f"problems, so none are queued (they wait, or are labelled directly)")
-    return f"closed, {more} probe labels to go"
+    return "closed, " + probe_plan(certificate)
 
 
 def filled_columns(rows: list[dict]) -> list[str]:
