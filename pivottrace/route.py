@@ -336,7 +336,8 @@ def probe_plan(certificate: dict) -> str:
         return (f"{more} probe labels would open it, too many for its {certificate['candidates']} problems, "
                 f"so none are queued (they wait, or are labelled directly)")
     if held == "budget":
-        return f"{more} probe labels would open it, more than the budget left can spare, so none are queued"
+        return (f"{more} probe labels would open it, more than the budget left can spare, so none are queued "
+                f"(a larger budget would queue them)")
     if held == "annotate_queue":
         return (f"{more} probe labels would verify it; they wait until the annotate queue leaves budget "
                 f"unused (verifying it adds no training example)")
