@@ -1,28 +1,18 @@
 """\\boxed{} extraction (issue 13): the linear brace counter finds exactly what the old forward
 scan from every box found. Its speed is in bench/extract_gold.py, not in a timed test."""
 
-import re
+import importlib.util
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pivottrace.answers import _boxed_contents, extract_gold
 
-
-def forward_scan(text: str) -> list[str]:
-    """The previous implementation, the reference for what a box holds (quadratic time)."""
-    found = []
-    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    found.append(text[start:i].strip())
-                    break
-    return found
+_SPEC = importlib.util.spec_from_file_location("extract_gold", Path(__file__).parents[1] / "bench" / "extract_gold.py")
+extract_gold_bench = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(extract_gold_bench)
+forward_scan = extract_gold_bench.quadratic_boxed_contents  # the previous implementation: the reference
 
 
 PIECES = st.sampled_from(["{", "}", "\\boxed{", "\\fbox {", "\\boxed\n{", "\\boxed", "\\\\boxed{", "a",
