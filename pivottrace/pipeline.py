@@ -361,8 +361,11 @@ def explain(report: RouteReport) -> list[str]:
                          + f" (target {target}, delta {delta}).")
     low = t.get("low_priority_certificate")
     if low and low["candidates"]:
-        lines.append(f"Low priority: {'verified' if t.get('low_priority_verified') else 'unverified'} "
-                     f"({low['labels']} labels among {low['candidates']} unanimous, likely right problems).")
+        verified = t.get("low_priority_verified")
+        lines.append(f"Low priority: {'verified' if verified else 'unverified'} "
+                     f"({low['labels']} labels among {low['candidates']} unanimous, likely right problems)"
+                     + ("" if verified or not low.get("probes_to_go") else "; " + probe_plan(low, goal="verify"))
+                     + ".")
     if t.get("calibration_probes"):
         lines.append(f"{t['calibration_probes']} calibration probes are in the annotate queue.")
     lines.append(f"Estimator: {report.kind}" + (f", {report.metrics.get('n')} labels" if report.metrics.get("n") else

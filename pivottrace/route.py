@@ -325,21 +325,22 @@ def _probes_held(wanted: int, members: int, room: int, band: str) -> str | None:
     return None
 
 
-def probe_plan(certificate: dict) -> str:
-    """What a closed band's certificate says about probes, in words (the app and `explain` share it)."""
+def probe_plan(certificate: dict, *, goal: str = "open") -> str:
+    """What a band's certificate says about probes, in words (the app and `explain` share it).
+    `goal`: what the probes would do ("open" the self-train band, "verify" low_priority)."""
     more, held = certificate.get("probes_to_go"), certificate.get("probes_held")
     if held is None and certificate.get("probes_repay") is False:  # recorded by an older version
         held = "band_too_small"
     if more is None:
         return "the labels so far say it would not reach the target"
     if held == "band_too_small":
-        return (f"{more} probe labels would open it, too many for its {certificate['candidates']} problems, "
-                f"so none are queued (they wait, or are labelled directly)")
+        return (f"{more} probe labels would {goal} it, too many for its {certificate['candidates']} problems, "
+                f"so none are queued" + (" (they wait, or are labelled directly)" if goal == "open" else ""))
     if held == "budget":
-        return (f"{more} probe labels would open it, more than the budget left can spare, so none are queued "
+        return (f"{more} probe labels would {goal} it, more than the budget left can spare, so none are queued "
                 f"(a larger budget would queue them)")
     if held == "annotate_queue":
-        return (f"{more} probe labels would verify it; they wait until the annotate queue leaves budget "
+        return (f"{more} probe labels would {goal} it; they wait until the annotate queue leaves budget "
                 f"unused (verifying it adds no training example)")
     return f"{more} probe labels to go"
 

@@ -112,7 +112,9 @@ def test_low_priority_is_verified_only_with_budget_the_annotate_queue_cannot_use
     cert = tight.thresholds["low_priority_certificate"]
     assert cert["probes_to_go"] > 0 and cert["probes_held"] == "annotate_queue"
     assert not (routes_of(tight)[unanimous_sure] == "annotate").any()
-    assert "verifying it adds no training example" in band_state(cert)
+    assert band_state(cert, goal="verify") == (f"{cert['probes_to_go']} probe labels would verify it; they wait "
+                                               "until the annotate queue leaves budget unused (verifying it adds "
+                                               "no training example)")
     ample = route_pool(rows, u, budget_remaining=250, config=config)  # more than the uncertain set
     cert = ample.thresholds["low_priority_certificate"]
     assert cert["probes_held"] is None
@@ -306,9 +308,14 @@ def test_route_without_a_budget_caps_annotate_and_explains_itself(tmp_path):
     lines = pipeline.explain(report)
     assert any(line.startswith("No budget set") for line in lines)
     cert = report.thresholds["self_train_certificate"]
-    wanted = "probe labels to go" if cert["probes_repay"] else "too many for its"
+    wanted = {None: "probe labels to go", "band_too_small": f"too many for its {cert['candidates']} problems",
+              "budget": "more than the budget left can spare"}[cert["probes_held"]]
     assert any(line.startswith("Self-train: closed") and f"{cert['probes_to_go']} probe labels" in line
                and wanted in line for line in lines)
+    low = report.thresholds["low_priority_certificate"]
+    if low["candidates"] and low["probes_to_go"] and not report.thresholds["low_priority_verified"]:
+        assert any(line.startswith("Low priority: unverified") and f"{low['probes_to_go']} probe labels would "
+                   "verify it" in line for line in lines)
 
 
 def test_probes_are_queued_only_where_the_band_can_repay_them():

@@ -104,7 +104,7 @@ def router_history(db) -> list[dict]:
     return rows
 
 
-def band_state(certificate: dict | None) -> str:
+def band_state(certificate: dict | None, *, goal: str = "open") -> str:
     """A band's certification in words: "open (120 of 400)", "closed, 23 probe labels to go"."""
     if not certificate:
         return "not certified (ablation or older router)"
@@ -114,7 +114,8 @@ def band_state(certificate: dict | None) -> str:
         words = f"open ({certificate['certified']} of {certificate['candidates']} candidates)"
         more = certificate.get("probes_to_go")
         return words + (f", {more} probe labels to open more" if more else "")
-    return "closed, " + probe_plan(certificate)
+    plan = probe_plan(certificate, goal=goal)
+    return plan if goal == "verify" else "closed, " + plan  # low_priority keeps its route either way
 
 
 def filled_columns(rows: list[dict]) -> list[str]:
@@ -180,7 +181,7 @@ def band_rows(db) -> list[dict]:
         if route == "self_train":
             state = band_state(cert)
         elif cert:
-            state = "verified" if t.get("low_priority_verified") else "unverified: " + band_state(cert)
+            state = "verified" if t.get("low_priority_verified") else "unverified: " + band_state(cert, goal="verify")
         else:
             state = "not certified"
         rows.append({
