@@ -243,9 +243,10 @@ def route_pool(rows, uncertainty: np.ndarray, *, budget_remaining: int | None,
             cert = certificates[name]
             members = band[open_[band]]
             wanted = cert.probes_to_go or 0
-            room = capacity_for_probes - sum(p.size for p in probe_sets)
+            used = sum(p.size for p in probe_sets)
+            room = capacity_for_probes - used
             if name == "low_priority":  # verifying it buys no training example: only labels nothing else needs
-                room = min(room, spare - sum(p.size for p in probe_sets))
+                room = min(room, spare - used)
             held[name] = _probes_held(wanted, members.size, room, name)
             probe_sets.append(_probes(table.ids, members, wanted if wanted and held[name] is None else 0))
     probes = np.concatenate(probe_sets) if probe_sets else np.zeros(0, dtype=np.int64)
