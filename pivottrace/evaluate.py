@@ -3,7 +3,10 @@
 Input: a database with traced problems that carry gold answers (`problems.gold`). For each label
 budget (a share of the pool) and each strategy (PivotTrace, the baselines and the ablations) it
 routes with the cold-start prior, lets an oracle label the `annotate` picks in rounds, recalibrates,
-re-routes, and stops when the budget is spent. Output: the selection-quality numbers and a report
+re-routes, and stops when the budget is spent. It also records each round's picks and the
+hindsight catch (the first round, picked before any label, followed by the estimator fitted to
+every gold answer), which tells a shortfall the cold start decided from one learning could close.
+Output: the selection-quality numbers and a report
 folder (results.json, figures.json, and the Markdown/HTML/PNG that report.py renders);
 `load_report` reads them back for the app. It renders nothing itself (report.py does).
 
@@ -185,6 +188,10 @@ class BudgetResult:
     auroc_unlabelled: float | None = None
     auroc_unlabelled_cold: float | None = None
     caught_ids: list | None = None  # the problem ids of the wrong majorities caught (None: averaged over seeds)
+    picked_rounds: list | None = None  # [rounds][picks] the problem ids labelled, round by round, in pick order
+    first_round_caught: int | None = None  # wrong majorities among the first round's picks (made before any label)
+    hindsight_caught: int | None = None  # the first round, then the rest ranked by the strategy's estimator
+    # fitted to every gold answer in the pool: what learning taken to its limit would have caught
 
 
 def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUNDS,
@@ -196,6 +203,7 @@ def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUND
     index = {pid: i for i, pid in enumerate(ids)}
     rng = np.random.default_rng(seed)
     outcomes: dict[str, int] = {}
+    picked_rounds: list[list[str]] = []
     round_size = max(math.ceil(budget / max(rounds, 1)), 1)
     n_rounds = 0
     last = None  # the previous round's routing: its thresholds and routes (hysteresis, as in pipeline.route)
@@ -214,6 +222,7 @@ def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUND
             break
         for pid in picks:  # the oracle: "wrong" with the gold answer, or "correct"
             outcomes[str(pid)] = int(wrong[index[str(pid)]])
+        picked_rounds.append([str(pid) for pid in picks])
         n_rounds += 1
 
     estimator, routing = _route(rows, table, outcomes, strategy, budget - len(outcomes), last)
@@ -251,7 +260,28 @@ def play(pool: EvalPool, strategy: Strategy, budget: int, *, rounds: int = ROUND
         reliability=reliability_bins(u, wrong),
         n_unlabelled=int(rest.sum()), auroc_unlabelled=learned, auroc_unlabelled_cold=cold,
         caught_ids=[pid for pid, hit in zip(ids, wrong.astype(bool) & labelled) if hit],
+        picked_rounds=picked_rounds,
+        first_round_caught=sum(outcomes[pid] for pid in picked_rounds[0]) if picked_rounds else None,
+        hindsight_caught=hindsight_caught(table, wrong, strategy, picked_rounds),
     )
+
+
+def hindsight_caught(table: FeatureTable, wrong: np.ndarray, strategy: Strategy, picked_rounds: list) -> int | None:
+    """Wrong majorities caught by the first round's picks followed, up to the same number of labels,
+    by the unlabelled problems most likely wrong under the strategy's estimator fitted to every gold
+    answer in the pool: learning taken to its limit, since the first round is picked before any label
+    returns. When even this falls short of a baseline, the cold start decided the gap (a luckier
+    ranking than the fitted one can still do a little better). None for random selection and for
+    strategies that ignore labels."""
+    if strategy.select == "random" or not strategy.learn or not picked_rounds:
+        return None
+    every = dict(zip(table.ids, (int(w) for w in wrong)))
+    hindsight = estimator_for(table, every, config=strategy.estimator, with_metrics=False)
+    first = set(picked_rounds[0])
+    later = sum(len(r) for r in picked_rounds[1:])
+    order = np.argsort(-np.asarray(hindsight.predict(table), float), kind="stable")  # [N] most likely wrong first
+    rest = [i for i in order if table.ids[i] not in first][:later]
+    return int(sum(every[pid] for pid in first) + wrong[rest].sum())
 
 
 def _estimator(table, outcomes, strategy: Strategy):
@@ -456,6 +486,8 @@ def _averaged(runs: list[BudgetResult]) -> BudgetResult:
     out["below_target"] = any(r.below_target for r in runs)
     out["seeds"] = len(runs)
     out["caught_ids"] = None  # each seed caught its own set: no one set stands for the mean
+    out["picked_rounds"] = None
+    out["hindsight_caught"] = None
     out["caught_range"] = [min(r.caught for r in runs), max(r.caught for r in runs)]
     aurocs = [r.auroc for r in runs if r.auroc is not None]
     out["auroc_range"] = [min(aurocs), max(aurocs)] if aurocs else None

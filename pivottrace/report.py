@@ -226,7 +226,21 @@ def _shortfall(share: float, ours: dict, best: dict) -> str:
     test = paired_catch_test(ours["caught_ids"], best["caught_ids"])
     verdict = "significant" if test["p_value"] < SIGNIFICANCE else "within chance"
     return (text + f"; {test['only_a']} caught by PivotTrace alone, {test['only_b']} by the baseline alone, "
-            f"McNemar exact p = {test['p_value']:.2g}: {verdict})")
+            f"McNemar exact p = {test['p_value']:.2g}: {verdict}{_hindsight_note(ours, best)})")
+
+
+def _hindsight_note(ours: dict, best: dict) -> str:
+    """How much of a shortfall the cold start decided. The first round is picked before any label
+    returns; the hindsight figure follows it with the picks of the estimator fitted to every gold
+    answer in the pool: learning taken to its limit (a lucky ranking can still do better by a few).
+    '' when not recorded (older reports)."""
+    rounds, hindsight = ours.get("picked_rounds"), ours.get("hindsight_caught")
+    if not rounds or ours.get("first_round_caught") is None or hindsight is None:
+        return ""
+    verdict = ("still fewer, so the gap is the cold start's: learning taken to its limit would not close it"
+               if hindsight < best["caught"] else "learning taken to its limit would have closed the gap")
+    return (f"; the first round's {len(rounds[0])} picks, made before any label, caught {ours['first_round_caught']}, "
+            f"and with the estimator fitted to every gold answer ranking the rest, {hindsight} in all: {verdict}")
 
 
 def summary_lines(rows: list[dict], *, target: float | None = None) -> list[str]:

@@ -106,6 +106,21 @@ def test_baselines_are_scored_on_the_same_problems_and_the_accounting_adds_up(sy
         if r.caught_ids is not None:
             assert len(r.caught_ids) == r.caught and set(r.caught_ids) <= wrong_ids
     assert spent["random"].caught_ids is None  # a mean over seeds has no one caught set
+    # the rounds behind the first-round ceiling: every label once, round by round, the first before any label
+    wrong_of = dict(zip([r["problem_id"] for r in pool.rows], pool.wrong))
+    for r in spent.values():
+        if r.picked_rounds is None:
+            continue
+        flat = [pid for rnd in r.picked_rounds for pid in rnd]
+        assert len(flat) == len(set(flat)) == r.labels and len(r.picked_rounds) == r.rounds
+        assert set(r.caught_ids) == {pid for pid in flat if wrong_of[pid]}
+        assert r.first_round_caught == sum(wrong_of[pid] for pid in r.picked_rounds[0])
+    assert spent["random"].picked_rounds is None and spent["random"].hindsight_caught is None
+    assert spent["labels_ignored"].hindsight_caught is None  # it ignores labels: no hindsight to speak of
+    # hindsight keeps the first round and then picks by the estimator that saw every answer
+    first = spent["pivottrace"].first_round_caught
+    later = spent["pivottrace"].labels - len(spent["pivottrace"].picked_rounds[0])
+    assert first <= spent["pivottrace"].hindsight_caught <= first + later
 
 
 def test_a_shortfall_in_caught_wrong_majorities_is_tested_for_chance():
@@ -131,6 +146,21 @@ def test_a_shortfall_in_caught_wrong_majorities_is_tested_for_chance():
     assert "fewer at 20% (30 vs 42 `confidence_only`" in caught_line and ": significant)" in caught_line
     caught_line = next(line for line in close if line.startswith("- Wrong majorities caught vs the best"))
     assert "(32 vs 33 `confidence_only`" in caught_line and "within chance" in caught_line
+    assert "first round" not in caught_line  # rounds not recorded (an older report): no ceiling claimed
+
+    # with the rounds: the first round (picked before any label) caps what learning could have done
+    def rounds(first_caught, hindsight):
+        return {"picked_rounds": [[f"r{i}" for i in range(10)]], "first_round_caught": first_caught,
+                "hindsight_caught": hindsight}
+
+    against = [row("confidence_only", shared + [f"c{i}" for i in range(12)]), row("vote_share_only", shared)]
+    capped = report.summary_lines([row("pivottrace", shared) | rounds(1, 41)] + against)
+    caught_line = next(line for line in capped if line.startswith("- Wrong majorities caught vs the best"))
+    assert "the first round's 10 picks, made before any label, caught 1" in caught_line
+    assert "41 in all: still fewer, so the gap is the cold start's" in caught_line  # 41 < 42
+    open_gap = report.summary_lines([row("pivottrace", shared) | rounds(1, 42)] + against)
+    caught_line = next(line for line in open_gap if line.startswith("- Wrong majorities caught vs the best"))
+    assert "42 in all: learning taken to its limit would have closed the gap" in caught_line
 
 
 def test_the_report_warns_loudly_when_a_pool_has_too_few_right_answers():
@@ -252,3 +282,23 @@ def test_learning_headroom_finds_a_learnable_signal_and_nothing_in_noise():
     noise = evaluate.learning_headroom(feature_pool(300, rng.random(300) < 0.5), repeats=2)
     assert abs(noise["shares"]["1"]["auroc"] - 0.5) < 0.1
     assert evaluate.learning_headroom(feature_pool(300, np.ones(300))) == {}  # one outcome: nothing to say
+
+
+def test_hindsight_follows_the_first_round_with_the_estimator_that_saw_every_answer():
+    rng = np.random.default_rng(3)
+    n = 120
+    wrong = (np.arange(n) % 3 == 0).astype(int)  # [N] 40 wrong majorities
+    # token confidence separates them perfectly; the vote misleads (the wrong majorities are unanimous),
+    # so the cold start ranks them last and only an estimator that saw the answers puts them first
+    logprob = np.where(wrong == 1, -2.0, -0.5) + rng.normal(0.0, 0.05, n)  # [N]
+    share = np.where(wrong == 1, 1.0, rng.choice([0.4, 0.6], size=n))  # [N]
+    rows = [{"problem_id": f"p{i:03d}", "model_id": "m", "majority_answer": "7",
+             "vote_share": float(share[i]), "mean_logprob": float(logprob[i])} for i in range(n)]
+    table = evaluate.FeatureTable.from_rows(rows)
+    ours = evaluate.strategies()[0]
+    right_first = [["p001", "p002", "p004"], [f"p{i:03d}" for i in range(5, 17)]]  # 3 right, then 12 more
+    assert evaluate.hindsight_caught(table, wrong, ours, right_first) == 12  # every later pick is wrong
+    wrong_first = [["p000", "p003", "p006"], [f"p{i:03d}" for i in range(7, 19)]]
+    assert evaluate.hindsight_caught(table, wrong, ours, wrong_first) == 15
+    ignoring = next(s for s in evaluate.strategies() if not s.learn)
+    assert evaluate.hindsight_caught(table, wrong, ignoring, right_first) is None
