@@ -9,8 +9,9 @@ pool (a database, as `pivottrace eval` reads it) and prints, for each budget:
   answer in the pool (learning taken to its limit; a luckier ranking can beat it by a few);
 - a clairvoyant switch: PivotTrace's first round, then the best baseline's own picks (what a model
   choice that knew the right model after one round would reach);
-- hindsight from each single signal's own first round: what a cold start that ranked like that
-  signal would reach with learning taken to its limit.
+- hindsight from each single signal's own first round, and from a first round that alternates
+  PivotTrace's and confidence only's picks: what a cold start that ranked like that would reach
+  with learning taken to its limit.
 
 When hindsight is below the baseline, learning to the limit does not close the gap: only a
 different cold start could. Then, label-free, how each single signal agrees with the vote (what an estimator
@@ -55,20 +56,31 @@ def switched(ours: evaluate.BudgetResult, baseline: evaluate.BudgetResult, after
     return sum(wrong[pid] for pid in picked)
 
 
+def mixed_start(ours: list, other: list) -> list:
+    """Rounds whose first alternates two strategies' first-round picks (same size), then as many
+    later picks as `ours` had (only their number matters to the hindsight catch)."""
+    first = []
+    for pid in (p for pair in zip(ours[0], other[0]) for p in pair):
+        if pid not in first and len(first) < len(ours[0]):
+            first.append(pid)
+    return [first, *ours[1:]]
+
+
 def budget_table(pool: evaluate.EvalPool, shares: tuple) -> list[str]:
     chosen = {s.name: s for s in evaluate.strategies() if s.name in (MAIN,) + SINGLE_SIGNALS}
     wrong = dict(zip(FeatureTable.from_rows(pool.rows, ()).ids, np.asarray(pool.wrong, int)))
     table = FeatureTable.from_rows(pool.rows)
     lines = ["| budget | per round | PivotTrace | best single signal | first round caught | hindsight "
-             "| switch after 1 round | hindsight from confidence's first round | from vote share's |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "| switch after 1 round | hindsight from confidence's first round | from vote share's | from a mixed one |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for share in shares:
         budget = int(round(share * pool.size))
         runs = {name: evaluate.play(pool, strategy, budget) for name, strategy in chosen.items()}
         ours = runs[MAIN]
         best = max((runs[name] for name in SINGLE_SIGNALS), key=lambda r: r.caught)
-        from_first = [evaluate.hindsight_caught(table, np.asarray(pool.wrong), chosen[MAIN], runs[name].picked_rounds)
-                      for name in ("confidence_only", "vote_share_only")]
+        starts = [runs["confidence_only"].picked_rounds, runs["vote_share_only"].picked_rounds,
+                  mixed_start(ours.picked_rounds, runs["confidence_only"].picked_rounds)]
+        from_first = [evaluate.hindsight_caught(table, np.asarray(pool.wrong), chosen[MAIN], rounds) for rounds in starts]
         cells = [f"{caught}{' (below)' if caught < best.caught else ''}"
                  for caught in [ours.hindsight_caught, switched(ours, best, 1, wrong), *from_first]]
         lines.append(f"| {share:.0%} ({budget}) | {len(ours.picked_rounds[0])} | {ours.caught} "

@@ -239,7 +239,8 @@ def _hindsight_note(ours: dict, best: dict) -> str:
         return ""
     verdict = ("still fewer, so the gap is the cold start's: learning taken to its limit would not close it"
                if hindsight < best["caught"] else "learning taken to its limit would have closed the gap")
-    return (f"; the first round's {len(rounds[0])} picks, made before any label, caught {ours['first_round_caught']}, "
+    picks = f"{len(rounds[0])} pick" + ("" if len(rounds[0]) == 1 else "s")
+    return (f"; the first round's {picks}, made before any label, caught {ours['first_round_caught']}, "
             f"and with the estimator fitted to every gold answer ranking the rest, {hindsight} in all: {verdict}")
 
 

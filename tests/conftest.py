@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random model folder (no download), and routed app databases."""
+"""Shared fixtures: a tiny random model folder (no download), routed app databases, and a real browser."""
 
 from __future__ import annotations
 
@@ -100,3 +100,22 @@ def _background_recalibrations_finish():
     from pivottrace import pipeline
 
     assert pipeline.wait_for_background(120), "a background recalibration did not finish"
+
+
+# --------------------------------------------------------------------------- a real browser
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's: Playwright cannot download its own browser here
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def browser():
+    """Debian's chromium driven by Playwright, closed after the test."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed at /usr/bin/chromium")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()

@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 import pytest
-from test_browser_e2e import (ASSETS, app_server, CHROMIUM, CHROMIUM_ARGS, ROOT, WIDTH, idle, screenshot,
-                              sign_in, truncated, wait_until)
+from conftest import CHROMIUM
+from test_browser_e2e import ASSETS, ROOT, WIDTH, app_server, idle, screenshot, signed_in, truncated, wait_until
 
 from pivottrace import store, views
 from pivottrace.evaluate import MIN_POOL
@@ -74,79 +74,74 @@ def go(page, name: str) -> None:
     idle(page)
 
 
-def test_first_ten_minutes_from_an_empty_database(empty_app):
-    playwright = pytest.importorskip("playwright.sync_api")
+def test_first_ten_minutes_from_an_empty_database(empty_app, browser):
     base, path, model = empty_app
     real = model == "default"
     minutes = DEMO_MINUTES
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
-        sign_in(page, base, LEAD, LEAD_PASSWORD)
+    page = signed_in(browser, base, LEAD, LEAD_PASSWORD)
 
-        # 1. the empty database offers the demo; it starts in the background and its progress shows
-        main_heading(page, "Welcome to PivotTrace").wait_for()
-        page.get_by_role("button", name="Run the demo").click()
-        main_heading(page, "Pool").wait_for(timeout=30_000)
-        page.get_by_test_id("stSidebar").get_by_test_id("stProgress").first.wait_for(timeout=60_000)
-        assert "Tracing the demo pool" in page.get_by_test_id("stSidebar").inner_text()
-        db = store.open_db(path)
-        [demo] = store.jobs(db)
-        assert demo["kind"] == "demo" and demo["pid"]
+    # 1. the empty database offers the demo; it starts in the background and its progress shows
+    main_heading(page, "Welcome to PivotTrace").wait_for()
+    page.get_by_role("button", name="Run the demo").click()
+    main_heading(page, "Pool").wait_for(timeout=30_000)
+    page.get_by_test_id("stSidebar").get_by_test_id("stProgress").first.wait_for(timeout=60_000)
+    assert "Tracing the demo pool" in page.get_by_test_id("stSidebar").inner_text()
+    db = store.open_db(path)
+    [demo] = store.jobs(db)
+    assert demo["kind"] == "demo" and demo["pid"]
 
-        assert "Signed in as ana" in page.get_by_test_id("stSidebar").inner_text()
+    assert "Signed in as ana" in page.get_by_test_id("stSidebar").inner_text()
 
-        # 2. label an item once the first handful is routed (the app is usable from here on)
-        wait_until(lambda: store.route_counts(db)["annotate"] >= 1, 60 * minutes, "the first annotate routes")
-        page.set_viewport_size({"width": NARROW, "height": 1000})
-        go(page, "Annotate")
-        page.locator(".st-key-flawed").first.wait_for(timeout=60_000)
-        assert truncated(page, ".st-key-flawed, .st-key-skip, .st-key-undo") == []  # "Flawed" reads in full
-        page.set_viewport_size({"width": WIDTH, "height": 1000})
-        idle(page)
-        if real:
-            screenshot(page, "annotate")
-        main_heading(page, "Annotate").click()  # focus off any input, for the shortcut
-        page.keyboard.press("f")
-        [label] = wait_until(lambda: list(db.query("select * from labels where annotator = 'ana'")), what="a label")
-        assert label["verdict"] == "flawed"
+    # 2. label an item once the first handful is routed (the app is usable from here on)
+    wait_until(lambda: store.route_counts(db)["annotate"] >= 1, 60 * minutes, "the first annotate routes")
+    page.set_viewport_size({"width": NARROW, "height": 1000})
+    go(page, "Annotate")
+    page.locator(".st-key-flawed").first.wait_for(timeout=60_000)
+    assert truncated(page, ".st-key-flawed, .st-key-skip, .st-key-undo") == []  # "Flawed" reads in full
+    page.set_viewport_size({"width": WIDTH, "height": 1000})
+    idle(page)
+    if real:
+        screenshot(page, "annotate")
+    main_heading(page, "Annotate").click()  # focus off any input, for the shortcut
+    page.keyboard.press("f")
+    [label] = wait_until(lambda: list(db.query("select * from labels where annotator = 'ana'")), what="a label")
+    assert label["verdict"] == "flawed"
 
-        # 3. the evaluation: disabled with a reason until enough is traced, then it runs and reports
-        wait_until(lambda: store.traced_with_gold(db) >= MIN_POOL, 60 * minutes, "enough traced problems")
-        go(page, "Evaluation")
-        button = page.get_by_role("button", name="Run the evaluation")
-        button.wait_for()
-        assert button.is_enabled()
-        button.click()
-        wait_until(lambda: [j for j in store.jobs(db) if j["kind"] == "eval"], 30, "the evaluation job")
-        page.get_by_text("Problems with gold").wait_for(timeout=900_000)  # the report's first metric
-        [job] = [j for j in store.jobs(db) if j["kind"] == "eval"]
-        assert job["status"] == "done", job["message"]
-        idle(page)
-        assert not page.get_by_test_id("stException").count()
+    # 3. the evaluation: disabled with a reason until enough is traced, then it runs and reports
+    wait_until(lambda: store.traced_with_gold(db) >= MIN_POOL, 60 * minutes, "enough traced problems")
+    go(page, "Evaluation")
+    button = page.get_by_role("button", name="Run the evaluation")
+    button.wait_for()
+    assert button.is_enabled()
+    button.click()
+    wait_until(lambda: [j for j in store.jobs(db) if j["kind"] == "eval"], 30, "the evaluation job")
+    page.get_by_text("Problems with gold").wait_for(timeout=900_000)  # the report's first metric
+    [job] = [j for j in store.jobs(db) if j["kind"] == "eval"]
+    assert job["status"] == "done", job["message"]
+    idle(page)
+    assert not page.get_by_test_id("stException").count()
 
-        # 4. the demo pool traced: every route the router has is on the Budget page, with its count
-        wait_until(lambda: store.get_job(db, demo["id"])["status"] != "running", 60 * minutes, "the demo job")
-        assert store.get_job(db, demo["id"])["status"] == "done", store.get_job(db, demo["id"])["message"]
-        go(page, "Budget")
-        counts = store.route_counts(db)
+    # 4. the demo pool traced: every route the router has is on the Budget page, with its count
+    wait_until(lambda: store.get_job(db, demo["id"])["status"] != "running", 60 * minutes, "the demo job")
+    assert store.get_job(db, demo["id"])["status"] == "done", store.get_job(db, demo["id"])["message"]
+    go(page, "Budget")
+    counts = store.route_counts(db)
 
-        def routes_shown():  # the sidebar's job fragment may rerun the page: wait for the whole table
-            text = page.get_by_test_id("stMainBlockContainer").inner_text()
-            return text if all(f"{views.route_name(r)}\t{n}" in text for r, n in counts.items()) else None
+    def routes_shown():  # the sidebar's job fragment may rerun the page: wait for the whole table
+        text = page.get_by_test_id("stMainBlockContainer").inner_text()
+        return text if all(f"{views.route_name(r)}\t{n}" in text for r, n in counts.items()) else None
 
-        text = wait_until(routes_shown, 60, f"every route with its count on the Budget page: {counts}")
-        assert "The demo set a budget" in text
-        assert sum(counts.values()) == db["problems"].count  # the whole demo pool is routed
-        assert [(a["actor"], a["action"], a["subject"]) for a in store.audit_trail(db)
-                if a["action"] == "budget"] == [("ana", "budget", "demo")]  # the demo budget, audited
-        if real:
-            screenshot(page, "budget")
-            for name in ("inspect", "pool", "evaluation"):
-                go(page, name.title())
-                main_heading(page, name.title()).wait_for()
-                screenshot(page, name)
-        browser.close()
+    text = wait_until(routes_shown, 60, f"every route with its count on the Budget page: {counts}")
+    assert "The demo set a budget" in text
+    assert sum(counts.values()) == db["problems"].count  # the whole demo pool is routed
+    assert [(a["actor"], a["action"], a["subject"]) for a in store.audit_trail(db)
+            if a["action"] == "budget"] == [("ana", "budget", "demo")]  # the demo budget, audited
+    if real:
+        screenshot(page, "budget")
+        for name in ("inspect", "pool", "evaluation"):
+            go(page, name.title())
+            main_heading(page, name.title()).wait_for()
+            screenshot(page, name)
     if real:
         assert all((ASSETS / f"{n}.png").stat().st_size > 20_000
                    for n in ("annotate", "inspect", "budget", "pool", "evaluation"))
