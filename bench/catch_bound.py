@@ -1,4 +1,4 @@
-"""Benchmark: how many wrong majorities any learner could catch, given the cold start's first round.
+"""Benchmark: how much of a shortfall in caught wrong majorities the cold start decided.
 
 `pivottrace eval` labels the picks in rounds; the first round is picked before any label returns,
 so it is the cold start's alone. This script replays PivotTrace and the single-signal baselines on a
@@ -14,8 +14,8 @@ pool (a database, as `pivottrace eval` reads it) and prints, for each budget:
   with learning taken to its limit.
 
 When hindsight is below the baseline, learning to the limit does not close the gap: only a
-different cold start could. Then, label-free, how each single signal agrees with the vote (what an estimator
-without labels can see) against its AUROC for "majority wrong" (what only the labels show).
+different cold start could. Then, label-free, how each single signal agrees with the vote (what an
+estimator without labels can see) against its AUROC for "majority wrong" (what only labels show).
 
     python bench/catch_bound.py --db pool.db [--db other.db] [--budgets 0.05 0.1 0.2]
 

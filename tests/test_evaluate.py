@@ -302,3 +302,29 @@ def test_hindsight_follows_the_first_round_with_the_estimator_that_saw_every_ans
     assert evaluate.hindsight_caught(table, wrong, ours, wrong_first) == 15
     ignoring = next(s for s in evaluate.strategies() if not s.learn)
     assert evaluate.hindsight_caught(table, wrong, ignoring, right_first) is None
+
+
+def test_the_catch_bound_bench_replays_the_rounds_it_reports(synthetic_db_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("catch_bound", Path(__file__).parents[1] / "bench" / "catch_bound.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pool = evaluate.load_pool(store.open_db(synthetic_db_path))
+    wrong = dict(zip([r["problem_id"] for r in pool.rows], pool.wrong))
+    chosen = {s.name: s for s in evaluate.strategies()}
+    budget = int(round(0.3 * pool.size))
+    ours, confident = (evaluate.play(pool, chosen[name], budget) for name in ("pivottrace", "confidence_only"))
+    # switching after no round at all is the baseline itself; after every round, PivotTrace itself
+    assert bench.switched(ours, confident, 0, wrong) == confident.caught
+    assert bench.switched(ours, confident, len(ours.picked_rounds), wrong) == ours.caught
+    mixed = bench.mixed_start(ours.picked_rounds, confident.picked_rounds)
+    assert len(mixed[0]) == len(set(mixed[0])) == len(ours.picked_rounds[0]) and mixed[1:] == ours.picked_rounds[1:]
+    assert set(mixed[0]) <= set(ours.picked_rounds[0]) | set(confident.picked_rounds[0])
+    [header, rule, row] = bench.budget_table(pool, (0.3,))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == str(ours.caught) and cells[5].split()[0] == str(ours.hindsight_caught)
+    assert len(cells) == header.count("|") - 1 == rule.count("|") - 1
+    table = bench.label_free_table(pool)
+    assert table[2].startswith("| vote_share | +1.00 |")  # the vote agrees with itself
