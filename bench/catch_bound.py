@@ -68,8 +68,9 @@ def mixed_start(ours: list, other: list) -> list:
 
 def budget_table(pool: evaluate.EvalPool, shares: tuple) -> list[str]:
     chosen = {s.name: s for s in evaluate.strategies() if s.name in (MAIN,) + SINGLE_SIGNALS}
-    wrong = dict(zip(FeatureTable.from_rows(pool.rows, ()).ids, np.asarray(pool.wrong, int)))
     table = FeatureTable.from_rows(pool.rows)
+    truth = np.asarray(pool.wrong, int)  # [N]
+    wrong = dict(zip(table.ids, truth))
     lines = ["| budget | per round | PivotTrace | best single signal | first round caught | hindsight "
              "| switch after 1 round | hindsight from confidence's first round | from vote share's | from a mixed one |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
@@ -80,7 +81,7 @@ def budget_table(pool: evaluate.EvalPool, shares: tuple) -> list[str]:
         best = max((runs[name] for name in SINGLE_SIGNALS), key=lambda r: r.caught)
         starts = [runs["confidence_only"].picked_rounds, runs["vote_share_only"].picked_rounds,
                   mixed_start(ours.picked_rounds, runs["confidence_only"].picked_rounds)]
-        from_first = [evaluate.hindsight_caught(table, np.asarray(pool.wrong), chosen[MAIN], rounds) for rounds in starts]
+        from_first = [evaluate.hindsight_caught(table, truth, chosen[MAIN], rounds) for rounds in starts]
         cells = [f"{caught}{' (below)' if caught < best.caught else ''}"
                  for caught in [ours.hindsight_caught, switched(ours, best, 1, wrong), *from_first]]
         lines.append(f"| {share:.0%} ({budget}) | {len(ours.picked_rounds[0])} | {ours.caught} "
